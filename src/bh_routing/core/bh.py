@@ -1,0 +1,121 @@
+"""The Benjamini-Hochberg step-up procedure, batched over leading dimensions."""
+
+from __future__ import annotations
+
+import torch
+
+from ._validate import check_alpha, check_k_bounds, check_pvalues
+
+
+def _work_dtype(p: torch.Tensor) -> torch.dtype:
+    # half precision cannot resolve k * alpha / E near the boundary: compare in float32 at least
+    return p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def bh_count(
+    p_values: torch.Tensor, alpha: float, *, min_k: int = 0, max_k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Number of BH rejections per row and the ascending p-value order.
+
+    Parameters
+    ----------
+    p_values : torch.Tensor, shape (..., E)
+        p-values in [0, 1].
+    alpha : float
+        Target false-discovery rate, in (0, 1].
+    min_k, max_k : int, keyword-only
+        The count is clamped to ``[min_k, max_k]`` (``max_k=None`` means E).
+
+    Returns
+    -------
+    k : torch.LongTensor, shape (...)
+        ``clamp(max{k : p_(k) <= k alpha / E}, min_k, max_k)`` (0 when no k qualifies).
+    order : torch.LongTensor, shape (..., E)
+        Expert indices sorted by ascending p-value, ties broken by expert index.
+    """
+    check_pvalues(p_values)
+    alpha = check_alpha(alpha)
+    check_k_bounds(min_k, max_k, p_values.shape[-1])
+    return _bh_count(p_values, alpha, min_k, max_k)
+
+
+def _bh_count(
+    p_values: torch.Tensor, alpha: float, min_k: int, max_k: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """bh_count without validation, for callers that produced valid p-values themselves."""
+    n = p_values.shape[-1]
+    p = p_values.to(_work_dtype(p_values))
+    sorted_p, order = torch.sort(p, dim=-1, stable=True)  # (..., E)
+    ranks = torch.arange(1, n + 1, device=p.device, dtype=p.dtype)  # (E,)
+    # same arithmetic as statsmodels' fdr_bh: threshold_k = (k / E) * alpha
+    below = sorted_p <= (ranks / n) * alpha  # (..., E)
+    # step-up: the largest k whose sorted p-value is under its threshold (0 if none)
+    k = (below * torch.arange(1, n + 1, device=p.device)).amax(dim=-1)  # (...)
+    k = k.clamp(min=min_k, max=n if max_k is None else max_k)
+    return k, order
+
+
+def bh_select(
+    p_values: torch.Tensor, alpha: float, *, min_k: int = 0, max_k: int | None = None
+) -> torch.Tensor:
+    """Benjamini-Hochberg selection along the last dimension.
+
+    Sort the E p-values, :math:`p_{(1)} \\le \\dots \\le p_{(E)}`, and reject the hypotheses with
+    the :math:`\\hat k` smallest, :math:`\\hat k = \\max\\{k : p_{(k)} \\le k\\alpha/E\\}`
+    (Benjamini & Hochberg 1995, eq. 1). With ``min_k``/``max_k`` the count is clamped to
+    ``[min_k, max_k]``, always taking p-values in ascending order, ties broken by index.
+
+    Parameters
+    ----------
+    p_values : torch.Tensor, shape (..., E)
+        p-values in [0, 1], any float dtype, any device; leading dimensions are batched.
+    alpha : float
+        FDR level in (0, 1].
+    min_k : int, default 0
+        Select at least this many.
+    max_k : int or None, default None
+        Select at most this many (None: E).
+
+    Returns
+    -------
+    torch.BoolTensor, shape (..., E)
+        True where the hypothesis is rejected (the expert is selected).
+
+    Examples
+    --------
+    >>> import torch
+    >>> bh_select(torch.tensor([0.001, 0.02, 0.03, 0.5]), 0.05).tolist()
+    [True, True, True, False]
+    """
+    k, order = bh_count(p_values, alpha, min_k=min_k, max_k=max_k)
+    n = p_values.shape[-1]
+    positions = torch.arange(n, device=p_values.device)
+    take_sorted = positions < k.unsqueeze(-1)  # (..., E) in sorted order
+    mask = torch.zeros(p_values.shape, dtype=torch.bool, device=p_values.device)
+    return mask.scatter(-1, order, take_sorted)
+
+
+def bh_adjust(p_values: torch.Tensor) -> torch.Tensor:
+    """Benjamini-Hochberg adjusted p-values (q-values) along the last dimension.
+
+    :math:`\\tilde p_{(i)} = \\min_{j \\ge i} \\min(1, E\\, p_{(j)} / j)`, so that
+    ``bh_adjust(p) <= alpha`` equals ``bh_select(p, alpha)``.
+
+    Parameters
+    ----------
+    p_values : torch.Tensor, shape (..., E)
+
+    Returns
+    -------
+    torch.Tensor, same shape and dtype as ``p_values``.
+    """
+    check_pvalues(p_values)
+    n = p_values.shape[-1]
+    p = p_values.to(_work_dtype(p_values))
+    sorted_p, order = torch.sort(p, dim=-1, stable=True)  # (..., E)
+    ranks = torch.arange(1, n + 1, device=p.device, dtype=p.dtype)
+    scaled = sorted_p * n / ranks  # (..., E)
+    # running minimum from the right: flip, cummin, flip back
+    adjusted_sorted = scaled.flip(-1).cummin(dim=-1).values.flip(-1).clamp(max=1.0)
+    adjusted = torch.empty_like(p).scatter(-1, order, adjusted_sorted)
+    return adjusted.to(p_values.dtype)

@@ -1,0 +1,236 @@
+"""Calibration nulls for conformal p-values: fitted in a stream, saved as safetensors.
+
+A calibration holds, for each MoE layer and expert, a uniform random sample (at most
+``reservoir_size`` values) of that expert's router logits on the tokens of a calibration text
+that form its *null*: either the tokens the model did not route to it (``null="unrouted"``) or
+all tokens (``null="all"``). Memory is O(layers x experts x reservoir_size) whatever the text
+length: each update keeps the values with the smallest random keys (bottom-R sampling, a
+mergeable form of reservoir sampling), so the kept values are a uniform sample of those seen.
+
+Which null is the default, and why: ``"unrouted"``. The ``"all"`` sample mixes in the logits of
+tokens that do need the expert (the signal), which fattens the null's upper tail, so every
+p-value grows and BH selects fewer experts at the same alpha (conservative, valid). The
+"unrouted" sample is the logit distribution when the model itself judged the expert unneeded;
+it is the closer estimate of the null H_e, so p-values are smaller where they should be. The
+measured difference on the embedded model is in ``BENCHMARKS.md`` / the run report
+(``scripts/compare_nulls.py``).
+
+Layer indices are MoE-layer ordinals 0..L-1 (the i-th MoE block of the model), not decoder indices.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ._validate import check_logits
+from .pvalues import conformal_pvalues
+
+NULL_CHOICES = ("unrouted", "all")
+FORMAT_VERSION = "1"
+
+
+class CalibrationMismatchError(ValueError):
+    """A calibration was loaded against a model it was not made for."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-layer, per-expert null samples for :func:`conformal_pvalues`."""
+
+    model_name: str  # where the model came from (hub id or folder), for messages
+    model_fingerprint: str  # hash of the router weights: identifies the model exactly
+    num_layers: int  # MoE layers
+    num_experts: int  # experts per MoE layer
+    top_k: int  # the model's own k (defines the "unrouted" null)
+    null: str  # "unrouted" or "all"
+    null_sorted: torch.Tensor  # (L, E, R) float32, ascending, -inf padding on the left
+    null_count: torch.Tensor  # (L, E) int64, real values per row (<= R)
+    num_tokens: int  # calibration tokens seen (per layer)
+
+    def pvalues(self, logits: torch.Tensor, layer: int, *, temperature: float = 1.0) -> torch.Tensor:
+        """Conformal p-values of ``logits`` (T, E) at MoE layer ``layer``; see conformal_pvalues."""
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        if logits.shape[-1] != self.num_experts:
+            raise CalibrationMismatchError(
+                f"calibration has {self.num_experts} experts, the logits have {logits.shape[-1]}"
+            )
+        return conformal_pvalues(
+            logits, self.null_sorted[layer], self.null_count[layer], temperature=temperature
+        )
+
+    def to(self, device: torch.device | str) -> Calibration:
+        """A copy whose tables live on ``device``."""
+        from dataclasses import replace
+
+        return replace(self, null_sorted=self.null_sorted.to(device), null_count=self.null_count.to(device))
+
+    def check_matches(
+        self, *, model_fingerprint: str, num_layers: int, num_experts: int, model_name: str = "?"
+    ) -> None:
+        """Raise :class:`CalibrationMismatchError` unless this calibration was made for that model."""
+        mine = f"{self.model_name} ({self.num_layers} MoE layers x {self.num_experts} experts)"
+        theirs = f"{model_name} ({num_layers} MoE layers x {num_experts} experts)"
+        if (num_layers, num_experts) != (self.num_layers, self.num_experts):
+            raise CalibrationMismatchError(f"calibration was made for {mine}, not for {theirs}")
+        if model_fingerprint != self.model_fingerprint:
+            raise CalibrationMismatchError(
+                f"calibration was made for {mine}, whose router weights differ from {theirs}"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        """Write a ``.safetensors`` file (tensors + JSON metadata), atomically."""
+        path = Path(path)
+        meta = {
+            "format": "bh_routing.calibration",
+            "format_version": FORMAT_VERSION,
+            "model_name": self.model_name,
+            "model_fingerprint": self.model_fingerprint,
+            "num_layers": str(self.num_layers),
+            "num_experts": str(self.num_experts),
+            "top_k": str(self.top_k),
+            "null": self.null,
+            "num_tokens": str(self.num_tokens),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(
+            {"null_sorted": self.null_sorted.contiguous().cpu(), "null_count": self.null_count.cpu()},
+            str(tmp),
+            metadata=meta,
+        )
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a file written by :meth:`save`; a clear error for anything else."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"calibration file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for a bad header
+            raise ValueError(f"not a bh-routing calibration file: {path} ({exc})") from None
+        if meta.get("format") != "bh_routing.calibration" or set(tensors) != {"null_sorted", "null_count"}:
+            raise ValueError(f"not a bh-routing calibration file: {path}")
+        return cls(
+            model_name=meta["model_name"],
+            model_fingerprint=meta["model_fingerprint"],
+            num_layers=int(meta["num_layers"]),
+            num_experts=int(meta["num_experts"]),
+            top_k=int(meta["top_k"]),
+            null=meta["null"],
+            null_sorted=tensors["null_sorted"],
+            null_count=tensors["null_count"],
+            num_tokens=int(meta["num_tokens"]),
+        )
+
+    def summary(self) -> dict:
+        """JSON-able description (no tensors)."""
+        return {
+            "model_name": self.model_name,
+            "model_fingerprint": self.model_fingerprint,
+            "num_layers": self.num_layers,
+            "num_experts": self.num_experts,
+            "top_k": self.top_k,
+            "null": self.null,
+            "num_tokens": self.num_tokens,
+            "reservoir_size": int(self.null_sorted.shape[-1]),
+            "min_null_count": int(self.null_count.min()),
+        }
+
+
+class CalibrationBuilder:
+    """Streaming fit of a :class:`Calibration` from router logits, in bounded memory.
+
+    Parameters
+    ----------
+    num_layers, num_experts, top_k : int
+        Shape of the model's MoE routing.
+    null : {"unrouted", "all"}, default "unrouted"
+        Which logits form expert e's null sample: those of tokens whose top-k (the model's own
+        routing) does not contain e, or all of them. See the module notes for the default.
+    reservoir_size : int, default 4096
+        Values kept per (layer, expert). The smallest conformal p-value is 1/(n+1), so BH at
+        level alpha with E experts can select beyond min_k only if n + 1 >= E / alpha.
+    seed : int, default 0
+        Seed of the sampling keys: the same stream and seed give the same calibration.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_experts: int,
+        top_k: int,
+        null: str = "unrouted",
+        reservoir_size: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        if null not in NULL_CHOICES:
+            raise ValueError(f"null must be one of {NULL_CHOICES}, got {null!r}")
+        if reservoir_size < 1:
+            raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size}")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
+        self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
+        self.null, self.reservoir_size = null, reservoir_size
+        self._gen = torch.Generator().manual_seed(seed)
+        shape = (num_layers, num_experts, reservoir_size)
+        self._keys = torch.full(shape, float("inf"))  # (L, E, R) sampling keys, inf = empty
+        self._values = torch.zeros(shape)  # (L, E, R)
+        self._seen = torch.zeros(num_layers, num_experts, dtype=torch.int64)  # null values seen
+        self._tokens = torch.zeros(num_layers, dtype=torch.int64)
+
+    def update(self, layer: int, logits: torch.Tensor) -> None:
+        """Add the router logits (T, E) of MoE layer ``layer``."""
+        check_logits(logits)
+        if logits.shape[-1] != self.num_experts:
+            raise ValueError(f"logits must have {self.num_experts} experts, got {logits.shape[-1]}")
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        z = logits.detach().float().cpu()  # (T, E)
+        t = z.shape[0]
+        if self.null == "unrouted":
+            routed = torch.zeros_like(z, dtype=torch.bool)
+            routed.scatter_(1, z.topk(self.top_k, dim=-1).indices, True)  # (T, E)
+            is_null = ~routed
+        else:
+            is_null = torch.ones_like(z, dtype=torch.bool)
+        keys = torch.rand(z.shape, generator=self._gen)  # (T, E)
+        keys = torch.where(is_null, keys, torch.full_like(keys, float("inf")))
+        all_keys = torch.cat([self._keys[layer], keys.T], dim=1)  # (E, R + T)
+        all_values = torch.cat([self._values[layer], z.T], dim=1)  # (E, R + T)
+        kept = all_keys.topk(self.reservoir_size, dim=1, largest=False)  # smallest keys
+        self._keys[layer] = kept.values
+        self._values[layer] = all_values.gather(1, kept.indices)
+        self._seen[layer] += is_null.sum(dim=0)
+        self._tokens[layer] += t
+
+    def finalize(self, *, model_name: str, model_fingerprint: str) -> Calibration:
+        """The fitted calibration; raises if some layer saw no tokens."""
+        if bool((self._tokens == 0).any()):
+            missing = (self._tokens == 0).nonzero().flatten().tolist()
+            raise ValueError(f"calibration saw no tokens for MoE layers {missing}")
+        filled = torch.isfinite(self._keys)  # (L, E, R)
+        values = torch.where(filled, self._values, torch.full_like(self._values, float("-inf")))
+        null_sorted = values.sort(dim=-1).values  # -inf padding ends up on the left
+        return Calibration(
+            model_name=model_name,
+            model_fingerprint=model_fingerprint,
+            num_layers=self.num_layers,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            null=self.null,
+            null_sorted=null_sorted,
+            null_count=filled.sum(dim=-1),
+            num_tokens=int(self._tokens.min()),
+        )

@@ -1,0 +1,139 @@
+"""p-values for the hypotheses H_e: "expert e is not needed for this token".
+
+BH is only as good as its p-values. Two constructions that are valid under a stated null:
+
+* :func:`empirical_null_pvalues` - a per-token empirical null (Efron 2004): needs no calibration.
+* :func:`conformal_pvalues` - a calibrated (conformal) null per layer and expert, from logits
+  recorded on a calibration text (see :class:`bh_routing.core.calibration.Calibration`).
+
+Two naive constructions are *not* offered because they are degenerate: ``1 - softmax`` (every
+probability is far above alpha/E, so BH selects at most the forced minimum at every alpha) and
+``rank / E`` (the same p-values for every token, hence a constant k).
+
+Temperature. For a temperature ``tau > 0`` the logits of each token are spread about their
+median m: ``z -> m + (z - m) / tau``. Because the softmax is shift-invariant this changes the
+router's probabilities exactly as the usual ``softmax(z / tau)`` would. Its effect depends on the
+p-value method:
+
+* empirical null: none. The z-scores ``(z - median) / MAD`` are invariant to that map, so the
+  p-values, and the selection, do not change (a test checks it).
+* calibrated null: ``tau > 1`` pulls every logit toward the token's median, so above-median
+  logits look less extreme against the (untempered) calibration null - fewer experts;
+  ``tau < 1`` sharpens - more experts. ``tau = 1`` is the calibrated, valid test.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._validate import check_logits, check_temperature
+
+MAD_TO_SD = 1.482602218505602  # 1 / Phi^{-1}(3/4): the MAD of a normal sample estimates 0.6745 sd
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Spread the logits of each token about their median by ``1/temperature``.
+
+    :math:`z_e \\mapsto m + (z_e - m)/\\tau`, :math:`m = \\mathrm{median}_e z_e`; equal to the
+    softmax temperature :math:`\\mathrm{softmax}(z/\\tau)` after the shift.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (T, E)
+    temperature : float, > 0
+
+    Returns
+    -------
+    torch.Tensor, shape (T, E), the dtype of ``logits``.
+    """
+    temperature = check_temperature(temperature)
+    if temperature == 1.0:
+        return logits
+    m = logits.median(dim=-1, keepdim=True).values  # (T, 1)
+    return m + (logits - m) / temperature
+
+
+def empirical_null_pvalues(logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token empirical-null p-values (Efron 2004).
+
+    The null assumed: for one token, the logits of the experts it does not need are a normal
+    sample whose centre and scale are estimated robustly from all E logits of that token,
+    :math:`\\hat\\mu = \\mathrm{median}_e z_e`, :math:`\\hat\\sigma = 1.4826\\,
+    \\mathrm{median}_e |z_e - \\hat\\mu|`, and
+
+    .. math:: p_e = 1 - \\Phi\\big((z_e - \\hat\\mu)/\\hat\\sigma\\big).
+
+    Valid (approximately) when most experts are null for each token - true for a router that
+    activates 8 of 64 - and their logits are roughly normal; the median and MAD resist the few
+    large "signal" logits. No calibration is needed. Scale-free: the temperature has no effect.
+    A token whose logits are all equal (MAD 0) gets p = 0.5 everywhere.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (T, E)
+    temperature : float, default 1.0
+        Accepted for a uniform interface; it does not change the result (see module notes).
+
+    Returns
+    -------
+    torch.Tensor, shape (T, E), float32 (float64 if the logits are float64).
+    """
+    check_logits(logits)
+    z = apply_temperature(logits, temperature)
+    z = z.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    centre = z.median(dim=-1, keepdim=True).values  # (T, 1)
+    scale = MAD_TO_SD * (z - centre).abs().median(dim=-1, keepdim=True).values  # (T, 1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zscore = torch.where(scale > 0, (z - centre) / safe, torch.zeros_like(z))  # (T, E)
+    return torch.special.ndtr(-zscore)  # upper tail: 1 - Phi(zscore)
+
+
+def conformal_pvalues(
+    logits: torch.Tensor,
+    null_sorted: torch.Tensor,
+    null_count: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Conformal p-values against a per-expert calibration null.
+
+    The null assumed: when expert e is not needed, its logit on a new token is exchangeable with
+    the calibration sample :math:`z^{(e)}_1..z^{(e)}_{n_e}` of that layer and expert. Then
+
+    .. math:: p_e = \\frac{1 + \\#\\{i : z^{(e)}_i \\ge z_e\\}}{n_e + 1}
+
+    is super-uniform under H_e (Vovk et al. 2005), and BH over such p-values controls the FDR
+    (Bates, Candes, Lei, Romano & Sesia 2023, Ann. Statist. 51(1)). Valid when the calibration
+    text comes from the same distribution as the tokens routed; the smallest attainable p-value
+    is :math:`1/(n_e+1)`, so BH at level alpha needs :math:`n_e + 1 \\ge E/\\alpha` to select
+    anything beyond ``min_k``.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (T, E)
+    null_sorted : torch.Tensor, shape (E, R)
+        Each expert's null sample sorted ascending, padded on the left with ``-inf`` where
+        ``n_e < R``.
+    null_count : torch.Tensor, shape (E,)
+        ``n_e``, the number of real (non-padding) values in each row.
+    temperature : float, default 1.0
+        See the module notes: ``tau != 1`` departs from the calibrated test on purpose.
+
+    Returns
+    -------
+    torch.Tensor, shape (T, E), float32.
+    """
+    check_logits(logits)
+    num_experts = logits.shape[-1]
+    if null_sorted.dim() != 2 or null_sorted.shape[0] != num_experts:
+        raise ValueError(
+            f"null_sorted must have shape (E={num_experts}, R), got {tuple(null_sorted.shape)}"
+        )
+    z = apply_temperature(logits, temperature).to(null_sorted.dtype)
+    table = null_sorted.to(z.device)
+    # for each expert row: number of null values >= z  (searchsorted works row by row)
+    below = torch.searchsorted(table, z.T.contiguous(), side="left")  # (E, T): # values < z
+    count_ge = table.shape[1] - below  # (E, T)
+    n = null_count.to(z.device, torch.float32).unsqueeze(1)  # (E, 1)
+    p = (1.0 + count_ge.to(torch.float32)) / (n + 1.0)  # (E, T)
+    return p.T.clamp(max=1.0)  # (T, E)

@@ -1,0 +1,284 @@
+"""Routing strategies: router logits (T, E) -> chosen experts per token, padded to a fixed width.
+
+Every strategy returns a :class:`RoutingResult`: ``indices`` (T, W) with unused slots set to the
+sentinel ``E`` (one past the last expert), ``weights`` (T, W) with 0 in unused slots, and
+``counts`` (T,). The experts modules of transformers read the width W from the tensor shape;
+the model layer makes every experts backend skip the sentinel.
+
+Weights. ``weight_rule="model"`` follows the model's convention, passed in by the model layer
+as ``norm_topk_prob`` (OLMoE: False -> the raw softmax probabilities of the chosen experts;
+Mixtral, Qwen3-MoE: True -> renormalised to sum 1). ``"softmax"`` and ``"renormalize"`` force
+one or the other. Weights always come from the untempered softmax of the router logits: the
+temperature of :class:`BH` changes which experts are chosen, not how they are mixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ._validate import check_alpha, check_k_bounds, check_logits, check_temperature
+from .bh import _bh_count
+from .pvalues import empirical_null_pvalues
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
+
+WEIGHT_RULES = ("model", "softmax", "renormalize")
+PVALUE_METHODS = ("empirical", "calibrated")
+
+
+@dataclass(frozen=True)
+class RoutingResult:
+    """The experts chosen for T tokens out of E, padded to width W."""
+
+    indices: torch.Tensor  # (T, W) int64, expert ids; sentinel E in unused slots
+    weights: torch.Tensor  # (T, W) mixing weights, 0 in unused slots
+    counts: torch.Tensor  # (T,) int64, experts chosen per token (<= W)
+    num_experts: int  # E, which is also the sentinel value
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(T, E) bool: True where expert e is chosen for token t."""
+        t = self.indices.shape[0]
+        m = torch.zeros(t, self.num_experts + 1, dtype=torch.bool, device=self.indices.device)
+        return m.scatter(1, self.indices, True)[:, : self.num_experts]
+
+
+def _finish(
+    probs: torch.Tensor,
+    order: torch.Tensor,
+    counts: torch.Tensor,
+    width: int,
+    *,
+    renormalize: bool,
+    out_dtype: torch.dtype,
+) -> RoutingResult:
+    """Take the first ``counts[t]`` experts of ``order[t]`` (ranked best first), pad to ``width``.
+
+    probs: (T, E) float32 softmax; order: (T, >=width) expert ids by preference; counts: (T,).
+    """
+    num_experts = probs.shape[-1]
+    idx = order[:, :width]  # (T, W)
+    used = torch.arange(width, device=idx.device) < counts.unsqueeze(-1)  # (T, W)
+    indices = torch.where(used, idx, torch.full_like(idx, num_experts))  # (T, W), sentinel E
+    weights = probs.gather(1, idx) * used  # (T, W)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    return RoutingResult(indices=indices, weights=weights.to(out_dtype), counts=counts, num_experts=num_experts)
+
+
+class Strategy:
+    """Base class: subclasses implement :meth:`_choose`.
+
+    ``route(logits, *, layer, model_top_k, norm_topk_prob)`` validates the logits, computes the
+    softmax in float32 (as transformers' routers do) and returns a :class:`RoutingResult` whose
+    weights have the logits' dtype.
+    """
+
+    weight_rule: str = "model"
+    name: str = "strategy"
+
+    def route(
+        self,
+        logits: torch.Tensor,
+        *,
+        layer: int | None = None,
+        model_top_k: int | None = None,
+        norm_topk_prob: bool = False,
+    ) -> RoutingResult:
+        """Choose experts for router logits of shape (T, E).
+
+        Parameters
+        ----------
+        logits : torch.Tensor, shape (T, E)
+        layer : int, optional
+            MoE-layer ordinal (needed by the calibrated null).
+        model_top_k : int, optional
+            The model's own k; the default ``max_k`` of the variable-k strategies.
+        norm_topk_prob : bool, default False
+            The model's weight convention, used by ``weight_rule="model"``.
+        """
+        check_logits(logits)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (T, E)
+        order, counts, width = self._choose(logits, probs, layer=layer, model_top_k=model_top_k)
+        renorm = {"model": norm_topk_prob, "softmax": False, "renormalize": True}[self.weight_rule]
+        return _finish(probs, order, counts, width, renormalize=renorm, out_dtype=logits.dtype)
+
+    def _choose(self, logits, probs, *, layer, model_top_k):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """JSON-able parameters."""
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if k != "calibration"}}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
+        return f"{type(self).__name__}({params})"
+
+
+def _check_weight_rule(rule: str) -> str:
+    if rule not in WEIGHT_RULES:
+        raise ValueError(f"weight_rule must be one of {WEIGHT_RULES}, got {rule!r}")
+    return rule
+
+
+def _resolve_max_k(max_k: int | None, model_top_k: int | None, num_experts: int, min_k: int) -> int:
+    k = max_k if max_k is not None else (model_top_k if model_top_k is not None else num_experts)
+    check_k_bounds(min_k, k, num_experts)
+    return k
+
+
+class TopK(Strategy):
+    """The standard router: the k experts of highest probability (ties by index, as torch.topk).
+
+    Parameters
+    ----------
+    k : int
+        Experts per token, 1 <= k <= E.
+    weight_rule : {"model", "softmax", "renormalize"}, default "model"
+    """
+
+    name = "topk"
+
+    def __init__(self, k: int, *, weight_rule: str = "model") -> None:
+        check_k_bounds(1, k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.weight_rule = _check_weight_rule(weight_rule)
+
+    def _choose(self, logits, probs, *, layer, model_top_k):
+        check_k_bounds(1, self.k, probs.shape[-1])
+        order = torch.topk(probs, self.k, dim=-1).indices  # (T, k), same call as the routers
+        counts = torch.full((probs.shape[0],), self.k, dtype=torch.long, device=probs.device)
+        return order, counts, self.k
+
+
+class TopP(Strategy):
+    """Top-p (nucleus) routing (Huang et al. 2024, "Harder tasks need more experts").
+
+    The smallest set of experts, by descending probability, whose probability mass reaches p:
+    :math:`k = \\min\\{k : \\sum_{j \\le k} \\pi_{(j)} \\ge p\\}`, clamped to [min_k, max_k].
+
+    Parameters
+    ----------
+    p : float in (0, 1]
+    min_k : int, default 1
+    max_k : int or None, default None (the model's top-k, else E)
+    weight_rule : {"model", "softmax", "renormalize"}, default "model"
+    """
+
+    name = "topp"
+
+    def __init__(self, p: float, *, min_k: int = 1, max_k: int | None = None, weight_rule: str = "model") -> None:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < float(p) <= 1.0:
+            raise ValueError(f"p must be in (0, 1], got {p}")
+        check_k_bounds(min_k, max_k)
+        self.p, self.min_k, self.max_k = float(p), min_k, max_k
+        self.weight_rule = _check_weight_rule(weight_rule)
+
+    def _choose(self, logits, probs, *, layer, model_top_k):
+        width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E)
+        mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # (T, E): mass of the better experts
+        counts = (mass_before < self.p).sum(dim=-1).clamp(self.min_k, width)  # (T,)
+        return order, counts, width
+
+
+class WeightRatio(Strategy):
+    """Keep the experts whose probability is at least beta times the top one (NAEE, Lu et al. 2024).
+
+    :math:`k = \\#\\{e : \\pi_e \\ge \\beta\\, \\max_j \\pi_j\\}`, clamped to [min_k, max_k].
+
+    Parameters
+    ----------
+    beta : float in (0, 1]
+    min_k : int, default 1
+    max_k : int or None, default None (the model's top-k, else E)
+    weight_rule : {"model", "softmax", "renormalize"}, default "model"
+    """
+
+    name = "weight_ratio"
+
+    def __init__(
+        self, beta: float, *, min_k: int = 1, max_k: int | None = None, weight_rule: str = "model"
+    ) -> None:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 < float(beta) <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], got {beta}")
+        check_k_bounds(min_k, max_k)
+        self.beta, self.min_k, self.max_k = float(beta), min_k, max_k
+        self.weight_rule = _check_weight_rule(weight_rule)
+
+    def _choose(self, logits, probs, *, layer, model_top_k):
+        width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E)
+        counts = (sorted_p >= self.beta * sorted_p[:, :1]).sum(dim=-1).clamp(self.min_k, width)
+        return order, counts, width
+
+
+class BH(Strategy):
+    """Benjamini-Hochberg routing: a variable number of experts per token at FDR level alpha.
+
+    p-values for H_e "expert e is not needed" come from ``pvalues``; BH at level alpha gives
+    :math:`\\hat k = \\max\\{k : p_{(k)} \\le k\\alpha/E\\}` (Benjamini & Hochberg 1995), clamped to
+    [min_k, max_k] in ascending p-value order (ties by expert index).
+
+    Parameters
+    ----------
+    alpha : float in (0, 1], default 0.05
+        FDR level: larger alpha, more experts.
+    temperature : float > 0, default 1.0
+        Spreads each token's logits about their median by 1/temperature (softmax temperature);
+        no effect with ``pvalues="empirical"`` (scale-free), fewer experts above 1 and more
+        below 1 with ``pvalues="calibrated"``. See :mod:`bh_routing.core.pvalues`.
+    min_k : int, default 1
+        Every token needs at least one expert.
+    max_k : int or None, default None
+        The model's top-k (else E). Larger lets hard tokens use more experts than the model.
+    pvalues : {"empirical", "calibrated"}, default "empirical"
+    calibration : Calibration, optional
+        Required with ``pvalues="calibrated"``.
+    weight_rule : {"model", "softmax", "renormalize"}, default "model"
+    """
+
+    name = "bh"
+
+    def __init__(
+        self,
+        alpha: float = 0.05,
+        *,
+        temperature: float = 1.0,
+        min_k: int = 1,
+        max_k: int | None = None,
+        pvalues: str = "empirical",
+        calibration: Calibration | None = None,
+        weight_rule: str = "model",
+    ) -> None:
+        self.alpha = check_alpha(alpha)
+        self.temperature = check_temperature(temperature)
+        check_k_bounds(min_k, max_k)
+        if pvalues not in PVALUE_METHODS:
+            raise ValueError(f"pvalues must be one of {PVALUE_METHODS}, got {pvalues!r}")
+        if pvalues == "calibrated" and calibration is None:
+            raise ValueError("pvalues='calibrated' needs a calibration (bh-routing calibrate)")
+        self.min_k, self.max_k, self.pvalues = min_k, max_k, pvalues
+        self.calibration = calibration
+        self.weight_rule = _check_weight_rule(weight_rule)
+
+    def p_values(self, logits: torch.Tensor, *, layer: int | None = None) -> torch.Tensor:
+        """The (T, E) p-values this strategy tests."""
+        if self.pvalues == "empirical":
+            return empirical_null_pvalues(logits, temperature=self.temperature)
+        if layer is None:
+            raise ValueError("pvalues='calibrated' needs the MoE layer index")
+        return self.calibration.pvalues(logits, layer, temperature=self.temperature)
+
+    def _choose(self, logits, probs, *, layer, model_top_k):
+        width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
+        p = self.p_values(logits, layer=layer)  # (T, E)
+        # p-values built here are valid by construction: skip re-validation on the hot path
+        counts, order = _bh_count(p, self.alpha, self.min_k, width)
+        return order, counts, width
