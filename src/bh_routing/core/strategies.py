@@ -144,14 +144,16 @@ class TopK(Strategy):
     name = "topk"
 
     def __init__(self, k: int, *, weight_rule: str = "model") -> None:
-        check_k_bounds(1, k)
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = k
         self.weight_rule = _check_weight_rule(weight_rule)
 
     def _choose(self, logits, probs, *, layer, model_top_k):
-        check_k_bounds(1, self.k, probs.shape[-1])
+        if self.k > probs.shape[-1]:
+            raise ValueError(f"k must be <= the number of experts ({probs.shape[-1]}), got {self.k}")
         order = torch.topk(probs, self.k, dim=-1).indices  # (T, k), same call as the routers
         counts = torch.full((probs.shape[0],), self.k, dtype=torch.long, device=probs.device)
         return order, counts, self.k
