@@ -1,0 +1,188 @@
+"""``load_model``: a supported MoE model and its tokenizer, from the hub, a folder, or embedded.
+
+Every failure is a one-line :class:`ModelLoadError`: a missing local folder, a hub id that cannot
+be reached offline, not enough memory, a model that is not a supported MoE family, the embedded
+model not built yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import torch
+
+from .adapters import get_adapter
+from .errors import ModelLoadError, UnsupportedModelError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _embedded_dir() -> Path:
+    try:
+        embedded = importlib.import_module("bh_routing.embedded")
+        folder = Path(embedded.EMBEDDED_MODEL_DIR)
+    except (ImportError, AttributeError):
+        raise ModelLoadError("the embedded model is not available: bh_routing.embedded.EMBEDDED_MODEL_DIR is missing") from None
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"the embedded model is not built: {folder} has no config.json (scripts/train_embedded.py builds it); "
+            "pass a hub id or a local folder instead"
+        )
+    return folder
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id ("org/name"): exists, or starts like a path, or has 2+ slashes."""
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith(("/", "./", "../", "~", "."))
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+def _resolve_dtype(dtype, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ModelLoadError(f"dtype must be a torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}")
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes of memory free for weights on ``device`` (CPU: MemAvailable), or None if unknown."""
+    if device == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _needed_bytes(folder: Path, config, dtype: torch.dtype) -> int | None:
+    """Weight bytes in ``dtype``, from the checkpoint files' size and their dtype."""
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    if size == 0:
+        return None
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    stored = _DTYPES.get(str(stored).replace("torch.", ""), torch.float32) if stored is not None else torch.float32
+    return size * dtype.itemsize // stored.itemsize
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load a supported MoE causal LM and its tokenizer, ready for inference.
+
+    Parameters
+    ----------
+    name_or_path : str or PathLike, optional
+        A hub id (``"allenai/OLMoE-1B-7B-0924"``) or a local folder; None loads the embedded
+        default model (``bh_routing.embedded.EMBEDDED_MODEL_DIR``).
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` (``device_map="auto"``) or ``"cuda:N"``; default CUDA if available.
+    dtype : torch.dtype or str, optional
+        Default bfloat16 on CUDA, float32 on CPU.
+    trust_remote_code : bool, default False
+
+    Returns
+    -------
+    (model, tokenizer)
+        The model in ``eval()`` mode.
+
+    Raises
+    ------
+    ModelLoadError
+        With a one-line reason.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path is None:
+        source = str(_embedded_dir())
+    else:
+        source = os.fspath(name_or_path)
+        if _looks_local(source):
+            folder = Path(source).expanduser()
+            if not folder.is_dir():
+                raise ModelLoadError(f"model folder not found: {folder}")
+            if not (folder / "config.json").is_file():
+                raise ModelLoadError(f"not a model folder (no config.json): {folder}")
+            source = str(folder)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but no CUDA device is available")
+    torch_dtype = _resolve_dtype(dtype, device)
+    local = Path(source).is_dir()
+    offline = _offline()
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline and not local}
+
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        if not local and (offline or "connect" in str(exc).lower()):
+            raise ModelLoadError(
+                f"cannot load {source!r}: the Hugging Face Hub cannot be reached (offline or no network) and it is "
+                "not in the local cache; download it where there is a network, or pass a local folder"
+            ) from None
+        raise ModelLoadError(f"cannot load {source!r}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # unknown model_type without remote code, ...
+        raise ModelLoadError(f"cannot load {source!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        get_adapter(config)
+    except UnsupportedModelError as exc:
+        raise ModelLoadError(f"{source} is not a supported MoE model: {exc}") from None
+
+    if local:
+        need, have = _needed_bytes(Path(source), config, torch_dtype), available_memory(device)
+        if need is not None and have is not None and need > have:
+            raise ModelLoadError(
+                f"not enough memory to load {source} in {str(torch_dtype).replace('torch.', '')} on {device}: "
+                f"needs about {_gib(need)}, {_gib(have)} available"
+            )
+    device_map = "auto" if device == "cuda" else ({"": device} if device.startswith("cuda") else None)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **kwargs)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        raise ModelLoadError(f"not enough memory to load {source} on {device}: {str(exc).splitlines()[0]}") from None
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+            raise ModelLoadError(f"not enough memory to load {source} on {device}: {str(exc).splitlines()[0]}") from None
+        raise
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load the weights of {source!r}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    try:
+        get_adapter(model).find_layers(model)
+    except UnsupportedModelError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {source!r}: {str(exc).splitlines()[0]}") from None
+    return model, tokenizer

@@ -1,0 +1,233 @@
+"""``patched(model, strategy, mode)``: route a transformers MoE model with a strategy, in place.
+
+Each MoE layer's router keeps its module object (so transformers' own output recording - the
+``router_logits`` of ``output_router_logits`` - keeps working); only the instance's ``forward``
+is swapped for one that calls the original router, hands its logits to the strategy, records the
+choice and, in ``"patch"`` mode, returns the strategy's choice in the family's tuple format. In
+``"patch"`` mode the experts module's forward is wrapped too, so that every experts backend
+computes only the chosen (token, expert) pairs (see :mod:`bh_routing.models.experts`). In
+``"analyze"`` mode the router's own output is returned untouched: the model's outputs are
+bit-identical and the strategy's choice is only recorded. Everything is resolved and checked
+before anything is patched, and every forward is restored on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..core import Strategy
+from .adapters import MoEAdapter, MoELayer, get_adapter
+from .adapters.base import text_config
+from .experts import compacting_forward
+from .fingerprint import model_fingerprint
+from .recorder import Recorder
+
+MODES = ("patch", "analyze")
+_MISSING = object()
+
+
+def _is_ours(fn) -> bool:
+    return bool(getattr(fn, "_bh_routing", False))
+
+
+def resolve_strategies(strategy, num_layers: int) -> list[Strategy]:
+    """One strategy per MoE layer from a Strategy or a mapping ``{ordinal | "default": Strategy}``.
+
+    A mapping must cover every MoE layer 0..L-1, or hold a ``"default"`` for the layers it omits.
+    """
+    if isinstance(strategy, Strategy):
+        return [strategy] * num_layers
+    if not isinstance(strategy, Mapping):
+        raise TypeError(
+            f"strategy must be a Strategy or a mapping {{moe_layer: Strategy}}, got {type(strategy).__name__}"
+        )
+    bad = [k for k in strategy if k != "default" and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_layers)]
+    if bad:
+        raise ValueError(f"strategy keys must be MoE-layer ordinals in [0, {num_layers}) or 'default', got {bad}")
+    for key, value in strategy.items():
+        if not isinstance(value, Strategy):
+            raise TypeError(f"strategy for layer {key!r} must be a Strategy, got {type(value).__name__}")
+    default = strategy.get("default")
+    missing = [i for i in range(num_layers) if i not in strategy]
+    if missing and default is None:
+        raise ValueError(
+            f"strategy mapping misses MoE layers {missing} (the model has {num_layers} MoE layers, "
+            f"0..{num_layers - 1}); give each layer a strategy or add a 'default' key"
+        )
+    return [strategy.get(i, default) for i in range(num_layers)]
+
+
+def _prepare_strategies(model, adapter: MoEAdapter, layers: list[MoELayer], strategies: list[Strategy], config):
+    """Check calibrations against the model, move their tables to the router's device, dry-run each.
+
+    Returns the strategies to use (copies where a calibration had to move device).
+    """
+    num_experts = adapter.num_experts(config)
+    calibrated = [s for s in strategies if getattr(s, "calibration", None) is not None]
+    if calibrated:
+        fingerprint = model_fingerprint(model)
+        name = getattr(config, "_name_or_path", "") or type(model).__name__
+        for s in {id(s): s for s in calibrated}.values():
+            s.calibration.check_matches(
+                model_fingerprint=fingerprint, num_layers=len(layers), num_experts=num_experts, model_name=name
+            )
+    device = layers[0].router.weight.device
+    moved: dict[int, Strategy] = {}
+    out = []
+    for layer, s in zip(layers, strategies):
+        cal = getattr(s, "calibration", None)
+        if cal is not None and cal.null_sorted.device != device:
+            if id(s) not in moved:
+                moved[id(s)] = copy.copy(s)
+                moved[id(s)].calibration = cal.to(device)
+            s = moved[id(s)]
+        # a bad setting (k > E, ...) raises here, before anything is patched
+        adapter.route(s, torch.zeros(1, num_experts, device=device), layer, config)
+        out.append(s)
+    return out
+
+
+def _router_forward(original, adapter: MoEAdapter, layer: MoELayer, strategy: Strategy, recorder: Recorder, config, mode: str):
+    top_k = adapter.top_k(config)
+
+    def forward(*args, **kwargs):
+        out = original(*args, **kwargs)
+        adapter.check_router_output(out, layer)
+        logits = out[0]  # (T, E)
+        if mode == "analyze":
+            with torch.no_grad():
+                result = adapter.route(strategy, logits, layer, config)
+                weights = adapter.weights(logits, result, strategy, config)
+            recorder.record(layer.ordinal, result, weights=weights, logits=logits)
+            t = logits.shape[0]
+            recorder.add_pairs(layer.ordinal, computed=t * top_k, dense=t * top_k)
+            return out
+        result = adapter.route(strategy, logits, layer, config)
+        weights = adapter.weights(logits, result, strategy, config)  # (T, W)
+        recorder.record(layer.ordinal, result, weights=weights, logits=logits)
+        return adapter.router_output(out, result, weights)
+
+    forward._bh_routing = True
+    return forward
+
+
+def _describe(strategies: list[Strategy]) -> dict:
+    descs = [s.describe() for s in strategies]
+    if all(d == descs[0] for d in descs):
+        return {"strategy": descs[0]}
+    return {"strategies": descs}
+
+
+@contextmanager
+def patched(
+    model: nn.Module,
+    strategy: Strategy | Mapping,
+    mode: str = "patch",
+    *,
+    record_tokens: bool = False,
+) -> Iterator[Recorder]:
+    """Route every MoE layer of ``model`` with ``strategy`` inside the ``with`` block.
+
+    Parameters
+    ----------
+    model : transformers model of a supported MoE family (see :func:`get_adapter`)
+    strategy : Strategy or mapping
+        One strategy for all MoE layers, or ``{moe_layer_ordinal: Strategy}`` covering every
+        layer 0..L-1, or with a ``"default"`` key for the layers it omits.
+    mode : {"patch", "analyze"}, default "patch"
+        ``"patch"``: the model routes with the strategy and computes only the chosen experts.
+        ``"analyze"``: the model routes as usual (bit-identical outputs); the strategy's choice
+        is computed and recorded beside it.
+    record_tokens : bool, default False
+        Keep every token's choice in the Recorder (memory grows with the tokens).
+
+    Yields
+    ------
+    Recorder
+        Statistics of the strategy's choices (readable after the block too).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad mode or strategy mapping; a strategy setting that does not fit the model.
+    UnsupportedModelError
+        Not a supported MoE family, or a layout the adapter does not recognise.
+    CalibrationMismatchError
+        A calibrated BH strategy made for another model.
+    RuntimeError
+        The model is already patched.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    adapter = get_adapter(model)
+    config = text_config(model)
+    layers = adapter.find_layers(model)
+    for layer in layers:
+        for module in (layer.router, layer.experts):
+            if _is_ours(module.__dict__.get("forward")):
+                raise RuntimeError(
+                    f"{type(model).__name__} is already patched by bh_routing.models.patched(); "
+                    "leave that context before patching it again"
+                )
+    strategies = _prepare_strategies(model, adapter, layers, resolve_strategies(strategy, len(layers)), config)
+    for note in adapter.notes(layers, config):
+        warnings.warn(note, stacklevel=3)
+    top_k, num_experts = adapter.top_k(config), adapter.num_experts(config)
+    recorder = Recorder(
+        num_layers=len(layers),
+        num_experts=num_experts,
+        model_top_k=top_k,
+        record_tokens=record_tokens,
+        score=adapter.score,
+        meta={
+            "family": adapter.family,
+            "mode": mode,
+            **_describe(strategies),
+            "layers": [layer.name for layer in layers],
+        },
+    )
+
+    saved: list[tuple[nn.Module, object]] = []
+    hooks = []
+
+    def install(module: nn.Module, forward) -> None:
+        saved.append((module, module.__dict__.get("forward", _MISSING)))
+        module.forward = forward
+
+    def take_mask(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        recorder.set_token_mask(mask)
+
+    def drop_mask(module, args, output):
+        recorder.set_token_mask(None)
+
+    try:
+        for layer, s in zip(layers, strategies):
+            install(layer.router, _router_forward(layer.router.forward, adapter, layer, s, recorder, config, mode))
+            if mode == "patch":
+                install(
+                    layer.experts,
+                    compacting_forward(
+                        layer.experts.forward, num_experts, recorder=recorder, layer=layer.ordinal, model_top_k=top_k
+                    ),
+                )
+        hooks.append(model.register_forward_pre_hook(take_mask, with_kwargs=True))
+        hooks.append(model.register_forward_hook(drop_mask, always_call=True))
+        yield recorder
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, old in reversed(saved):
+            if old is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = old
+        recorder.set_token_mask(None)

@@ -1,0 +1,234 @@
+"""The Recorder: what a routing strategy chose, per MoE layer, in bounded memory.
+
+Always kept (streaming, O(layers x experts), on the model's device so recording adds no
+host-device synchronisation): tokens seen, experts chosen per (layer, expert), a histogram of k
+per layer, and the (token, expert) pairs the experts modules computed against the pairs a dense
+top-k would have computed. With ``record_tokens=True`` it also keeps, per layer and forward call,
+every token's chosen experts, their count and weights, the router logits and a validity flag
+(CPU tensors: memory grows with the number of tokens).
+
+Padding. When the model is called with a 2-D ``attention_mask``, tokens whose mask is 0 are left
+out of the token, expert and k statistics (they are still routed and computed by the model, so
+``computed_pairs`` includes them). Without a mask every position counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..core import RoutingResult
+
+
+class Recorder:
+    """Streaming statistics of the experts chosen per MoE layer and token.
+
+    Parameters
+    ----------
+    num_layers, num_experts : int
+        MoE layers L and experts per layer E.
+    model_top_k : int
+        The model's own k (the dense baseline of :meth:`compute_fraction`).
+    record_tokens : bool, default False
+        Also keep every token's choice (see the module notes).
+    score : {"softmax", "sigmoid"}, default "softmax"
+        How the router's logits become probabilities (:meth:`tokens` ``"probs"``).
+    meta : dict, optional
+        JSON-able description (family, mode, strategies, layer names) copied into :meth:`to_dict`.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_experts: int,
+        model_top_k: int,
+        record_tokens: bool = False,
+        score: str = "softmax",
+        meta: dict | None = None,
+    ) -> None:
+        if num_layers < 1 or num_experts < 1:
+            raise ValueError(f"num_layers and num_experts must be >= 1, got {num_layers} and {num_experts}")
+        if score not in ("softmax", "sigmoid"):
+            raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
+        self.num_layers, self.num_experts, self.model_top_k = num_layers, num_experts, model_top_k
+        self.record_tokens, self.score = record_tokens, score
+        self.meta = dict(meta or {})
+        self._token_mask: torch.Tensor | None = None  # (B, S) attention mask of the current call
+        self.reset()
+
+    # --- writing ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget everything recorded so far."""
+        self._device: torch.device | None = None
+        self._expert_counts: torch.Tensor | None = None  # (L, E + 1) int64, column E = padding
+        self._k_hist: torch.Tensor | None = None  # (L, E + 1) int64, k = 0..E
+        self._tokens: torch.Tensor | None = None  # (L,) int64
+        self._computed = [0] * self.num_layers  # (token, expert) pairs the experts computed
+        self._dense = [0] * self.num_layers  # pairs the model's own top-k would compute
+        self._max_width = 0
+        self._token_records: list[list[dict]] = [[] for _ in range(self.num_layers)]
+
+    def _allocate(self, device: torch.device) -> None:
+        size = (self.num_layers, self.num_experts + 1)
+        self._device = device
+        self._expert_counts = torch.zeros(size, dtype=torch.long, device=device)
+        self._k_hist = torch.zeros(size, dtype=torch.long, device=device)
+        self._tokens = torch.zeros(self.num_layers, dtype=torch.long, device=device)
+
+    def set_token_mask(self, attention_mask: torch.Tensor | None) -> None:
+        """The 2-D attention mask (B, S) of the model call in progress, or None."""
+        ok = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
+        self._token_mask = attention_mask if ok else None
+
+    def _valid(self, num_tokens: int, device: torch.device) -> torch.Tensor | None:
+        """(T,) bool: True for real tokens, from the current attention mask; None if unknown."""
+        mask = self._token_mask
+        if mask is None or num_tokens % mask.shape[0] != 0:
+            return None
+        new = num_tokens // mask.shape[0]  # tokens per sequence in this call (all, or the new ones)
+        if new > mask.shape[1]:
+            return None
+        return mask[:, -new:].reshape(-1).to(device=device, dtype=torch.bool)  # (T,)
+
+    def record(self, layer: int, result: RoutingResult, *, weights: torch.Tensor, logits: torch.Tensor) -> None:
+        """Add one forward call of MoE layer ``layer``: the strategy's choice for T tokens."""
+        indices, counts = result.indices.detach(), result.counts.detach()  # (T, W), (T,)
+        t, w = indices.shape
+        if self._device is None:
+            self._allocate(indices.device)
+        dev = self._device
+        valid = self._valid(t, indices.device)
+        ones = valid.long() if valid is not None else torch.ones(t, dtype=torch.long, device=indices.device)
+        self._tokens[layer] += ones.sum().to(dev)
+        self._k_hist[layer].index_add_(0, counts.to(dev), ones.to(dev))
+        self._expert_counts[layer].index_add_(0, indices.reshape(-1).to(dev), ones.repeat_interleave(w).to(dev))
+        self._max_width = max(self._max_width, w)
+        if self.record_tokens:
+            self._token_records[layer].append(
+                {
+                    "indices": indices.cpu(),  # (T, W), sentinel E in unused slots
+                    "counts": counts.cpu(),  # (T,)
+                    "weights": weights.detach().float().cpu(),  # (T, W)
+                    "logits": logits.detach().float().cpu(),  # (T, E)
+                    "valid": (valid if valid is not None else ones.bool()).cpu(),  # (T,)
+                }
+            )
+
+    def add_pairs(self, layer: int, *, computed: int, dense: int) -> None:
+        """Count (token, expert) pairs computed by the experts module, and the dense top-k pairs."""
+        self._computed[layer] += int(computed)
+        self._dense[layer] += int(dense)
+
+    # --- reading ---------------------------------------------------------------------------------
+    def _cpu(self, t: torch.Tensor | None, shape) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.long) if t is None else t.cpu()
+
+    def tokens_per_layer(self) -> torch.Tensor:
+        """(L,) int64: tokens recorded per MoE layer (padding excluded)."""
+        return self._cpu(self._tokens, (self.num_layers,))
+
+    def expert_counts(self) -> torch.Tensor:
+        """(L, E) int64: how often each expert was chosen, per MoE layer."""
+        return self._cpu(self._expert_counts, (self.num_layers, self.num_experts + 1))[:, : self.num_experts]
+
+    def k_histogram(self) -> torch.Tensor:
+        """(L, W + 1) int64: tokens that used k = 0..W experts, W the widest routing seen."""
+        return self._cpu(self._k_hist, (self.num_layers, self.num_experts + 1))[:, : self._max_width + 1]
+
+    def mean_k_per_layer(self) -> torch.Tensor:
+        """(L,) float64: mean experts per token per MoE layer (NaN for a layer with no tokens)."""
+        tokens = self.tokens_per_layer().double()
+        pairs = self.expert_counts().sum(dim=1).double()
+        return torch.where(tokens > 0, pairs / tokens.clamp_min(1), torch.full_like(tokens, math.nan))
+
+    def mean_experts_per_token(self) -> float:
+        """Mean experts per token over all MoE layers and tokens (NaN before any token)."""
+        tokens = int(self.tokens_per_layer().sum())
+        return float(self.expert_counts().sum()) / tokens if tokens else math.nan
+
+    def selected_pairs(self) -> int:
+        """(token, expert) pairs chosen over all layers (padding excluded) = sum of the counts."""
+        return int(self.expert_counts().sum())
+
+    def computed_pairs(self) -> list[int]:
+        """Per layer, the (token, expert) pairs the experts modules computed (padding included)."""
+        return list(self._computed)
+
+    def dense_pairs(self) -> list[int]:
+        """Per layer, the pairs the model's own top-k computes on the same calls (T x k)."""
+        return list(self._dense)
+
+    def compute_fraction(self) -> float:
+        """Computed pairs / dense top-k pairs over all layers (1.0 = no saving; NaN before any call)."""
+        dense = sum(self._dense)
+        return sum(self._computed) / dense if dense else math.nan
+
+    def tokens(self, layer: int) -> dict[str, torch.Tensor]:
+        """Every recorded token of MoE layer ``layer`` (needs ``record_tokens=True``).
+
+        Returns ``indices`` (N, W) with sentinel E, ``counts`` (N,), ``weights`` (N, W),
+        ``logits`` (N, E), ``probs`` (N, E) and ``valid`` (N,) bool, calls concatenated in order.
+        """
+        if not self.record_tokens:
+            raise ValueError("per-token records need record_tokens=True")
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        recs = self._token_records[layer]
+        e = self.num_experts
+        if not recs:
+            return {
+                "indices": torch.empty(0, 0, dtype=torch.long),
+                "counts": torch.empty(0, dtype=torch.long),
+                "weights": torch.empty(0, 0),
+                "logits": torch.empty(0, e),
+                "probs": torch.empty(0, e),
+                "valid": torch.empty(0, dtype=torch.bool),
+            }
+        width = max(r["indices"].shape[1] for r in recs)
+
+        def pad(x: torch.Tensor, value) -> torch.Tensor:  # (T, w) -> (T, width)
+            return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+        logits = torch.cat([r["logits"] for r in recs])  # (N, E)
+        probs = torch.sigmoid(logits) if self.score == "sigmoid" else torch.softmax(logits, dim=-1)
+        return {
+            "indices": torch.cat([pad(r["indices"], e) for r in recs]),
+            "counts": torch.cat([r["counts"] for r in recs]),
+            "weights": torch.cat([pad(r["weights"], 0.0) for r in recs]),
+            "logits": logits,
+            "probs": probs,
+            "valid": torch.cat([r["valid"] for r in recs]),
+        }
+
+    def to_dict(self) -> dict:
+        """JSON-able summary (no per-token records)."""
+
+        def clean(xs: Sequence[float]) -> list:
+            return [None if math.isnan(x) else x for x in xs]
+
+        mean = self.mean_experts_per_token()
+        frac = self.compute_fraction()
+        return {
+            **self.meta,
+            "num_layers": self.num_layers,
+            "num_experts": self.num_experts,
+            "model_top_k": self.model_top_k,
+            "tokens_per_layer": self.tokens_per_layer().tolist(),
+            "mean_experts_per_token": None if math.isnan(mean) else mean,
+            "mean_k_per_layer": clean(self.mean_k_per_layer().tolist()),
+            "expert_counts": self.expert_counts().tolist(),
+            "k_histogram": self.k_histogram().tolist(),
+            "computed_pairs": self.computed_pairs(),
+            "dense_pairs": self.dense_pairs(),
+            "compute_fraction": None if math.isnan(frac) else frac,
+        }
+
+    def __repr__(self) -> str:
+        mean = self.mean_experts_per_token()
+        return (
+            f"Recorder(layers={self.num_layers}, experts={self.num_experts}, "
+            f"tokens={int(self.tokens_per_layer().sum())}, mean_experts_per_token={mean:.3f})"
+        )
