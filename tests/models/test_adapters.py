@@ -116,3 +116,17 @@ def test_deepseek_warns_when_its_selection_is_not_reproduced():
     with pytest.warns(UserWarning, match="selection bias e_score_correction_bias is not applied"):
         with patched(model, TopK(K)):
             pass
+
+
+def test_router_logits_for_hidden_states(family):
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    layer = adapter.find_layers(model)[0]
+    hidden = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        logits = adapter.router_logits(layer, hidden)
+        direct = torch.nn.functional.linear(hidden.reshape(-1, 32).to(layer.router.weight.dtype), layer.router.weight)
+        if getattr(layer.router, "bias", None) is not None:
+            direct = direct + layer.router.bias
+    assert logits.shape == (10, E)
+    torch.testing.assert_close(logits, direct)

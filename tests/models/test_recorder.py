@@ -7,7 +7,7 @@ import pytest
 import torch
 from moe_tiny import E, tiny_model, tokens
 
-from bh_routing import BH
+from bh_routing import BH, TopK
 from bh_routing.models import Recorder, patched
 
 
@@ -65,3 +65,14 @@ def test_deepseek_records_sigmoid_scores():
     # family weights: sigmoid scores renormalised (norm_topk_prob=True) times routed_scaling_factor
     used = got["indices"] < E
     assert torch.allclose(got["weights"].sum(dim=1)[used.any(1)], torch.tensor(2.5))
+
+
+def test_model_overlap_in_analyze_mode():
+    model = tiny_model("mixtral")
+    with torch.no_grad(), patched(model, {0: TopK(2), 1: TopK(1), 2: TopK(8)}, "analyze") as rec:
+        model(tokens())
+    # TopK(2) is the model's own choice; TopK(1) is its best expert; of TopK(8) the model ran 2
+    assert rec.model_overlap().tolist() == [1.0, 1.0, 0.25]
+    with torch.no_grad(), patched(model, TopK(2)) as rec:
+        model(tokens())
+    assert math.isnan(rec.model_overlap()[0])  # patch mode: the model's own choice is not run

@@ -77,16 +77,17 @@ def _prepare_strategies(model, adapter: MoEAdapter, layers: list[MoELayer], stra
             s.calibration.check_matches(
                 model_fingerprint=fingerprint, num_layers=len(layers), num_experts=num_experts, model_name=name
             )
-    device = layers[0].router.weight.device
-    moved: dict[int, Strategy] = {}
+    moved: dict[tuple[int, torch.device], Strategy] = {}
     out = []
     for layer, s in zip(layers, strategies):
+        device = layer.router.weight.device  # layers may sit on different devices (device_map)
         cal = getattr(s, "calibration", None)
         if cal is not None and cal.null_sorted.device != device:
-            if id(s) not in moved:
-                moved[id(s)] = copy.copy(s)
-                moved[id(s)].calibration = cal.to(device)
-            s = moved[id(s)]
+            key = (id(s), device)
+            if key not in moved:
+                moved[key] = copy.copy(s)
+                moved[key].calibration = cal.to(device)
+            s = moved[key]
         # a bad setting (k > E, ...) raises here, before anything is patched
         adapter.route(s, torch.zeros(1, num_experts, device=device), layer, config)
         out.append(s)
@@ -104,7 +105,7 @@ def _router_forward(original, adapter: MoEAdapter, layer: MoELayer, strategy: St
             with torch.no_grad():
                 result = adapter.route(strategy, logits, layer, config)
                 weights = adapter.weights(logits, result, strategy, config)
-            recorder.record(layer.ordinal, result, weights=weights, logits=logits)
+            recorder.record(layer.ordinal, result, weights=weights, logits=logits, model_indices=out[2])
             t = logits.shape[0]
             recorder.add_pairs(layer.ordinal, computed=t * top_k, dense=t * top_k)
             return out

@@ -2,8 +2,9 @@
 
 Always kept (streaming, O(layers x experts), on the model's device so recording adds no
 host-device synchronisation): tokens seen, experts chosen per (layer, expert), a histogram of k
-per layer, and the (token, expert) pairs the experts modules computed against the pairs a dense
-top-k would have computed. With ``record_tokens=True`` it also keeps, per layer and forward call,
+per layer, the (token, expert) pairs the experts modules computed against the pairs a dense
+top-k would have computed, and (in analyze mode) how many of the strategy's pairs the model's own
+top-k also chose. With ``record_tokens=True`` it also keeps, per layer and forward call,
 every token's chosen experts, their count and weights, the router logits and a validity flag
 (CPU tensors: memory grows with the number of tokens).
 
@@ -66,6 +67,8 @@ class Recorder:
         self._expert_counts: torch.Tensor | None = None  # (L, E + 1) int64, column E = padding
         self._k_hist: torch.Tensor | None = None  # (L, E + 1) int64, k = 0..E
         self._tokens: torch.Tensor | None = None  # (L,) int64
+        self._overlap: torch.Tensor | None = None  # (L,) int64, strategy pairs the model also chose
+        self._has_model_choice = False
         self._computed = [0] * self.num_layers  # (token, expert) pairs the experts computed
         self._dense = [0] * self.num_layers  # pairs the model's own top-k would compute
         self._max_width = 0
@@ -77,6 +80,7 @@ class Recorder:
         self._expert_counts = torch.zeros(size, dtype=torch.long, device=device)
         self._k_hist = torch.zeros(size, dtype=torch.long, device=device)
         self._tokens = torch.zeros(self.num_layers, dtype=torch.long, device=device)
+        self._overlap = torch.zeros(self.num_layers, dtype=torch.long, device=device)
 
     def set_token_mask(self, attention_mask: torch.Tensor | None) -> None:
         """The 2-D attention mask (B, S) of the model call in progress, or None."""
@@ -93,8 +97,19 @@ class Recorder:
             return None
         return mask[:, -new:].reshape(-1).to(device=device, dtype=torch.bool)  # (T,)
 
-    def record(self, layer: int, result: RoutingResult, *, weights: torch.Tensor, logits: torch.Tensor) -> None:
-        """Add one forward call of MoE layer ``layer``: the strategy's choice for T tokens."""
+    def record(
+        self,
+        layer: int,
+        result: RoutingResult,
+        *,
+        weights: torch.Tensor,
+        logits: torch.Tensor,
+        model_indices: torch.Tensor | None = None,
+    ) -> None:
+        """Add one forward call of MoE layer ``layer``: the strategy's choice for T tokens.
+
+        ``model_indices`` (T, k), the model's own choice (analyze mode), feeds :meth:`model_overlap`.
+        """
         indices, counts = result.indices.detach(), result.counts.detach()  # (T, W), (T,)
         t, w = indices.shape
         if self._device is None:
@@ -106,6 +121,13 @@ class Recorder:
         self._k_hist[layer].index_add_(0, counts.to(dev), ones.to(dev))
         self._expert_counts[layer].index_add_(0, indices.reshape(-1).to(dev), ones.repeat_interleave(w).to(dev))
         self._max_width = max(self._max_width, w)
+        if model_indices is not None:
+            self._has_model_choice = True
+            model_mask = torch.zeros(t, self.num_experts + 1, dtype=torch.bool, device=indices.device)
+            model_mask.scatter_(1, model_indices.to(indices.device), True)  # (T, E + 1)
+            both = model_mask[:, : self.num_experts].gather(1, indices.clamp(max=self.num_experts - 1))
+            both &= indices < self.num_experts  # (T, W): chosen by the strategy and by the model
+            self._overlap[layer] += (both.sum(dim=1) * ones).sum().to(dev)
         if self.record_tokens:
             self._token_records[layer].append(
                 {
@@ -166,6 +188,15 @@ class Recorder:
         dense = sum(self._dense)
         return sum(self._computed) / dense if dense else math.nan
 
+    def model_overlap(self) -> torch.Tensor:
+        """(L,) float64: share of the strategy's (token, expert) pairs that the model's own top-k also
+        chose, per MoE layer. Known in ``"analyze"`` mode only (NaN otherwise, or with no pairs)."""
+        pairs = self.expert_counts().sum(dim=1).double()
+        if not self._has_model_choice:
+            return torch.full_like(pairs, math.nan)
+        overlap = self._cpu(self._overlap, (self.num_layers,)).double()
+        return torch.where(pairs > 0, overlap / pairs.clamp_min(1), torch.full_like(pairs, math.nan))
+
     def tokens(self, layer: int) -> dict[str, torch.Tensor]:
         """Every recorded token of MoE layer ``layer`` (needs ``record_tokens=True``).
 
@@ -224,6 +255,7 @@ class Recorder:
             "computed_pairs": self.computed_pairs(),
             "dense_pairs": self.dense_pairs(),
             "compute_fraction": None if math.isnan(frac) else frac,
+            "model_overlap": clean(self.model_overlap().tolist()),
         }
 
     def __repr__(self) -> str:

@@ -139,6 +139,13 @@ class MoEAdapter:
                 f"{layer.name} returned {shapes}, expected (logits (T, E), weights (T, k), indices (T, k))"
             )
 
+    def router_logits(self, layer: MoELayer, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The router logits (T, E) of ``layer`` for hidden states (..., H), from the router's own
+        class forward (so neither a patch nor a hook runs)."""
+        out = type(layer.router).forward(layer.router, hidden_states.reshape(-1, hidden_states.shape[-1]))
+        self.check_router_output(out, layer)
+        return out[0]
+
     # --- routing with a strategy -----------------------------------------------------------------
     def route(self, strategy: Strategy, logits: torch.Tensor, layer: MoELayer, config) -> RoutingResult:
         """The strategy's choice for router logits (T, E); the strategy sees them in float32."""
