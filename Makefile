@@ -6,7 +6,7 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	.venv/bin/bh-routing demo
+	.venv/bin/bh-routing run --out $(OUT)
 
 test: setup
 	.venv/bin/python -m pytest -n 2 -q

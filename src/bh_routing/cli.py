@@ -1,37 +1,177 @@
-"""The `bh-routing` command: thin typed commands over the public API."""
+"""The `bh-routing` command: thin typed commands over the public API.
+
+Every command prints one line ``error: ...`` and exits with status 2 on bad input, having
+written nothing.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+EXIT_BAD_INPUT = 2
 
 
 @app.callback()
 def _root() -> None:
     """Variable-k MoE routing with the Benjamini-Hochberg procedure, measured."""
+    # our own tqdm bars report progress; transformers' weight-loading bars would only add noise
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _floats(name: str, text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"{name} must be a comma-separated list of numbers, got {text!r}")
+    if not values:
+        _fail(f"{name} must not be empty")
+    return values
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .analysis.config import ConfigError
+    from .analysis.pipeline import RunError
+    from .core import CalibrationMismatchError
+    from .models import ModelLoadError, UnsupportedModelError
+
+    return (ConfigError, RunError, ModelLoadError, UnsupportedModelError, CalibrationMismatchError, FileNotFoundError, ValueError)
+
+
+def _config(opts: dict):
+    from .analysis.config import ConfigError, RunConfig, load_config_file
+
+    try:
+        values = load_config_file(opts.pop("config")) if opts.get("config") else {}
+    except ConfigError as exc:
+        _fail(str(exc))
+    opts.pop("config", None)
+    values.update({k: v for k, v in opts.items() if v is not None})
+    return RunConfig(**values)
+
+
+def _run(group: str, opts: dict, out: Path) -> None:
+    from .analysis import pipeline
+
+    cfg = _config(opts)
+    try:
+        results = pipeline.run(cfg, out, steps=pipeline.STEP_GROUPS[group])
+    except _user_errors() as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    st = results["derived"].get("statistics")
+    typer.echo(f"wrote {out}/")
+    if st:
+        typer.echo(
+            f"BH: {st['experts']['mean_a']:.3f} experts/token vs {results['model']['top_k']} "
+            f"({st['expert_reduction_pct']['mean']:.1f}% fewer); perplexity {st['ppl_bh']['ppl']:.3f} vs {st['ppl_topk']['ppl']:.3f}"
+        )
+        typer.echo(st["sequences"]["verdict"])
+
+
+# ------------------------------------------------------------------------ shared options
+Model = typer.Option(None, "--model", "-m", help="hub id or local folder (default: the embedded model)")
+Device = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+Dtype = typer.Option(None, help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+Config = typer.Option(None, "--config", "-c", help="YAML or TOML file of settings (flags override it)")
+Out = typer.Option(Path("runs/default"), "--out", "-o", help="output folder")
+Seed = typer.Option(None, help="random seed (default 42)")
+Quick = typer.Option(None, "--quick/--full", help="smoke run: fewer sequences and sweep points")
+Alphas = typer.Option(None, help="α sweep, comma-separated, e.g. 0.01,0.05,0.1")
+Alpha = typer.Option(None, help="BH level of the single-setting analyses (default 0.05)")
+Temps = typer.Option(None, "--temperatures", help="temperature sweep, comma-separated")
+Strategies = typer.Option(None, help="frontier families: topk,topp,weight_ratio,bh")
+Pvalues = typer.Option(None, help="p-value methods swept: empirical,calibrated")
+BhPvalues = typer.Option(None, "--bh-pvalues", help="p-value method of the single-setting analyses")
+Prompts = typer.Option(None, "--prompts", help="prompts file, one prompt per line")
+EvalText = typer.Option(None, "--eval-text", help="UTF-8 text file to evaluate on (default: embedded held-out text)")
+Calib = typer.Option(None, "--calibration", help="a saved calibration.safetensors for this model")
+EvalSeqs = typer.Option(None, "--eval-sequences", help="evaluation sequences (default 32)")
+SeqLen = typer.Option(None, "--seq-len", help="tokens per sequence (default 256)")
+
+
+def _opts(model, device, dtype, config, seed, quick, alphas, alpha, temperatures, strategies, pvalues, bh_pvalues,
+          prompts, eval_text, calibration, eval_sequences, seq_len) -> dict:
+    return {
+        "model": model, "device": device, "dtype": dtype, "config": config, "seed": seed, "quick": quick,
+        "alphas": _floats("alphas", alphas), "alpha": alpha, "temperatures": _floats("temperatures", temperatures),
+        "strategies": _names(strategies), "pvalues": _names(pvalues), "bh_pvalues": bh_pvalues,
+        "prompts_file": prompts, "eval_text": eval_text, "calibration": calibration,
+        "eval_sequences": eval_sequences, "seq_len": seq_len,
+    }
+
+
+def _command(group: str, help_text: str):
+    def command(
+        model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype,
+        config: Optional[Path] = Config, out: Path = Out, seed: Optional[int] = Seed, quick: Optional[bool] = Quick,
+        alphas: Optional[str] = Alphas, alpha: Optional[float] = Alpha, temperatures: Optional[str] = Temps,
+        strategies: Optional[str] = Strategies, pvalues: Optional[str] = Pvalues, bh_pvalues: Optional[str] = BhPvalues,
+        prompts: Optional[Path] = Prompts, eval_text: Optional[Path] = EvalText, calibration: Optional[Path] = Calib,
+        eval_sequences: Optional[int] = EvalSeqs, seq_len: Optional[int] = SeqLen,
+    ) -> None:
+        opts = _opts(model, device, dtype, config, seed, quick, alphas, alpha, temperatures, strategies, pvalues,
+                     bh_pvalues, prompts, eval_text, calibration, eval_sequences, seq_len)
+        for key in ("prompts_file", "eval_text", "calibration", "config"):
+            if opts[key] is not None:
+                opts[key] = str(opts[key])
+        _run(group, opts, out)
+
+    command.__doc__ = help_text
+    return command
+
+
+app.command("run")(_command("run", "Everything: calibration, sweeps, frontier, prompts, statistics, figures, RESULTS.md."))
+app.command("sweep")(_command("sweep", "α and temperature sweeps (with the calibration they need), and their report."))
+app.command("eval")(_command("eval", "Quality: perplexity of every strategy (the Pareto frontier) and per-prompt loss."))
+app.command("calibrate")(_command("calibrate", "Fit the calibrated null on the calibration split and save calibration.safetensors."))
 
 
 @app.command()
-def demo(
-    alpha: float = typer.Option(0.05, help="FDR level"),
-    tokens: int = typer.Option(10000, help="synthetic tokens"),
-    seed: int = typer.Option(0),
-) -> None:
-    """BH routing on synthetic router logits (64 experts, a few strong ones per token)."""
-    import torch
+def info(model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype) -> None:
+    """Inspect a model's MoE architecture: layers, experts, top-k, router, backend, parameters."""
+    from .models import inspect_model, load_model
 
-    from . import BH, TopK
+    try:
+        m, _ = load_model(model, device=device, dtype=dtype)
+    except _user_errors() as exc:
+        _fail(str(exc).splitlines()[0])
+    typer.echo(str(inspect_model(m)))
 
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(tokens, 64, generator=g)
-    strong = torch.randint(0, 9, (tokens,), generator=g)  # 0..8 clearly preferred experts per token
-    z += 4.0 * (torch.arange(64) < strong[:, None])
-    for strategy in (TopK(8), BH(alpha)):
-        r = strategy.route(z, model_top_k=8)
-        c = r.counts.float()
-        typer.echo(f"{strategy!r}: mean experts/token {c.mean():.3f} (sd {c.std():.3f})")
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a folder written by `bh-routing run`")) -> None:
+    """Redraw the figures and RESULTS.md of a finished run from its bh_routing_results.json."""
+    from .report import load_results, write_report
+
+    try:
+        results = load_results(run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    write_report(results, run_dir)
+    typer.echo(f"wrote {run_dir}/")
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

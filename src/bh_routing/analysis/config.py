@@ -1,0 +1,140 @@
+"""The configuration of a run: one small dataclass, loadable from YAML or TOML."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_ALPHAS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+DEFAULT_TEMPERATURES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
+DEFAULT_TOPP = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+DEFAULT_RATIOS = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02]
+PVALUE_METHODS = ("empirical", "calibrated")
+FRONTIER_FAMILIES = ("topk", "topp", "weight_ratio", "bh")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message names the field."""
+
+
+@dataclass
+class RunConfig:
+    model: str | None = None  # hub id or local folder; None = the embedded model
+    device: str | None = None  # "cpu", "cuda", ...; None = cuda if available
+    dtype: str | None = None  # "float32" | "bfloat16" | "float16"; None = bf16 on cuda, fp32 on cpu
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the α sweep
+    alpha: float = 0.05  # BH level of the single-setting analyses
+    temperatures: list[float] = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
+    pvalues: list[str] = field(default_factory=lambda: list(PVALUE_METHODS))  # methods swept
+    bh_pvalues: str = "calibrated"  # the method of the single-setting analyses
+    strategies: list[str] = field(default_factory=lambda: list(FRONTIER_FAMILIES))  # on the frontier
+    topp_values: list[float] = field(default_factory=lambda: list(DEFAULT_TOPP))
+    ratio_values: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    min_k: int = 1  # every token gets at least this many experts
+    max_k: int | None = None  # None = the model's top-k
+    prompts_file: str | None = None  # one prompt per line; None = the 10 default prompts
+    eval_text: str | None = None  # a UTF-8 text file; None = the embedded held-out text
+    calibration: str | None = None  # a saved calibration; None = fit on the calibration split
+    null: str = "unrouted"  # calibration null sample: "unrouted" | "all"
+    seq_len: int = 256  # tokens per evaluation sequence
+    eval_sequences: int = 32  # sequences for quality and sweeps
+    calib_sequences: int = 64  # sequences for calibration (disjoint from the evaluation ones)
+    reservoir_size: int = 8192  # calibration values kept per (layer, expert)
+    new_tokens: int = 24  # generated tokens per baseline prompt
+    n_resamples: int = 2000  # bootstrap resamples
+    seed: int = 42
+    quick: bool = False  # smoke run: fewer sequences and sweep points
+
+    def effective(self) -> RunConfig:
+        """The configuration actually run (``quick`` shrinks sizes)."""
+        if not self.quick:
+            return self
+        c = RunConfig(**asdict(self))
+        c.eval_sequences, c.calib_sequences, c.seq_len = min(c.eval_sequences, 6), min(c.calib_sequences, 16), min(c.seq_len, 128)
+        c.alphas = c.alphas[::2] if len(c.alphas) > 4 else c.alphas
+        c.temperatures = c.temperatures[::2] if len(c.temperatures) > 4 else c.temperatures
+        c.topp_values, c.ratio_values = c.topp_values[::2], c.ratio_values[::2]
+        c.new_tokens, c.n_resamples = min(c.new_tokens, 8), min(c.n_resamples, 300)
+        c.reservoir_size = min(c.reservoir_size, 2048)
+        return c
+
+    def validate(self) -> RunConfig:
+        """Raise ConfigError for the first bad field; return self."""
+        def check_list(name, values, lo, hi, lo_open=True):
+            if not values:
+                raise ConfigError(f"{name} must not be empty")
+            for v in values:
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+                    raise ConfigError(f"{name} must hold numbers, got {v!r}")
+                if (v <= lo if lo_open else v < lo) or v > hi:
+                    bracket = "(" if lo_open else "["
+                    raise ConfigError(f"{name} values must be in {bracket}{lo}, {hi}], got {v}")
+
+        check_list("alphas", self.alphas, 0, 1)
+        check_list("alpha", [self.alpha], 0, 1)
+        check_list("temperatures", self.temperatures, 0, math.inf)
+        check_list("topp_values", self.topp_values, 0, 1)
+        check_list("ratio_values", self.ratio_values, 0, 1)
+        for m in self.pvalues + [self.bh_pvalues]:
+            if m not in PVALUE_METHODS:
+                raise ConfigError(f"pvalues must be among {PVALUE_METHODS}, got {m!r}")
+        for s in self.strategies:
+            if s not in FRONTIER_FAMILIES:
+                raise ConfigError(f"strategies must be among {FRONTIER_FAMILIES}, got {s!r}")
+        if self.null not in ("unrouted", "all"):
+            raise ConfigError(f"null must be 'unrouted' or 'all', got {self.null!r}")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for name in ("seq_len", "eval_sequences", "calib_sequences", "reservoir_size", "new_tokens", "n_resamples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name in ("seq_len", "eval_sequences") else 1):
+                raise ConfigError(f"{name} must be an int >= {2 if name in ('seq_len', 'eval_sequences') else 1}, got {v!r}")
+        if self.min_k < 1:
+            raise ConfigError(f"min_k must be >= 1, got {self.min_k}")
+        if self.max_k is not None and self.max_k < self.min_k:
+            raise ConfigError(f"max_k must be >= min_k, got max_k={self.max_k} < min_k={self.min_k}")
+        for name in ("prompts_file", "eval_text", "calibration"):
+            v = getattr(self, name)
+            if v is not None and not Path(v).is_file():
+                raise ConfigError(f"{name} not found: {v}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) run configuration into a dict of RunConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file must end in .yaml, .yml or .toml, got {path.name}")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        import difflib
+
+        hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u for u in unknown]
+        raise ConfigError(f"unknown config keys: {', '.join(hints)}")
+    return data

@@ -1,0 +1,195 @@
+"""The analyses: each a function of (model, tokenizer, texts, config) returning JSON-able results."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core import BH, Calibration, CalibrationBuilder, Strategy, TopK, TopP, WeightRatio
+from ..models import get_adapter, model_fingerprint, patched
+from ..models.adapters import text_config
+from .config import RunConfig
+from .evaluate import StrategyRun, evaluate_strategy, sequence_nll
+
+
+def routing_shape(model) -> tuple[int, int, int]:
+    """(MoE layers, experts, the model's top-k)."""
+    adapter, config = get_adapter(model), text_config(model)
+    return len(adapter.find_layers(model)), adapter.num_experts(config), adapter.top_k(config)
+
+
+def model_top_k(model) -> int:
+    return routing_shape(model)[2]
+
+
+def bh_strategy(cfg: RunConfig, method: str, calibration: Calibration | None, *, alpha=None, temperature=1.0) -> BH:
+    return BH(
+        cfg.alpha if alpha is None else alpha,
+        temperature=temperature,
+        min_k=cfg.min_k,
+        max_k=cfg.max_k,
+        pvalues=method,
+        calibration=calibration if method == "calibrated" else None,
+    )
+
+
+def bh_label(method: str, alpha: float, temperature: float = 1.0) -> str:
+    t = "" if temperature == 1.0 else f", T={temperature:g}"
+    return f"BH-{method}(α={alpha:g}{t})"
+
+
+# ---------------------------------------------------------------------------- calibration
+@torch.no_grad()
+def fit_calibration(model, sequences: torch.Tensor, *, null: str, reservoir_size: int, seed: int, model_name: str) -> Calibration:
+    """Record the router logits of ``sequences`` (N, S) with the model routing as usual; fit the null."""
+    num_layers, num_experts, top_k = routing_shape(model)
+    builder = CalibrationBuilder(
+        num_layers=num_layers,
+        num_experts=num_experts,
+        top_k=top_k,
+        null=null,
+        reservoir_size=reservoir_size,
+        seed=seed,
+    )
+    device = next(model.parameters()).device
+    # analyze mode with a TopK(k) strategy records the real logits without changing the model
+    with patched(model, TopK(top_k), mode="analyze", record_tokens=True) as rec:
+        for row in tqdm(sequences, desc="calibration", leave=False):
+            rec.reset()
+            model(input_ids=row.unsqueeze(0).to(device))
+            for layer in range(builder.num_layers):
+                builder.update(layer, rec.tokens(layer)["logits"])
+    return builder.finalize(model_name=model_name, model_fingerprint=model_fingerprint(model))
+
+
+# ---------------------------------------------------------------------------- sweeps
+def alpha_sweep(model, seqs, cfg: RunConfig, calibration) -> list[dict]:
+    """For each p-value method and α: patch-mode experts per token and per-sequence loss."""
+    runs = []
+    grid = [(m, a) for m in cfg.pvalues for a in cfg.alphas]
+    for method, alpha in tqdm(grid, desc="α sweep"):
+        s = bh_strategy(cfg, method, calibration, alpha=alpha)
+        runs.append(evaluate_strategy(model, seqs, s, label=bh_label(method, alpha), family=f"bh-{method}", param=alpha).to_dict())
+    return runs
+
+
+def temperature_sweep(model, seqs, cfg: RunConfig, calibration) -> list[dict]:
+    """For each p-value method and temperature at α = cfg.alpha."""
+    runs = []
+    grid = [(m, t) for m in cfg.pvalues for t in cfg.temperatures]
+    for method, t in tqdm(grid, desc="temperature sweep"):
+        s = bh_strategy(cfg, method, calibration, temperature=t)
+        run = evaluate_strategy(model, seqs, s, label=bh_label(method, cfg.alpha, t), family=f"bh-{method}", param=t)
+        runs.append(run.to_dict())
+    return runs
+
+
+def baseline_frontier(model, seqs, cfg: RunConfig) -> list[dict]:
+    """TopK (k = 1..K), TopP and WeightRatio sweeps in patch mode, for the Pareto frontier."""
+    k_model = model_top_k(model)
+    max_k = cfg.max_k
+    items: list[tuple[str, float, Strategy, str]] = [(f"TopK(k={k})", k, TopK(k), "topk") for k in range(1, k_model + 1)]
+    if "topp" in cfg.strategies:
+        items += [(f"TopP(p={p:g})", p, TopP(p, min_k=cfg.min_k, max_k=max_k), "topp") for p in cfg.topp_values]
+    if "weight_ratio" in cfg.strategies:
+        items += [(f"WeightRatio(β={b:g})", b, WeightRatio(b, min_k=cfg.min_k, max_k=max_k), "weight_ratio") for b in cfg.ratio_values]
+    runs = []
+    for label, param, s, fam in tqdm(items, desc="baselines"):
+        runs.append(evaluate_strategy(model, seqs, s, label=label, family=fam, param=param).to_dict())
+    return runs
+
+
+# ---------------------------------------------------------------------------- prompts
+@torch.no_grad()
+def baseline_inference(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str]) -> list[dict]:
+    """Greedy continuations of the baseline prompts under TopK(K) and BH, with experts per token."""
+    k_model = model_top_k(model)
+    device = next(model.parameters()).device
+    out = []
+    strategies = {"TopK": TopK(k_model), "BH": bh_strategy(cfg, cfg.bh_pvalues, calibration)}
+    for name, prompt in tqdm(list(prompts.items()), desc="baseline inference"):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        row = {"prompt_label": name, "prompt": prompt}
+        for sname, s in strategies.items():
+            with patched(model, s, mode="patch") as rec:
+                gen = model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.new_tokens,
+                    do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                )
+                row[sname] = {
+                    "continuation": tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True),
+                    "mean_experts_per_token": rec.mean_experts_per_token(),
+                    "strategy": s.describe(),
+                }
+        out.append(row)
+    return out
+
+
+def token_category(token: str) -> str:
+    t = token.strip()
+    if not t:
+        return "whitespace"
+    if re.fullmatch(r"\d+([.,]\d+)?", t):
+        return "number"
+    if re.fullmatch(r"[A-Za-z]+", t):
+        return "word-start" if token[:1].isspace() else "word-piece"
+    if re.fullmatch(r"[^\w\s]+", t):
+        return "punctuation"
+    return "mixed"
+
+
+@torch.no_grad()
+def token_level(model, tokenizer, cfg: RunConfig, calibration, sentence: str) -> dict:
+    """Experts per token (mean over MoE layers, and per layer) for one sentence, with token kinds."""
+    device = next(model.parameters()).device
+    ids = tokenizer(sentence, return_tensors="pt").input_ids.to(device)
+    s = bh_strategy(cfg, cfg.bh_pvalues, calibration)
+    with patched(model, s, mode="patch", record_tokens=True) as rec:
+        model(input_ids=ids)
+        per_layer = torch.stack([rec.tokens(l)["counts"] for l in range(rec.num_layers)]).float()  # (L, T)
+    tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+    kinds = [token_category(t) for t in tokens]
+    mean = per_layer.mean(dim=0)  # (T,)
+    by_kind: dict[str, list[float]] = {}
+    for kind, k in zip(kinds, mean.tolist()):
+        by_kind.setdefault(kind, []).append(k)
+    return {
+        "sentence": sentence,
+        "strategy": s.describe(),
+        "tokens": tokens,
+        "kinds": kinds,
+        "mean_k": mean.tolist(),
+        "k_per_layer": per_layer.tolist(),
+        "mean_k_by_kind": {k: {"mean": float(np.mean(v)), "n": len(v)} for k, v in sorted(by_kind.items())},
+    }
+
+
+@torch.no_grad()
+def comparative(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str]) -> list[dict]:
+    """Per prompt: TopK(K) vs BH mean experts per token and next-token loss (teacher forcing)."""
+    k_model = model_top_k(model)
+    device = next(model.parameters()).device
+    rows = []
+    strategies = {"topk": TopK(k_model), "bh": bh_strategy(cfg, cfg.bh_pvalues, calibration)}
+    for name, prompt in tqdm(list(prompts.items()), desc="comparative"):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        if ids.shape[1] < 2:
+            raise ValueError(f"prompt {name!r} has fewer than 2 tokens: {prompt!r}")
+        row = {"prompt_label": name, "prompt": prompt, "tokens": ids.shape[1]}
+        for sname, s in strategies.items():
+            with patched(model, s, mode="patch") as rec:
+                nll, n = sequence_nll(model, ids)
+                row[f"{sname}_mean_experts"] = rec.mean_experts_per_token()
+                row[f"{sname}_loss"] = float(nll) / n
+        row["expert_reduction_pct"] = 100.0 * (1 - row["bh_mean_experts"] / row["topk_mean_experts"])
+        row["loss_change"] = row["bh_loss"] - row["topk_loss"]
+        rows.append(row)
+    return rows
+
+
+def as_runs(dicts: list[dict]) -> list[StrategyRun]:
+    keep = {k for k in StrategyRun.__dataclass_fields__}
+    return [StrategyRun(**{k: v for k, v in d.items() if k in keep}) for d in dicts]

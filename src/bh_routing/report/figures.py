@@ -1,0 +1,279 @@
+"""The 8 figures, drawn from a results dict only (never from a model). 150 DPI PNGs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 150
+COLORS = {"topk": "#444444", "topp": "#1f77b4", "weight_ratio": "#2ca02c", "bh-empirical": "#d62728", "bh-calibrated": "#9467bd"}
+NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)", "bh-empirical": "BH, empirical null", "bh-calibrated": "BH, calibrated null"}
+TEMPERATURE_NOTE = (
+    "Temperature T spreads each token's logits about their median by 1/T (= softmax temperature).\n"
+    "Empirical null: z-scores are scale-free, so T has no effect (flat line expected).\n"
+    "Calibrated null: T > 1 pulls logits toward the median → fewer experts; T < 1 → more."
+)
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _model_line(res: dict) -> str:
+    m = res["model"]
+    return f"{m['name']} · {m['num_moe_layers']} MoE layers × {m['num_experts']} experts, top-{m['top_k']}"
+
+
+def _by_family(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["family"], []).append(r)
+    return out
+
+
+def alpha_sensitivity(res: dict, path: Path) -> Path:
+    rows = res["derived"]["alpha_sensitivity"]
+    k = res["model"]["top_k"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    for fam, rs in _by_family(rows).items():
+        a = np.array([r["param"] for r in rs])
+        m, sd = np.array([r["mean_k"] for r in rs]), np.array([r["sd_k"] for r in rs])
+        axes[0].errorbar(a, m, yerr=sd, marker="o", capsize=3, color=COLORS[fam], label=NAMES[fam])
+        axes[1].plot(a, [r["reduction_pct"] for r in rs], marker="o", color=COLORS[fam], label=NAMES[fam])
+    axes[0].axhline(k, ls="--", color="black", lw=1, label=f"top-{k} baseline")
+    axes[0].axhline(res["config"]["min_k"], ls=":", color="gray", lw=1, label=f"min_k = {res['config']['min_k']}")
+    for ax in axes[:2]:
+        ax.set_xscale("log")
+        ax.set_xlabel("α (FDR level, log scale)", fontsize=12)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    axes[0].set_ylabel("experts per token (mean ± sd)", fontsize=12)
+    axes[0].set_title("Experts per token vs α", fontsize=13, fontweight="bold")
+    axes[1].axhline(0, color="black", lw=1)
+    axes[1].set_ylabel(f"reduction vs top-{k} (%)", fontsize=12)
+    axes[1].set_title("Expert reduction vs α", fontsize=13, fontweight="bold")
+    # distribution of k for the report's method
+    method = res["config"]["bh_pvalues"]
+    runs = [r for r in res["steps"]["alpha"] if r["family"] == f"bh-{method}"]
+    width = max(len(r["k_histogram"]) for r in runs)
+    share = np.array([np.pad(r["k_histogram"], (0, width - len(r["k_histogram"]))) for r in runs], float)
+    share /= share.sum(axis=1, keepdims=True)
+    im = axes[2].imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    axes[2].set_yticks(range(len(runs)), [f"{r['param']:g}" for r in runs])
+    axes[2].set_xticks(range(width))
+    axes[2].set_xlabel("experts used k", fontsize=12)
+    axes[2].set_ylabel("α", fontsize=12)
+    axes[2].set_title(f"Distribution of k ({NAMES['bh-' + method]})", fontsize=13, fontweight="bold")
+    fig.colorbar(im, ax=axes[2], label="share of (token, layer) pairs")
+    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    return _save(fig, path)
+
+
+def temperature_sensitivity(res: dict, path: Path) -> Path:
+    rows = res["derived"]["temperature_sensitivity"]
+    k = res["model"]["top_k"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for fam, rs in _by_family(rows).items():
+        t = [r["param"] for r in rs]
+        axes[0].errorbar(t, [r["mean_k"] for r in rs], yerr=[r["sd_k"] for r in rs], marker="o", capsize=3, color=COLORS[fam], label=NAMES[fam])
+        ppl = np.array([[r["ppl"], r["ppl_ci_low"], r["ppl_ci_high"]] for r in rs])
+        axes[1].errorbar(t, ppl[:, 0], yerr=[ppl[:, 0] - ppl[:, 1], ppl[:, 2] - ppl[:, 0]], marker="o", capsize=3, color=COLORS[fam], label=NAMES[fam])
+    axes[0].axhline(k, ls="--", color="black", lw=1, label=f"top-{k} baseline")
+    axes[0].set_ylabel("experts per token (mean ± sd)", fontsize=12)
+    axes[0].set_title(f"Experts per token vs temperature (α = {res['config']['alpha']:g})", fontsize=13, fontweight="bold")
+    axes[1].set_ylabel("held-out perplexity (95% bootstrap CI)", fontsize=12)
+    axes[1].set_title("Perplexity vs temperature", fontsize=13, fontweight="bold")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("temperature T (log scale)", fontsize=12)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.text(0.5, -0.08, TEMPERATURE_NOTE, ha="center", fontsize=9.5, family="monospace")
+    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    return _save(fig, path)
+
+
+def token_level(res: dict, path: Path) -> Path:
+    tl = res["steps"]["token_level"]
+    k = res["model"]["top_k"]
+    kinds = sorted(set(tl["kinds"]))
+    cmap = plt.get_cmap("tab10")
+    colors = {kind: cmap(i) for i, kind in enumerate(kinds)}
+    n = len(tl["tokens"])
+    fig, ax = plt.subplots(figsize=(max(8, 0.5 * n + 2), 5))
+    ax.bar(range(n), tl["mean_k"], color=[colors[x] for x in tl["kinds"]])
+    ax.axhline(k, ls="--", color="black", lw=1, label=f"top-{k} baseline")
+    labels = [repr(t)[1:-1] for t in tl["tokens"]]
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=10, family="monospace")
+    ax.set_ylabel("experts per token (mean over MoE layers)", fontsize=12)
+    ax.set_xlabel("token", fontsize=12)
+    s = tl["strategy"]
+    ax.set_title(f"Experts per token: BH-{s['pvalues']} (α = {s['alpha']:g})", fontsize=13, fontweight="bold")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[kd]) for kd in kinds]
+    ax.legend(handles + ax.get_legend_handles_labels()[0], kinds + [f"top-{k} baseline"], fontsize=9, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def comparative(res: dict, path: Path) -> Path:
+    rows = res["steps"]["comparative"]
+    k = res["model"]["top_k"]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
+    axes[0].bar(x - 0.2, [r["topk_mean_experts"] for r in rows], 0.4, color=COLORS["topk"], label=f"top-{k}")
+    axes[0].bar(x + 0.2, [r["bh_mean_experts"] for r in rows], 0.4, color=COLORS["bh-" + res["config"]["bh_pvalues"]], label="BH")
+    axes[0].set_ylabel("experts per token", fontsize=12)
+    axes[0].set_title("Experts per token by prompt", fontsize=13, fontweight="bold")
+    axes[1].bar(x - 0.2, [r["topk_loss"] for r in rows], 0.4, color=COLORS["topk"], label=f"top-{k}")
+    axes[1].bar(x + 0.2, [r["bh_loss"] for r in rows], 0.4, color=COLORS["bh-" + res["config"]["bh_pvalues"]], label="BH")
+    axes[1].set_ylabel("next-token loss (nats per token)", fontsize=12)
+    axes[1].set_title("Loss by prompt", fontsize=13, fontweight="bold")
+    for ax in axes:
+        ax.set_xticks(x, [r["prompt_label"] for r in rows], rotation=35, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    return _save(fig, path)
+
+
+def utilization(res: dict, path: Path) -> Path:
+    u = res["derived"]["utilization"]
+    fig, axes = plt.subplots(2, 1, figsize=(14, 6.5), sharex=True)
+    top = 0.0
+    shares = {}
+    for name in ("topk", "bh"):
+        c = np.array(u[name]["expert_counts"], float)
+        shares[name] = c / c.sum(axis=1, keepdims=True).clip(1)
+        top = max(top, shares[name].max())
+    for ax, name in zip(axes, ("topk", "bh")):
+        im = ax.imshow(shares[name], aspect="auto", cmap="magma", vmin=0, vmax=top)
+        ax.set_ylabel("MoE layer", fontsize=12)
+        ax.set_title(
+            f"{u[name]['label']}: share of routed pairs per expert · CV {u[name]['mean_cv']:.2f}, "
+            f"normalised entropy {u[name]['mean_normalized_entropy']:.3f}",
+            fontsize=12, fontweight="bold",
+        )
+        fig.colorbar(im, ax=ax, label="share within layer")
+    axes[1].set_xlabel("expert", fontsize=12)
+    return _save(fig, path)
+
+
+def statistical(res: dict, path: Path) -> Path:
+    st = res["derived"]["statistics"]
+    bh = next(r for r in res["steps"]["alpha"] if r["label"] == st["sequences"]["a"])
+    tk = next(r for r in res["steps"]["frontier"] if r["label"] == st["sequences"]["b"])
+    loss_bh = np.array(bh["seq_nll"]) / np.array(bh["seq_tokens"])
+    loss_tk = np.array(tk["seq_nll"]) / np.array(tk["seq_tokens"])
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    axes[0].boxplot([loss_tk, loss_bh], tick_labels=[tk["label"], bh["label"]])
+    axes[0].set_ylabel("loss per token (nats), per sequence", fontsize=12)
+    axes[0].set_title("Per-sequence loss", fontsize=13, fontweight="bold")
+    d = loss_bh - loss_tk
+    s = st["sequences"]
+    axes[1].hist(d, bins=min(20, max(5, len(d) // 2)), color=COLORS["bh-" + res["config"]["bh_pvalues"]], alpha=0.8)
+    axes[1].axvline(0, color="black", lw=1)
+    axes[1].axvline(s["mean_diff"], color="red", lw=2, label=f"mean {s['mean_diff']:.3g}")
+    axes[1].axvspan(s["ci_low"], s["ci_high"], color="red", alpha=0.15, label="95% bootstrap CI")
+    p = s["t_pvalue"]
+    axes[1].set_title(f"Loss difference BH − top-k (paired t p = {p:.3g})" if p is not None else "Loss difference BH − top-k", fontsize=12, fontweight="bold")
+    axes[1].set_xlabel("Δ loss (nats per token)", fontsize=12)
+    axes[1].set_ylabel("sequences", fontsize=12)
+    axes[1].legend(fontsize=9)
+    red = st["expert_reduction_pct"]
+    axes[2].hist(100 * (1 - np.array(bh["seq_mean_k"]) / res["model"]["top_k"]), bins=min(20, max(5, len(d) // 2)), color="#8c564b", alpha=0.8)
+    axes[2].axvline(red["mean"], color="black", lw=2, label=f"mean {red['mean']:.1f}%")
+    axes[2].axvspan(red["ci_low"], red["ci_high"], color="black", alpha=0.15, label="95% bootstrap CI")
+    axes[2].set_xlabel(f"expert reduction vs top-{res['model']['top_k']} (%)", fontsize=12)
+    axes[2].set_ylabel("sequences", fontsize=12)
+    axes[2].set_title("Expert reduction per sequence", fontsize=13, fontweight="bold")
+    axes[2].legend(fontsize=9)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    return _save(fig, path)
+
+
+def layers(res: dict, path: Path) -> Path:
+    rows = res["derived"]["layers"]
+    k = res["model"]["top_k"]
+    fams = sorted({r["family"] for r in rows})
+    fig, axes = plt.subplots(1, len(fams), figsize=(7 * len(fams), 4.8), squeeze=False)
+    for ax, fam in zip(axes[0], fams):
+        rs = [r for r in rows if r["family"] == fam]
+        cmap = plt.get_cmap("viridis")
+        for i, r in enumerate(rs):
+            ax.plot(range(len(r["mean_k_per_layer"])), r["mean_k_per_layer"], marker="o", color=cmap(i / max(1, len(rs) - 1)), label=f"α = {r['alpha']:g}")
+        ax.axhline(k, ls="--", color="black", lw=1, label=f"top-{k}")
+        ax.set_xlabel("MoE layer", fontsize=12)
+        ax.set_ylabel("mean experts per token", fontsize=12)
+        ax.set_title(f"Per-layer k: {NAMES[fam]}", fontsize=13, fontweight="bold")
+        ax.set_xticks(range(len(rs[0]["mean_k_per_layer"])))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def pareto(res: dict, path: Path) -> Path:
+    rows = res["derived"]["frontier"] + res["derived"]["alpha_sensitivity"]
+    k = res["model"]["top_k"]
+    paired = all(r.get("ppl_ratio") is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(17 if paired else 10, 6.5), squeeze=False)
+    axes = axes[0]
+    for fam, rs in _by_family(rows).items():
+        rs = sorted(rs, key=lambda r: r["mean_k"])
+        x = [r["mean_k"] for r in rs]
+        style = dict(marker="o" if fam.startswith("bh") else "s", ms=5, capsize=2, color=COLORS[fam], label=NAMES[fam], lw=1.5)
+        y = np.array([[r["ppl"], r["ppl_ci_low"], r["ppl_ci_high"]] for r in rs])
+        axes[0].errorbar(x, y[:, 0], yerr=[y[:, 0] - y[:, 1], y[:, 2] - y[:, 0]], **style)
+        if paired:
+            y = 100 * (np.array([[r["ppl_ratio"], r["ratio_ci_low"], r["ratio_ci_high"]] for r in rs]) - 1)
+            axes[1].errorbar(x, y[:, 0], yerr=[y[:, 0] - y[:, 1], y[:, 2] - y[:, 0]], **style)
+    ref = next((r for r in res["derived"]["frontier"] if r["family"] == "topk" and r["param"] == k), None)
+    if ref:
+        axes[0].axhline(ref["ppl"], ls="--", color="black", lw=1, label=f"top-{k} (the model)")
+    axes[0].set_ylabel("held-out perplexity (95% bootstrap CI over sequences)", fontsize=12)
+    axes[0].set_yscale("log")
+    axes[0].set_title("Perplexity vs experts (lower-left is better)", fontsize=13, fontweight="bold")
+    if paired:
+        axes[1].axhline(0, ls="--", color="black", lw=1, label=f"top-{k} (the model)")
+        axes[1].set_ylabel(f"perplexity change vs top-{k} (%), paired 95% CI", fontsize=12)
+        axes[1].set_title(f"Paired: perplexity relative to top-{k} on the same sequences", fontsize=13, fontweight="bold")
+    for ax in axes:
+        ax.set_xlabel("mean active experts per token (over tokens and MoE layers)", fontsize=12)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=9)
+    fig.suptitle(_model_line(res), fontsize=10, y=1.0)
+    return _save(fig, path)
+
+
+FIGURES = {
+    "alpha_sensitivity.png": (alpha_sensitivity, ("alpha_sensitivity",)),
+    "temperature_sensitivity.png": (temperature_sensitivity, ("temperature_sensitivity",)),
+    "token_level_analysis.png": (token_level, ("token_level",)),
+    "comparative_analysis.png": (comparative, ("comparative",)),
+    "expert_utilization_heatmap.png": (utilization, ("utilization",)),
+    "statistical_analysis.png": (statistical, ("statistics",)),
+    "layer_analysis.png": (layers, ("layers",)),
+    "pareto_frontier.png": (pareto, ("frontier", "alpha_sensitivity")),
+}
+
+
+def draw_all(res: dict, out: Path) -> list[Path]:
+    """Every figure whose data is in ``res`` (plus the downstream-evaluation figure when present)."""
+    have = set(res["derived"]) | set(res["steps"])
+    drawn = [fn(res, out / name) for name, (fn, needs) in FIGURES.items() if set(needs) <= have]
+    if "downstream" in res["steps"]:
+        from .downstream import FIGURE_NAME, figure
+
+        drawn.append(figure(res, out / FIGURE_NAME))
+    return drawn

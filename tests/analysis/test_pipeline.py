@@ -1,0 +1,102 @@
+"""A whole run on a tiny model: every output, numbers that agree, resume, determinism."""
+
+import csv
+import json
+
+import pytest
+
+from bh_routing.analysis import RunConfig, Study, run
+from bh_routing.analysis import experiments
+from bh_routing.report import COMPARATIVE_CSV, FIGURES, REPORT_MD, RESULTS_JSON, fmt
+
+ELEVEN = {RESULTS_JSON, COMPARATIVE_CSV, REPORT_MD, *FIGURES}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir, tmp_path_factory):
+
+    cfg = RunConfig(
+        model=str(tiny_model_dir), alphas=[0.05, 0.3], alpha=0.05, temperatures=[0.5, 1.0, 2.0],
+        topp_values=[0.5, 0.9], ratio_values=[0.5, 0.1], seq_len=32, eval_sequences=4, calib_sequences=8,
+        reservoir_size=256, new_tokens=4, n_resamples=200, seed=1,
+    )
+    out = tmp_path_factory.mktemp("run")
+    return cfg, out, run(cfg, out)
+
+
+def test_writes_the_eleven_files(finished):
+    _, out, _ = finished
+    names = {p.name for p in out.iterdir()}
+    assert ELEVEN <= names
+    assert not [n for n in names if n.endswith(".tmp") or n.endswith(".tmp.png")]
+    from PIL import Image
+
+    for fig in FIGURES:
+        with Image.open(out / fig) as im:
+            assert im.info["dpi"][0] == pytest.approx(150, abs=1)
+
+
+def test_numbers_agree_across_json_csv_and_markdown(finished):
+    _, out, _ = finished
+    res = json.loads((out / RESULTS_JSON).read_text())
+    md = (out / REPORT_MD).read_text()
+    rows = list(csv.DictReader((out / COMPARATIVE_CSV).open()))
+    comp = res["steps"]["comparative"]
+    assert [r["prompt_label"] for r in rows] == [c["prompt_label"] for c in comp]
+    for r, c in zip(rows, comp):
+        for key in ("topk_mean_experts", "bh_mean_experts", "expert_reduction_pct", "topk_loss", "bh_loss", "loss_change"):
+            assert float(r[key]) == c[key]
+            assert fmt(c[key]) in md
+    st = res["derived"]["statistics"]
+    for number in (st["experts"]["mean_a"], st["expert_reduction_pct"]["mean"], st["ppl_bh"]["ppl"], st["ppl_topk"]["ppl"]):
+        assert fmt(number) in md
+    for row in res["derived"]["alpha_sensitivity"] + res["derived"]["frontier"]:
+        assert fmt(row["mean_k"]) in md and fmt(row["ppl"]) in md
+    assert st["sequences"]["verdict"] in md
+
+
+def test_results_hold_config_versions_and_seed(finished):
+    cfg, out, res = finished
+    assert res["config"]["seed"] == 1 and res["config"]["model"] == cfg.model
+    assert {"torch", "transformers", "bh_routing", "python"} <= set(res["environment"])
+    assert res["model"]["top_k"] == 4 and res["model"]["num_experts"] == 16
+
+
+def test_bh_saves_experts_and_topk_reference_is_the_model(finished):
+    _, _, res = finished
+    alpha = {(r["family"], r["param"]): r for r in res["derived"]["alpha_sensitivity"]}
+    assert alpha[("bh-calibrated", 0.05)]["mean_k"] < 4
+    topk = {r["param"]: r for r in res["derived"]["frontier"] if r["family"] == "topk"}
+    assert topk[4]["ppl_ratio"] == pytest.approx(1.0)
+    assert [topk[k]["mean_k"] for k in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    # temperature has no effect with the empirical null, and does with the calibrated one
+    temp = [r for r in res["derived"]["temperature_sensitivity"] if r["family"] == "bh-empirical"]
+    assert len({r["mean_k"] for r in temp}) == 1
+    temp = [r for r in res["derived"]["temperature_sensitivity"] if r["family"] == "bh-calibrated"]
+    assert temp[0]["mean_k"] > temp[-1]["mean_k"]
+
+
+def test_resume_reuses_finished_steps_and_same_seed_same_numbers(finished, monkeypatch, tmp_path):
+    cfg, out, first = finished
+
+    def boom(*a, **k):
+        raise AssertionError("a finished step was recomputed")
+
+    for name in ("alpha_sweep", "temperature_sweep", "baseline_frontier", "comparative", "token_level", "baseline_inference", "fit_calibration"):
+        monkeypatch.setattr(experiments, name, boom)
+    again = run(cfg, out)
+    assert again["derived"] == first["derived"] and again["steps"] == first["steps"]
+    monkeypatch.undo()
+    # a fresh folder with the same seed reproduces every number
+    fresh = Study(cfg, tmp_path / "b")
+    fresh.run()
+    assert fresh.results["steps"] == first["steps"] and fresh.results["derived"] == first["derived"]
+
+
+def test_study_runs_single_steps(small_config, tmp_path):
+    study = Study(small_config, tmp_path / "s")
+    res = study.run("alpha")
+    assert "alpha_sensitivity" in res["derived"] and "frontier" not in res["steps"]
+    assert study.figure("alpha_sensitivity.png").is_file()
+    with pytest.raises(ValueError, match="unknown steps"):
+        study.run("alphas")
