@@ -26,4 +26,5 @@ def installed_transformers() -> str:
 
 def version_note() -> str:
     """``"installed transformers 5.24.0; bh-routing supports transformers>=5.0,<5.25"``."""
-    return f"installed transformers {installed_transformers()}; bh-routing supports transformers{SUPPORTED_TRANSFORMERS}"
+    installed = installed_transformers()
+    return f"installed transformers {installed}; bh-routing supports transformers{SUPPORTED_TRANSFORMERS}"

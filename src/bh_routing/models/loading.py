@@ -28,7 +28,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "true", "yes", "on") for f in flags)
 
 
 def _embedded_dir() -> Path:
@@ -36,7 +37,9 @@ def _embedded_dir() -> Path:
         embedded = importlib.import_module("bh_routing.embedded")
         folder = Path(embedded.EMBEDDED_MODEL_DIR)
     except (ImportError, AttributeError):
-        raise ModelLoadError("the embedded model is not available: bh_routing.embedded.EMBEDDED_MODEL_DIR is missing") from None
+        raise ModelLoadError(
+            "the embedded model is not available: bh_routing.embedded.EMBEDDED_MODEL_DIR is missing"
+        ) from None
     if not (folder / "config.json").is_file():
         raise ModelLoadError(
             f"the embedded model is not built: {folder} has no config.json (scripts/train_embedded.py builds it); "
@@ -171,7 +174,8 @@ def load_model(
     except (torch.OutOfMemoryError, MemoryError) as exc:
         raise ModelLoadError(f"not enough memory to load {source} on {device}: {str(exc).splitlines()[0]}") from None
     except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+        text = str(exc).lower()
+        if "out of memory" in text or "can't allocate memory" in text:
             raise ModelLoadError(f"not enough memory to load {source} on {device}: {str(exc).splitlines()[0]}") from None
         raise
     except OSError as exc:

@@ -47,7 +47,10 @@ def resolve_strategies(strategy, num_layers: int) -> list[Strategy]:
         raise TypeError(
             f"strategy must be a Strategy or a mapping {{moe_layer: Strategy}}, got {type(strategy).__name__}"
         )
-    bad = [k for k in strategy if k != "default" and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_layers)]
+    def is_ordinal(k) -> bool:
+        return isinstance(k, int) and not isinstance(k, bool) and 0 <= k < num_layers
+
+    bad = [k for k in strategy if k != "default" and not is_ordinal(k)]
     if bad:
         raise ValueError(f"strategy keys must be MoE-layer ordinals in [0, {num_layers}) or 'default', got {bad}")
     for key, value in strategy.items():
@@ -94,7 +97,10 @@ def _prepare_strategies(model, adapter: MoEAdapter, layers: list[MoELayer], stra
     return out
 
 
-def _router_forward(original, adapter: MoEAdapter, layer: MoELayer, strategy: Strategy, recorder: Recorder, config, mode: str):
+def _router_forward(
+    original, adapter: MoEAdapter, layer: MoELayer, strategy: Strategy, recorder: Recorder, config, mode: str
+):
+    """The router's new forward: the original router, then the strategy (see the module notes)."""
     top_k = adapter.top_k(config)
 
     def forward(*args, **kwargs):
