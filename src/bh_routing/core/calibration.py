@@ -12,8 +12,8 @@ tokens that do need the expert (the signal), which fattens the null's upper tail
 p-value grows and BH selects fewer experts at the same alpha (conservative, valid). The
 "unrouted" sample is the logit distribution when the model itself judged the expert unneeded;
 it is the closer estimate of the null H_e, so p-values are smaller where they should be. The
-measured difference on the embedded model is in ``BENCHMARKS.md`` / the run report
-(``scripts/compare_nulls.py``).
+measured difference on the embedded model is in ``docs/calibration_nulls.md``, written by
+``scripts/compare_nulls.py``.
 
 Layer indices are MoE-layer ordinals 0..L-1 (the i-th MoE block of the model), not decoder indices.
 """
