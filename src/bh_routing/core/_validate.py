@@ -60,8 +60,18 @@ def check_scores(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have at least one dimension (..., E), got a scalar")
     if x.shape[-1] == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         raise ValueError(f"{name} must be finite, got NaN or inf")
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every element is finite: one reduction on the common path, exact always.
+
+    A NaN or inf anywhere makes the sum NaN or inf, so a finite sum proves every element finite.
+    A non-finite sum (a NaN/inf, or finite values whose sum overflows) gets the elementwise check.
+    """
+    with torch.no_grad():
+        return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def check_logits(logits: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from ._validate import check_alpha, check_k_bounds, check_logits, check_temperature
 from .bh import _bh_count
-from .pvalues import empirical_null_pvalues
+from .pvalues import _empirical_null_pvalues, empirical_null_pvalues
 
 if TYPE_CHECKING:
     from .calibration import Calibration
@@ -280,7 +280,10 @@ class BH(Strategy):
 
     def _choose(self, logits, probs, *, layer, model_top_k):
         width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
-        p = self.p_values(logits, layer=layer)  # (T, E)
+        if self.pvalues == "empirical":  # route() validated the logits: no second pass over them
+            p = _empirical_null_pvalues(logits, self.temperature)  # (T, E)
+        else:
+            p = self.p_values(logits, layer=layer)  # (T, E)
         # p-values built here are valid by construction: skip re-validation on the hot path
         counts, order = _bh_count(p, self.alpha, self.min_k, width)
         return order, counts, width
