@@ -169,6 +169,103 @@ def report(run_dir: Path = typer.Argument(..., help="a folder written by `bh-rou
     typer.echo(f"wrote {run_dir}/")
 
 
+@app.command("lm-eval")
+def lm_eval_command(
+    model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype,
+    tasks: str = typer.Option("bhr_python_mc,bhr_heldout_rolling", help="lm-eval tasks or groups, comma-separated "
+                              "(hellaswag, arc_easy, mmlu … need their datasets; the default two work offline)"),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="extra folder of lm-eval task YAMLs"),
+    alpha: str = typer.Option("0.05", "--alpha", help="BH level(s), comma-separated: one BH strategy each"),
+    pvalues: str = typer.Option("empirical", "--pvalues", help="BH p-values: empirical, or calibrated (needs --calibration)"),
+    calibration: Optional[Path] = Calib,
+    limit: Optional[float] = typer.Option(None, help="at most this many documents per task (a fraction if < 1)"),
+    batch_size: int = typer.Option(1, "--batch-size", help="lm-eval batch size (1 counts experts without padding)"),
+    seed: int = typer.Option(42, help="random seed"),
+    shard: Optional[str] = typer.Option(None, help="RANK/WORLD: evaluate every WORLD-th document from RANK "
+                                        "(one process per GPU; merge with analysis.downstream.merge_downstream)"),
+    out: Path = Out,
+) -> None:
+    """Downstream benchmarks (lm-evaluation-harness) under top-k and BH, paired tests; added to the run's report."""
+    import logging
+
+    from .analysis import RunConfig
+    from .analysis import downstream as dsm
+    from .analysis.pipeline import check_writable, environment
+    from .core import BH, Calibration, TopK
+    from .models import get_adapter, inspect_model, load_model, model_fingerprint
+    from .models.adapters import text_config
+    from .report import RESULTS_JSON, load_results, write_report
+
+    names = _names(tasks) or []
+    alphas = _floats("alpha", alpha)
+    bad = [a for a in alphas if not 0 < a <= 1]
+    if bad:
+        _fail(f"alpha must be in (0, 1], got {bad[0]:g}")
+    if pvalues not in ("empirical", "calibrated"):
+        _fail(f"pvalues must be 'empirical' or 'calibrated', got {pvalues!r}")
+    if pvalues == "calibrated" and calibration is None:
+        _fail("--pvalues calibrated needs --calibration (a file written by `bh-routing calibrate`)")
+    if calibration is not None and not calibration.is_file():
+        _fail(f"calibration file not found: {calibration}")
+    if limit is not None and not limit > 0:
+        _fail(f"limit must be > 0, got {limit:g}")
+    if batch_size < 1:
+        _fail(f"batch-size must be >= 1, got {batch_size}")
+    rank_world = None
+    if shard is not None:
+        parts = shard.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+            _fail(f"shard must be RANK/WORLD with 0 <= RANK < WORLD, e.g. 0/4, got {shard!r}")
+        rank_world = (int(parts[0]), int(parts[1]))
+    limit_arg = None if limit is None else (int(limit) if limit >= 1 else float(limit))
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on model objects and local datasets, per call
+    results = None
+    try:
+        check_writable(out)
+        if (out / RESULTS_JSON).is_file():
+            results = load_results(out)
+        dsm.task_manager(names, include_path)  # unknown task or folder: before a model is loaded
+        m, tok = load_model(model, device=device, dtype=dtype)
+        model_name = model or getattr(m.config, "_name_or_path", "") or "embedded:olmoe-tiny"
+        if model is None and model_name.rstrip("/").endswith("olmoe-tiny"):
+            model_name = "embedded:olmoe-tiny"
+        if results is not None and results.get("model", {}).get("name") != model_name:
+            raise ValueError(f"{out / RESULTS_JSON} holds results of {results.get('model', {}).get('name')!r}, "
+                             f"not {model_name!r}: choose another --out")
+        info = inspect_model(m)
+        cal = None
+        if pvalues == "calibrated":
+            cal = Calibration.load(calibration)
+            adapter = get_adapter(m)
+            cal.check_matches(model_fingerprint=model_fingerprint(m), num_layers=len(adapter.find_layers(m)),
+                              num_experts=adapter.num_experts(text_config(m)), model_name=model_name)
+        strategies = {"topk": TopK(info.top_k)}
+        for a in alphas:
+            strategies[f"bh-{pvalues}-{a:g}"] = BH(a, pvalues=pvalues, calibration=cal)
+        res = dsm.evaluate_downstream(m, tok, strategies, names, include_path=include_path, limit=limit_arg,
+                                      batch_size=batch_size, seed=seed, shard=rank_world)
+    except _user_errors() as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if results is None:  # a folder without `bh-routing run`: the same document, with this step only
+        cfg = RunConfig(model=model, device=device, dtype=dtype, alpha=alphas[0], bh_pvalues=pvalues, seed=seed,
+                        calibration=None if calibration is None else str(calibration)).to_dict()
+        cfg.update(eval_sequences=0, calib_sequences=0)  # no perplexity evaluation in this run
+        results = {"config": cfg, "environment": environment(), "model": {**info.to_dict(), "name": model_name},
+                   "eval_domains": [], "steps": {}, "derived": {}}
+    results["steps"]["downstream"] = res
+    write_report(results, out)
+    typer.echo(f"wrote {out}/")
+    for name, t in res["tasks"].items():
+        cells = []
+        for s, r in t["strategies"].items():
+            metric = next((k for k in ("acc", "bits_per_byte") if r["metrics"].get(k) is not None), None)
+            if metric and r["mean_experts_per_token"] is not None:
+                cells.append(f"{s} {metric} {r['metrics'][metric]:.4g} ({r['mean_experts_per_token']:.3g} experts/token)")
+        typer.echo(f"{name}: " + "; ".join(cells))
+        for p in t.get("paired", []):
+            typer.echo(f"  {p['verdict']}")
+
+
 def main() -> None:
     app()
 
