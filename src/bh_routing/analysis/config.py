@@ -53,7 +53,8 @@ class RunConfig:
         c = RunConfig(**asdict(self))
         c.eval_sequences, c.calib_sequences, c.seq_len = min(c.eval_sequences, 6), min(c.calib_sequences, 16), min(c.seq_len, 128)
         c.alphas = c.alphas[::2] if len(c.alphas) > 4 else c.alphas
-        c.temperatures = c.temperatures[::2] if len(c.temperatures) > 4 else c.temperatures
+        if len(c.temperatures) > 4:  # every other value, and T = 1 (the untempered test) always
+            c.temperatures = sorted(set(c.temperatures[::2]) | ({1.0} & set(c.temperatures)))
         c.topp_values, c.ratio_values = c.topp_values[::2], c.ratio_values[::2]
         c.new_tokens, c.n_resamples = min(c.new_tokens, 8), min(c.n_resamples, 300)
         c.reservoir_size = min(c.reservoir_size, 2048)

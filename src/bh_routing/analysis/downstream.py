@@ -12,7 +12,7 @@ every strategy can be compared with the top-k baseline document by document:
 - correctness (``acc``, ``acc_norm``, 0/1 per document): the exact McNemar test, a two-sided
   binomial test (``scipy.stats.binomtest``) of the discordant pairs b (right only under the
   strategy) against c (right only under the baseline), :math:`b \\sim \\mathrm{Bin}(b + c, 1/2)`
-  under H0 (McNemar 1947), with a paired bootstrap CI of the accuracy difference;
+  under H0 (McNemar 1947), with an exact CI of the accuracy difference from the same binomial model;
 - rolling log-likelihood (nats per document): :func:`bh_routing.analysis.stats.paired_comparison`
   (paired t, Wilcoxon, Cohen's d_z, bootstrap CI).
 
@@ -44,7 +44,7 @@ import numpy as np
 from scipy import stats as sps
 
 from ..core import Strategy, TopK
-from .stats import bootstrap_ci, paired_comparison
+from .stats import paired_comparison
 
 LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 LOCAL_TASKS = ("bhr_python_mc", "bhr_heldout_rolling")
@@ -253,11 +253,15 @@ def _run_one(lm, model, strategy: Strategy, spec: str, plan: dict, tm, *, limit,
 
 
 # ---------------------------------------------------------------------------- statistics
-def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, seed: int, alpha: float = SIGNIFICANCE) -> dict:
-    """Exact McNemar test of paired 0/1 outcomes ``a`` (strategy) and ``b`` (baseline).
+def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, alpha: float = SIGNIFICANCE) -> dict:
+    r"""Exact McNemar test of paired 0/1 outcomes ``a`` (strategy) and ``b`` (baseline).
 
     Discordant pairs: ``b10`` (right only under ``a``) and ``b01`` (right only under ``b``);
-    under H0 (equal accuracy) ``b10 ~ Bin(b10 + b01, 1/2)``; two-sided ``scipy.stats.binomtest``.
+    under H0 (equal accuracy) ``b10 ~ Bin(m, 1/2)`` with ``m = b10 + b01``; two-sided
+    ``scipy.stats.binomtest``. The 95% CI of the accuracy difference
+    :math:`(b_{10} - b_{01})/n = (m/n)(2\pi - 1)` comes from the exact (Clopper-Pearson) CI of
+    :math:`\pi = P(\text{a discordant document favours a})`, conditional on m: the same binomial
+    model as the test, so the CI and the p-value tell the same story.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
@@ -266,15 +270,21 @@ def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, seed:
     b10, b01 = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     ma, mb = float(a.mean()), float(b.mean())
     diff = ma - mb
-    p = float(sps.binomtest(b10, b10 + b01, 0.5).pvalue) if b10 + b01 else 1.0
-    lo, hi = bootstrap_ci((a - b,), lambda x, axis=-1: x.mean(axis=axis), seed=seed) if b10 + b01 else (0.0, 0.0)
+    m = b10 + b01
+    if m:
+        test = sps.binomtest(b10, m, 0.5)
+        p = float(test.pvalue)
+        ci = test.proportion_ci(confidence_level=0.95, method="exact")
+        lo, hi = (m / n) * (2 * ci.low - 1), (m / n) * (2 * ci.high - 1)
+    else:
+        p, lo, hi = 1.0, 0.0, 0.0
     sig = p < alpha
     out = {
         "test": "mcnemar_exact", "metric": metric, "a": names[0], "b": names[1], "n": n, "mean_a": ma, "mean_b": mb,
-        "mean_diff": diff, "ci_low": lo, "ci_high": hi, "only_a": b10, "only_b": b01, "pvalue": p, "significant": bool(sig),
+        "mean_diff": diff, "ci_low": float(lo), "ci_high": float(hi), "ci_method": "exact, conditional on the discordant documents", "only_a": b10, "only_b": b01, "pvalue": p, "significant": bool(sig),
     }
     counts = f"{b10} documents right only under {names[0]}, {b01} only under {names[1]}"
-    if b10 + b01 == 0:
+    if m == 0:
         out["verdict"] = (
             f"{task}, {metric}: {names[0]} and {names[1]} are right and wrong on exactly the same {n} documents "
             f"({ma:.3f} both): no difference to test."
@@ -318,7 +328,7 @@ def _paired(name: str, output_type: str, sa: dict, sb: dict, names: tuple[str, s
         if metric in sa and metric in sb:
             a, b = _aligned(sa, sb, metric, *keys)
             if len(a):
-                tests.append(mcnemar_exact(a, b, names=names, metric=metric, task=name, seed=seed))
+                tests.append(mcnemar_exact(a, b, names=names, metric=metric, task=name))
     return tests
 
 

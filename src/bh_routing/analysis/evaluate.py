@@ -45,6 +45,7 @@ class StrategyRun:
 
 
 def _hist_stats(hist: torch.Tensor) -> tuple[float, float]:
+    """Mean and sd of k from a (L, W+1) or (W+1,) histogram."""
     k = torch.arange(hist.shape[-1], dtype=torch.float64)
     h = hist.sum(dim=0).double() if hist.dim() == 2 else hist.double()
     n = h.sum()
@@ -55,10 +56,10 @@ def _hist_stats(hist: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def sequence_nll(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL (float64 scalar) and the number of predicted tokens for (1, S) ids."""
-    logits = model(input_ids=input_ids).logits  # (1, S, V)
-    nll = F.cross_entropy(logits[0, :-1].float(), input_ids[0, 1:], reduction="sum")
-    return nll.double(), input_ids.shape[1] - 1
+    """Summed next-token NLL per sequence (B,) float64, and the predicted tokens per sequence."""
+    logits = model(input_ids=input_ids).logits  # (B, S, V)
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none")  # (B, S-1)
+    return nll.sum(dim=1).double(), input_ids.shape[1] - 1
 
 
 @torch.no_grad()
@@ -71,29 +72,25 @@ def evaluate_strategy(
     family: str,
     param: float,
     mode: str = "patch",
-    quality: bool = True,
+    batch_size: int = 8,
 ) -> StrategyRun:
-    """Route ``sequences`` (N, S) with ``strategy``; per-sequence loss and experts per token.
+    """Route ``sequences`` (N, S) with ``strategy``: per-sequence loss and experts per token.
 
-    One forward per sequence, so each sequence's mean k is exact (Recorder deltas).
+    Sequences run in batches; each sequence's mean k comes from the per-token counts the
+    Recorder keeps (``record_tokens=True``; calls are recorded in order, rows batch-major).
     """
     device = next(model.parameters()).device
-    seq_nll, seq_tokens, seq_k = [], [], []
-    with patched(model, strategy, mode=mode) as rec:
-        for row in sequences:
-            ids = row.unsqueeze(0).to(device)  # (1, S)
-            before_pairs, before_tokens = rec.selected_pairs(), int(rec.tokens_per_layer().sum())
-            if quality:
-                nll, n = sequence_nll(model, ids)
-                seq_nll.append(float(nll))
-                seq_tokens.append(n)
-            else:
-                model(input_ids=ids)
-            pairs = rec.selected_pairs() - before_pairs
-            tokens = int(rec.tokens_per_layer().sum()) - before_tokens
-            seq_k.append(pairs / tokens)
+    n, s = sequences.shape
+    seq_nll: list[float] = []
+    with patched(model, strategy, mode=mode, record_tokens=True) as rec:
+        for start in range(0, n, batch_size):
+            ids = sequences[start : start + batch_size].to(device)  # (b, S)
+            nll, predicted = sequence_nll(model, ids)
+            seq_nll += nll.tolist()
+        counts = torch.stack([rec.tokens(layer)["counts"] for layer in range(rec.num_layers)])  # (L, N*S)
+        seq_k = counts.view(rec.num_layers, n, s).double().mean(dim=(0, 2))  # (N,)
         hist = rec.k_histogram()
-        mean_k, sd_k = _hist_stats(hist)
+        _, sd_k = _hist_stats(hist)
         desc = strategy.describe() if isinstance(strategy, Strategy) else {str(k): v.describe() for k, v in strategy.items()}
         return StrategyRun(
             label=label,
@@ -108,6 +105,6 @@ def evaluate_strategy(
             expert_counts=rec.expert_counts().tolist(),
             compute_fraction=rec.compute_fraction(),
             seq_nll=seq_nll,
-            seq_tokens=seq_tokens,
-            seq_mean_k=seq_k,
+            seq_tokens=[predicted] * n,
+            seq_mean_k=seq_k.tolist(),
         )

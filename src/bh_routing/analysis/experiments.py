@@ -183,7 +183,7 @@ def comparative(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str
             with patched(model, s, mode="patch") as rec:
                 nll, n = sequence_nll(model, ids)
                 row[f"{sname}_mean_experts"] = rec.mean_experts_per_token()
-                row[f"{sname}_loss"] = float(nll) / n
+                row[f"{sname}_loss"] = float(nll[0]) / n
         row["expert_reduction_pct"] = 100.0 * (1 - row["bh_mean_experts"] / row["topk_mean_experts"])
         row["loss_change"] = row["bh_loss"] - row["topk_loss"]
         rows.append(row)

@@ -17,7 +17,8 @@ NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight r
 TEMPERATURE_NOTE = (
     "Temperature T spreads each token's logits about their median by 1/T (= softmax temperature).\n"
     "Empirical null: z-scores are scale-free, so T has no effect (flat line expected).\n"
-    "Calibrated null: T > 1 pulls logits toward the median → fewer experts; T < 1 → more."
+    "Calibrated null: T < 1 pushes logits away from the median → more experts; T > 1 pulls them in → mostly fewer,\n"
+    "but below-median logits move up and can look extreme for experts whose null sits low (not monotone)."
 )
 
 
@@ -93,8 +94,11 @@ def temperature_sensitivity(res: dict, path: Path) -> Path:
     axes[0].set_title(f"Experts per token vs temperature (α = {res['config']['alpha']:g})", fontsize=13, fontweight="bold")
     axes[1].set_ylabel("held-out perplexity (95% bootstrap CI)", fontsize=12)
     axes[1].set_title("Perplexity vs temperature", fontsize=13, fontweight="bold")
+    temps = sorted({r["param"] for r in rows})
     for ax in axes:
         ax.set_xscale("log")
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])
+        ax.minorticks_off()
         ax.set_xlabel("temperature T (log scale)", fontsize=12)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
@@ -120,7 +124,8 @@ def token_level(res: dict, path: Path) -> Path:
     s = tl["strategy"]
     ax.set_title(f"Experts per token: BH-{s['pvalues']} (α = {s['alpha']:g})", fontsize=13, fontweight="bold")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[kd]) for kd in kinds]
-    ax.legend(handles + ax.get_legend_handles_labels()[0], kinds + [f"top-{k} baseline"], fontsize=9, ncol=2)
+    ax.legend(handles + ax.get_legend_handles_labels()[0], kinds + [f"top-{k} baseline"], fontsize=9,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

@@ -123,7 +123,8 @@ def render(res: dict, figures: list[str]) -> str:
         out += ["## 3. Temperature sensitivity", "",
                 "Temperature T spreads each token's logits about their median by 1/T (the usual softmax temperature). "
                 "With the empirical null the p-values are scale-free, so T changes nothing; with the calibrated null "
-                "T > 1 gives fewer experts and T < 1 more. Weights always come from the untempered softmax.", "",
+                "T < 1 gives more experts and T > 1 mostly fewer (not necessarily monotone: below-median logits move up). "
+                "Weights always come from the untempered softmax.", "",
                 "![temperature](temperature_sensitivity.png)", ""]
         out.append(_table(["method", "T", "mean k", "sd", "perplexity"],
                           [[r["family"], r["param"], r["mean_k"], r["sd_k"], r["ppl"]] for r in d["temperature_sensitivity"]]))
@@ -168,4 +169,87 @@ def render(res: dict, figures: list[str]) -> str:
         out += [downstream_markdown(res), ""]
     out += ["## Reproduce", "", "```bash", f"bh-routing run --config <this run's config> --out <folder>", "```",
             "The configuration used is under `config` in `bh_routing_results.json`.", ""]
+    return "\n".join(out)
+
+
+def conclusions(res: dict) -> str:
+    """The conclusions of a run in Markdown, written from its own numbers (the notebook's last cell).
+
+    Uses the same numbers as RESULTS.md's summary (``res["derived"]``, ``res["steps"]``); a part
+    whose data the run does not hold is left out. Only the caveats and next steps are fixed text.
+    """
+    cfg, model, d, steps = res["config"], res["model"], res["derived"], res["steps"]
+    k = model["top_k"]
+    method = cfg["bh_pvalues"]
+    run = (
+        f"{model['name']} ({model['num_moe_layers']} MoE layers × {model['num_experts']} experts, top-{k}), "
+        f"{cfg['eval_sequences']} held-out sequences × {cfg['seq_len']} tokens, seed {cfg['seed']}"
+        + (", quick run" if cfg["quick"] else "")
+    )
+    out = ["## Conclusions", "", f"Generated from this run's results: {run}.", ""]
+    found: list[str] = []
+    st = d.get("statistics")
+    if st:
+        red = st["expert_reduction_pct"]
+        found += [
+            f"- **Experts.** BH ({st['sequences']['a']}) used {fmt(st['experts']['mean_a'])} experts per token "
+            f"against {k} for top-{k}: a reduction of {fmt(red['mean'])}% (95% CI {fmt(red['ci_low'])} to "
+            f"{fmt(red['ci_high'])}).",
+            f"- **Quality.** Held-out perplexity {fmt(st['ppl_bh']['ppl'])} with BH (95% CI "
+            f"{fmt(st['ppl_bh']['ci_low'])}–{fmt(st['ppl_bh']['ci_high'])}) against {fmt(st['ppl_topk']['ppl'])} with "
+            f"top-{k} ({fmt(st['ppl_topk']['ci_low'])}–{fmt(st['ppl_topk']['ci_high'])}). {st['sequences']['verdict']}",
+            f"- **Prompts.** {st['prompts']['verdict']}",
+        ]
+    if d.get("frontier_verdicts"):
+        found += ["- **Pareto frontier** (equal mean k, paired over sequences):"]
+        found += ["  " + line for line in _verdict_summary(d["frontier_verdicts"])]
+    alpha_rows = [r for r in d.get("alpha_sensitivity", []) if r["family"] == f"bh-{method}"]
+    if len(alpha_rows) >= 2:
+        rs = sorted(alpha_rows, key=lambda r: r["param"])
+        ks = [r["mean_k"] for r in rs]
+        shape = "rose monotonically" if all(b >= a for a, b in zip(ks, ks[1:])) else "did not rise monotonically"
+        found.append(
+            f"- **α.** With the {method} null, mean experts per token {shape} with α: {fmt(ks[0])} at α = "
+            f"{fmt(rs[0]['param'])} to {fmt(ks[-1])} at α = {fmt(rs[-1]['param'])} (perplexity "
+            f"{fmt(rs[0]['ppl'])} to {fmt(rs[-1]['ppl'])}); at the largest α {fmt(100 * rs[-1]['share_at_max_k'])}% "
+            f"of (token, layer) pairs hit max_k."
+        )
+    for fam in sorted({r["family"] for r in d.get("temperature_sensitivity", [])}):
+        rs = sorted((r for r in d["temperature_sensitivity"] if r["family"] == fam), key=lambda r: r["param"])
+        if len(rs) >= 2:
+            found.append(
+                f"- **Temperature** ({fam}): mean experts per token {fmt(rs[0]['mean_k'])} at T = {fmt(rs[0]['param'])}, "
+                f"{fmt(rs[-1]['mean_k'])} at T = {fmt(rs[-1]['param'])}."
+            )
+    tl = steps.get("token_level")
+    if tl and tl["mean_k_by_kind"]:
+        kinds = sorted(tl["mean_k_by_kind"].items(), key=lambda kv: kv[1]["mean"])
+        lo, hi = kinds[0], kinds[-1]
+        found.append(
+            f"- **Tokens.** In the token-level sentence, {hi[0]} tokens used the most experts ({fmt(hi[1]['mean'])}, "
+            f"n = {hi[1]['n']}) and {lo[0]} tokens the fewest ({fmt(lo[1]['mean'])}, n = {lo[1]['n']})."
+        )
+    u = d.get("utilization")
+    if u:
+        found.append(
+            f"- **Load balance.** Mean coefficient of variation of expert load {fmt(u['bh']['mean_cv'])} with BH against "
+            f"{fmt(u['topk']['mean_cv'])} with top-{k} (normalised entropy {fmt(u['bh']['mean_normalized_entropy'])} "
+            f"against {fmt(u['topk']['mean_normalized_entropy'])})."
+        )
+    out += found or ["- This run holds no finished analysis steps yet."]
+    out += [
+        "",
+        "### Caveats",
+        "",
+        f"- These numbers come from {cfg['eval_sequences']} evaluation sequences and {cfg['calib_sequences']} "
+        "calibration sequences; the confidence intervals say how far they can be trusted."
+        + (" A quick run shrinks every size: treat it as a smoke test, not a measurement." if cfg["quick"] else ""),
+        "- Fewer experts per token is fewer (token, expert) pairs computed, not necessarily less wall-clock time: "
+        "that depends on the experts backend and the hardware.",
+        "",
+        "### Next steps",
+        "",
+        "- Run the full configuration (`quick=False`) or another model (`bh-routing run --model …`).",
+        "- Compare the nulls (`pvalues`), `min_k`/`max_k` and the weight rule on the Pareto frontier.",
+    ]
     return "\n".join(out)
