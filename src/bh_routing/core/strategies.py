@@ -285,5 +285,5 @@ class BH(Strategy):
         else:
             p = self.p_values(logits, layer=layer)  # (T, E)
         # p-values built here are valid by construction: skip re-validation on the hot path
-        counts, order = _bh_count(p, self.alpha, self.min_k, width)
+        counts, order = _bh_count(p, self.alpha, self.min_k, width, width=width)  # (T,), (T, W)
         return order, counts, width
