@@ -164,15 +164,21 @@ def test_paired_statistics(full):
 def test_mcnemar_exact_against_scipy():
     a = np.array([1] * 12 + [0] * 1 + [1] * 5 + [0] * 2)
     b = np.array([0] * 12 + [1] * 1 + [1] * 5 + [0] * 2)
-    t = mcnemar_exact(a, b, names=("bh", "topk"), metric="acc", task="demo", seed=0)
+    t = mcnemar_exact(a, b, names=("bh", "topk"), metric="acc", task="demo")
     assert (t["only_a"], t["only_b"]) == (12, 1)
     assert t["pvalue"] == pytest.approx(stats.binomtest(12, 13, 0.5).pvalue) and t["significant"]
     assert "bh is significantly more accurate than topk" in t["verdict"]
-    t = mcnemar_exact(b[:14], a[:14], names=("bh", "topk"), metric="acc", task="demo", seed=0)
+    ci = stats.binomtest(12, 13).proportion_ci(method="exact")
+    assert (t["share_a"], t["share_ci_low"], t["share_ci_high"]) == pytest.approx((12 / 13, ci.low, ci.high))
+    assert t["share_ci_low"] > 0.5
+    t = mcnemar_exact(b[:14], a[:14], names=("bh", "topk"), metric="acc", task="demo")
     assert t["significant"] and "significantly less accurate" in t["verdict"]
-    t = mcnemar_exact(np.array([1, 0, 1, 0]), np.array([0, 1, 1, 0]), names=("bh", "topk"), metric="acc", task="demo", seed=0)
-    assert t["pvalue"] == 1.0 and not t["significant"] and "not significant at 0.05" in t["verdict"]
-    t = mcnemar_exact(np.array([1, 0]), np.array([1, 0]), names=("bh", "topk"), metric="acc", task="demo", seed=0)
+    t = mcnemar_exact(np.array([1, 0, 1, 0]), np.array([0, 1, 1, 0]), names=("bh", "topk"), metric="acc", task="demo")
+    assert t["pvalue"] == 1.0 and not t["significant"] and "no significant difference between bh and topk at 0.05 (" in t["verdict"]
+    t = mcnemar_exact(np.array([1] * 4 + [0] * 38), np.array([0] * 42), names=("bh", "topk"), metric="acc", task="demo")
+    assert t["pvalue"] == pytest.approx(0.125) and t["share_ci_low"] < 0.5  # 4 vs 0: the CI agrees with the test
+    assert "they differ on 4 of 42 documents, 4 in favour of bh, 0 of topk" in t["verdict"]
+    t = mcnemar_exact(np.array([1, 0]), np.array([1, 0]), names=("bh", "topk"), metric="acc", task="demo")
     assert "exactly the same 2 documents" in t["verdict"] and not t["significant"]
 
 

@@ -12,7 +12,7 @@ every strategy can be compared with the top-k baseline document by document:
 - correctness (``acc``, ``acc_norm``, 0/1 per document): the exact McNemar test, a two-sided
   binomial test (``scipy.stats.binomtest``) of the discordant pairs b (right only under the
   strategy) against c (right only under the baseline), :math:`b \\sim \\mathrm{Bin}(b + c, 1/2)`
-  under H0 (McNemar 1947), with an exact CI of the accuracy difference from the same binomial model;
+  under H0 (McNemar 1947), with the exact CI of the share of discordant documents favouring the strategy;
 - rolling log-likelihood (nats per document): :func:`bh_routing.analysis.stats.paired_comparison`
   (paired t, Wilcoxon, Cohen's d_z, bootstrap CI).
 
@@ -256,50 +256,49 @@ def _run_one(lm, model, strategy: Strategy, spec: str, plan: dict, tm, *, limit,
 def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, alpha: float = SIGNIFICANCE) -> dict:
     r"""Exact McNemar test of paired 0/1 outcomes ``a`` (strategy) and ``b`` (baseline).
 
-    Discordant pairs: ``b10`` (right only under ``a``) and ``b01`` (right only under ``b``);
-    under H0 (equal accuracy) ``b10 ~ Bin(m, 1/2)`` with ``m = b10 + b01``; two-sided
-    ``scipy.stats.binomtest``. The 95% CI of the accuracy difference
-    :math:`(b_{10} - b_{01})/n = (m/n)(2\pi - 1)` comes from the exact (Clopper-Pearson) CI of
-    :math:`\pi = P(\text{a discordant document favours a})`, conditional on m: the same binomial
-    model as the test, so the CI and the p-value tell the same story.
+    Discordant documents: ``only_a`` (right only under ``a``) and ``only_b`` (right only under
+    ``b``), m = only_a + only_b. Under H0 (equal accuracy) :math:`\mathrm{only\_a} \sim
+    \mathrm{Bin}(m, 1/2)`; two-sided ``scipy.stats.binomtest`` (McNemar 1947, exact form). Also the
+    share of the discordant documents that favour ``a`` with its exact (Clopper-Pearson) 95% CI,
+    from the same binomial model as the test.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"a and b must be 1-D of equal, non-zero length, got {a.shape} and {b.shape}")
     n = len(a)
-    b10, b01 = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    m = only_a + only_b
     ma, mb = float(a.mean()), float(b.mean())
     diff = ma - mb
-    m = b10 + b01
+    p, share, lo, hi = 1.0, None, None, None
     if m:
-        test = sps.binomtest(b10, m, 0.5)
-        p = float(test.pvalue)
+        test = sps.binomtest(only_a, m, 0.5)
         ci = test.proportion_ci(confidence_level=0.95, method="exact")
-        lo, hi = (m / n) * (2 * ci.low - 1), (m / n) * (2 * ci.high - 1)
-    else:
-        p, lo, hi = 1.0, 0.0, 0.0
+        p, share, lo, hi = float(test.pvalue), only_a / m, float(ci.low), float(ci.high)
     sig = p < alpha
     out = {
         "test": "mcnemar_exact", "metric": metric, "a": names[0], "b": names[1], "n": n, "mean_a": ma, "mean_b": mb,
-        "mean_diff": diff, "ci_low": float(lo), "ci_high": float(hi), "ci_method": "exact, conditional on the discordant documents", "only_a": b10, "only_b": b01, "pvalue": p, "significant": bool(sig),
+        "mean_diff": diff, "only_a": only_a, "only_b": only_b, "share_a": share, "share_ci_low": lo,
+        "share_ci_high": hi, "pvalue": p, "significant": bool(sig),
     }
-    counts = f"{b10} documents right only under {names[0]}, {b01} only under {names[1]}"
     if m == 0:
         out["verdict"] = (
             f"{task}, {metric}: {names[0]} and {names[1]} are right and wrong on exactly the same {n} documents "
             f"({ma:.3f} both): no difference to test."
         )
-    elif sig:
+        return out
+    detail = (
+        f"({ma:.3f} vs {mb:.3f}, difference {diff:+.3f}; they differ on {m} of {n} documents, {only_a} in favour of "
+        f"{names[0]}, {only_b} of {names[1]}: share {share:.2f}, exact 95% CI {lo:.2f}-{hi:.2f}; exact McNemar p={p:.3g})"
+    )
+    if sig:
         out["verdict"] = (
-            f"{task}, {metric}: {names[0]} is significantly {'more' if diff > 0 else 'less'} accurate than {names[1]} "
-            f"({ma:.3f} vs {mb:.3f}, difference {diff:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]; {counts}; "
-            f"exact McNemar p={p:.3g}, n={n})."
+            f"{task}, {metric}: {names[0]} is significantly {'more' if diff > 0 else 'less'} accurate than "
+            f"{names[1]} {detail}."
         )
     else:
         out["verdict"] = (
-            f"{task}, {metric}: no significant difference between {names[0]} and {names[1]} "
-            f"({ma:.3f} vs {mb:.3f}, difference {diff:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]; {counts}; "
-            f"exact McNemar p={p:.3g}, n={n}): not significant at {alpha:g}."
+            f"{task}, {metric}: no significant difference between {names[0]} and {names[1]} at {alpha:g} {detail}."
         )
     return out
 
