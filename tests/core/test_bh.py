@@ -50,6 +50,22 @@ def test_agrees_with_statsmodels_and_scipy(n, alpha):
     np.testing.assert_allclose(bh_adjust(torch.from_numpy(p)).numpy(), ref_adj, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("n", [1, 7, 64, 256])
+def test_float32_path_agrees_with_statsmodels(n):
+    # float32 on the CPU takes a different (integer-key) sort path: same oracle, incl. ties and zeros
+    rng = np.random.default_rng(n)
+    p32 = _random_rows(rng, 2000, n).astype(np.float32)
+    p32[::50, 0] = 0.0
+    p32[1::50, :] = -0.0  # negative zero is a valid p-value of 0
+    for alpha in (0.01, 0.05, 0.3, 1.0):
+        ours = bh_select(torch.from_numpy(p32), alpha).numpy()
+        ref = np.stack([reference(row.astype(np.float64), alpha) for row in p32])
+        np.testing.assert_array_equal(ours, ref)
+        k, order = bh_count(torch.from_numpy(p32), alpha, min_k=1, max_k=min(n, 8))
+        k64, order64 = bh_count(torch.from_numpy(p32.astype(np.float64)), alpha, min_k=1, max_k=min(n, 8))
+        assert torch.equal(k, k64) and torch.equal(order, order64)
+
+
 def test_all_null_and_all_signal():
     assert not bh_select(torch.full((3, 64), 0.9), 0.05).any()
     assert bh_select(torch.full((3, 64), 1e-6), 0.05).all()

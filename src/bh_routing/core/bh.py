@@ -49,9 +49,11 @@ def _bh_count(
     """
     n = p_values.shape[-1]
     p = p_values.to(_work_dtype(p_values))
-    ranks = torch.arange(1, n + 1, device=p.device, dtype=p.dtype)  # (E,)
-    # same arithmetic as statsmodels' fdr_bh: threshold_k = (k / E) * alpha
-    thresholds = (ranks / n) * alpha  # (E,)
+    ranks = torch.arange(1, n + 1, device=p.device, dtype=torch.float64)  # (E,)
+    # same arithmetic as statsmodels' fdr_bh, in float64 whatever the p-values' dtype:
+    # threshold_k = (k / E) * alpha. A float32 p-value is <= t exactly when it is <= the largest
+    # float32 not above t, so the comparison in the p-values' dtype uses that rounding.
+    thresholds = _round_down((ranks / n) * alpha, p.dtype)  # (E,)
     if _numpy_sortable(p):
         k, order = _bh_count_keys(p, thresholds, n if width is None else width)
     else:
@@ -63,6 +65,13 @@ def _bh_count(
             order = order[..., :width]
     k = k.clamp(min=min_k, max=n if max_k is None else max_k)
     return k, order
+
+
+def _round_down(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The largest value of ``dtype`` that is <= each float64 in ``t``."""
+    r = t.to(dtype)
+    too_big = r.double() > t
+    return torch.where(too_big, torch.nextafter(r, torch.full_like(r, -float("inf"))), r)
 
 
 def _numpy_sortable(p: torch.Tensor) -> bool:
