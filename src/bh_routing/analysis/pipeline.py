@@ -312,8 +312,18 @@ class Study:
         return FIGURES[name][0](self.results, self.out / name)
 
     def export(self) -> list[Path]:
-        """Write the JSON, CSV, figures and RESULTS.md."""
-        return write_outputs(self.results, self.out)
+        """Write the JSON, CSV, figures and RESULTS.md.
+
+        A downstream (lm-eval) step already in the folder's results for the same model is kept.
+        """
+        results = self.results
+        previous = self.out / RESULTS_JSON
+        if previous.is_file() and "downstream" not in results["steps"]:
+            old = json.loads(previous.read_text(encoding="utf-8"))
+            same_model = old.get("model", {}).get("name") == results["model"]["name"]
+            if same_model and "downstream" in old.get("steps", {}):
+                results = {**results, "steps": {**results["steps"], "downstream": old["steps"]["downstream"]}}
+        return write_outputs(results, self.out)
 
 
 def run(config: RunConfig, out: str | Path, *, steps: tuple[str, ...] = STEPS) -> dict:

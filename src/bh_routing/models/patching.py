@@ -66,6 +66,15 @@ def resolve_strategies(strategy, num_layers: int) -> list[Strategy]:
     return [strategy.get(i, default) for i in range(num_layers)]
 
 
+def _compute_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: accelerate's execution device for an offloaded (meta) module."""
+    hook_device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if hook_device is not None:
+        return torch.device(hook_device if not isinstance(hook_device, int) else f"cuda:{hook_device}")
+    device = module.weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def _prepare_strategies(model, adapter: MoEAdapter, layers: list[MoELayer], strategies: list[Strategy], config):
     """Check calibrations against the model, move their tables to the router's device, dry-run each.
 
@@ -83,7 +92,7 @@ def _prepare_strategies(model, adapter: MoEAdapter, layers: list[MoELayer], stra
     moved: dict[tuple[int, torch.device], Strategy] = {}
     out = []
     for layer, s in zip(layers, strategies):
-        device = layer.router.weight.device  # layers may sit on different devices (device_map)
+        device = _compute_device(layer.router)  # layers may sit on different devices (device_map)
         cal = getattr(s, "calibration", None)
         if cal is not None and cal.null_sorted.device != device:
             key = (id(s), device)

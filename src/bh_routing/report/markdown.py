@@ -47,9 +47,10 @@ def render(res: dict, figures: list[str]) -> str:
         f"{model['num_experts']} experts, top-{k}, norm_topk_prob={model['norm_topk_prob']}; "
         f"{fmt(model['total_params'] / 1e6)} M parameters, {fmt(model['active_params'] / 1e6)} M active per token), "
         f"{model['dtype']} on {model['device']}, experts backend `{model['experts_implementation']}`.",
-        f"Evaluation: {cfg['eval_sequences']} held-out sequences × {cfg['seq_len']} tokens "
-        f"({', '.join(sorted(set(res['eval_domains'])))}); calibration on {cfg['calib_sequences']} other sequences. "
-        f"Seed {cfg['seed']}{', quick run' if cfg['quick'] else ''}. "
+        (f"Evaluation: {cfg['eval_sequences']} held-out sequences × {cfg['seq_len']} tokens "
+         f"({', '.join(sorted(set(res['eval_domains'])))}); calibration on {cfg['calib_sequences']} other sequences. "
+         if res["eval_domains"] else "")
+        + f"Seed {cfg['seed']}{', quick run' if cfg.get('quick') else ''}. "
         f"torch {env['torch']}, transformers {env['transformers']}, bh-routing {env['bh_routing']}.",
         "",
         "Every number below was computed by this run; `bh_routing_results.json` holds them all with the configuration.",
