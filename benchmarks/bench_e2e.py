@@ -1,0 +1,49 @@
+"""End to end: wall time of ``bh-routing run`` (and ``--quick``) on the embedded model.
+
+Each command runs as a subprocess with the environment of this process (torch picks its own
+threads there), writing into a temporary folder that is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("bh-routing")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "bh_routing.cli"]
+
+
+def time_command(args: list[str], *, timeout_s: float) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="bh-bench-"))
+    cmd = cli() + args + ["--out", str(out / "run")]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        rc, tail = proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    except subprocess.TimeoutExpired:
+        rc, tail = None, [f"timed out after {timeout_s:.0f} s"]
+    wall = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "command": "bh-routing " + " ".join(args),
+        "wall_s": wall,
+        "exit_code": rc,
+        "ok": rc == 0,
+        "output_tail": tail,
+    }
+
+
+def run(quick: bool, log) -> dict:
+    rows = []
+    variants = [["run", "--quick"]] if quick else [["run", "--quick"], ["run"]]
+    for args in variants:
+        row = time_command(args, timeout_s=1800)
+        log(f"e2e {row['command']}: {row['wall_s']:.1f} s, exit code {row['exit_code']}")
+        rows.append(row)
+    return {"rows": rows}

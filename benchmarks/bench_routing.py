@@ -1,0 +1,185 @@
+"""Routing cost: a full BH routing step against the model's own softmax + top-k router.
+
+Baseline (A): exactly what ``OlmoeTopKRouter.forward`` does after its linear layer -
+``softmax(logits, dtype=float32)``, ``topk(k)``, weights cast back to the logits' dtype
+(``norm_topk_prob=False``, as OLMoE-1B-7B).
+Candidate (B): ``BH(alpha).route(logits, layer=0, model_top_k=k)`` - input validation,
+p-values, the BH step-up, weights and the padded (T, k) output - the whole routing step.
+
+Logits: standard normal (T, E) with 3 random experts per token raised by 2.5 (so that some
+experts stand out, as in a trained router); k = min(8, E). The calibrated method uses a
+calibration fitted on 16,384 further tokens of the same distribution (reservoir 4,096, the
+default, null "unrouted").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bh_routing import BH, CalibrationBuilder
+
+from common import paired, rounds
+
+ALPHA = 0.05
+
+
+def make_logits(t: int, e: int, *, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(t, e, generator=g)  # (T, E)
+    boosted = torch.rand(t, e, generator=g).argsort(dim=-1)[:, : min(3, e)]  # (T, 3) random experts
+    z.scatter_add_(1, boosted, torch.full(boosted.shape, 2.5))
+    return z.to(dtype)
+
+
+def topk_router(logits: torch.Tensor, k: int):
+    """The ops of OlmoeTopKRouter after F.linear: softmax in float32, top-k, weights in the logits' dtype."""
+    probs = torch.softmax(logits, dtype=torch.float, dim=-1)  # (T, E)
+    values, indices = torch.topk(probs, k, dim=-1)  # (T, k)
+    return values.to(logits.dtype), indices
+
+
+def make_strategy(method: str, e: int, k: int) -> BH:
+    if method == "empirical":
+        return BH(ALPHA)
+    builder = CalibrationBuilder(num_layers=1, num_experts=e, top_k=k)
+    builder.update(0, make_logits(16_384, e, seed=1))
+    cal = builder.finalize(model_name="benchmark", model_fingerprint="benchmark")
+    return BH(ALPHA, pvalues="calibrated", calibration=cal)
+
+
+def measure(t: int, e: int, dtype: torch.dtype, method: str, *, repeats: int) -> dict:
+    k = min(8, e)
+    logits = make_logits(t, e, seed=0, dtype=dtype)
+    strategy = make_strategy(method, e, k)
+    with torch.inference_mode():
+        res = paired(
+            lambda: topk_router(logits, k),
+            lambda: strategy.route(logits, layer=0, model_top_k=k, norm_topk_prob=False),
+            repeats=repeats,
+        )
+        mean_k = float(strategy.route(logits, layer=0, model_top_k=k).counts.float().mean())
+    return {
+        "T": t,
+        "E": e,
+        "k": k,
+        "dtype": str(dtype).replace("torch.", ""),
+        "method": method,
+        "topk_ms": 1e3 * res.a_median,
+        "bh_ms": 1e3 * res.b_median,
+        "ratio": res.ratio,
+        "repeats": repeats,
+        "bh_mean_k": mean_k,
+    }
+
+
+def grid(quick: bool) -> list[tuple[int, int]]:
+    """(T, E) points: the headline 65,536 x 64, scaling in T at E = 64 and in E at T = 65,536."""
+    if quick:
+        return [(65_536, 64)]
+    ts = [(1_024, 64), (8_192, 64), (65_536, 64), (262_144, 64)]
+    es = [(65_536, 8), (65_536, 128), (65_536, 256)]
+    return ts + es
+
+
+def run(quick: bool, log) -> dict:
+    repeats = 7 if quick else 11
+    rows = []
+    for t, e in grid(quick):
+        for method in ("empirical", "calibrated"):
+            for dtype in (torch.float32, torch.bfloat16):
+                row = measure(t, e, dtype, method, repeats=repeats)
+                log(
+                    f"routing T={t} E={e} {row['dtype']} {method}: top-k {row['topk_ms']:.1f} ms, "
+                    f"BH {row['bh_ms']:.1f} ms, ratio {row['ratio']:.2f}"
+                )
+                rows.append(row)
+
+    def pick(method, dtype):
+        return next(
+            r["ratio"] for r in rows if (r["T"], r["E"], r["method"], r["dtype"]) == (65_536, 64, method, dtype)
+        )
+
+    headline = {
+        "empirical_float32": pick("empirical", "float32"),
+        "empirical_bfloat16": pick("empirical", "bfloat16"),
+        "calibrated_float32": pick("calibrated", "float32"),
+        "calibrated_bfloat16": pick("calibrated", "bfloat16"),
+    }
+    return {"rows": rows, "headline": headline, "alpha": ALPHA}
+
+
+# --- the routing step as it was before the hot-path work (commit 50774f6), for before/after ---------
+def reference_route(logits: torch.Tensor, strategy: BH, k: int):
+    """BH routing with the original implementation's operations (same results, older ops).
+
+    Elementwise isfinite validation (twice: route and p-values), two ``torch.median`` calls,
+    ``torch.where`` z-scores, ``torch.searchsorted`` for conformal counts, ``torch.sort(stable)``
+    of all E p-values and a multiply-and-max for the step-up.
+    """
+    from bh_routing.core.pvalues import MAD_TO_SD
+
+    for _ in range(2):
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError("logits must be finite")
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (T, E)
+    z = logits.float()
+    if strategy.pvalues == "empirical":
+        centre = z.median(dim=-1, keepdim=True).values
+        scale = MAD_TO_SD * (z - centre).abs().median(dim=-1, keepdim=True).values
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zscore = torch.where(scale > 0, (z - centre) / safe, torch.zeros_like(z))
+        p = torch.special.ndtr(-zscore)
+    else:
+        cal = strategy.calibration
+        table, n = cal.null_sorted[0], cal.null_count[0]
+        below = torch.searchsorted(table, z.T.contiguous(), side="left")
+        p = ((1.0 + (table.shape[1] - below).float()) / (n.float().unsqueeze(1) + 1.0)).T.clamp(max=1.0)
+    e = p.shape[-1]
+    sorted_p, order = torch.sort(p, dim=-1, stable=True)
+    # the thresholds exactly as the current code compares them (float64, rounded down to float32)
+    from bh_routing.core.bh import _round_down
+
+    thresholds = _round_down((torch.arange(1, e + 1, dtype=torch.float64) / e) * strategy.alpha, torch.float32)
+    below = sorted_p <= thresholds
+    counts = (below * torch.arange(1, e + 1)).amax(dim=-1).clamp(strategy.min_k, k)
+    idx = order[:, :k]
+    used = torch.arange(k) < counts.unsqueeze(-1)
+    indices = torch.where(used, idx, torch.full_like(idx, e))
+    weights = probs.gather(1, idx) * used
+    return indices, weights.to(logits.dtype), counts
+
+
+def before_after(log, *, repeats: int) -> list[dict]:
+    """Routing cost at 65,536 x 64 float32 of the original ops and of the current code, each vs top-k."""
+    t, e, k = 65_536, 64, 8
+    logits = make_logits(t, e, seed=0)
+    rows = []
+    for method in ("empirical", "calibrated"):
+        strategy = make_strategy(method, e, k)
+        with torch.inference_mode():
+            old = reference_route(logits, strategy, k)
+            new = strategy.route(logits, layer=0, model_top_k=k)
+            same = all(torch.equal(a, b) for a, b in zip(old, (new.indices, new.weights, new.counts)))
+            res = rounds(
+                lambda: topk_router(logits, k),
+                {
+                    "before": lambda: reference_route(logits, strategy, k),
+                    "after": lambda: strategy.route(logits, layer=0, model_top_k=k, norm_topk_prob=False),
+                },
+                repeats=repeats,
+            )
+        row = {
+            "T": t,
+            "E": e,
+            "method": method,
+            "before_ratio": res["before"]["ratio"],
+            "after_ratio": res["after"]["ratio"],
+            "speedup": res["before"]["bh_s"] / res["after"]["bh_s"],
+            "identical_output": same,
+        }
+        log(
+            f"routing before/after {method}: {row['before_ratio']:.2f}x -> {row['after_ratio']:.2f}x top-k "
+            f"(identical output: {same})"
+        )
+        rows.append(row)
+    return rows
