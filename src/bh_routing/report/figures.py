@@ -102,7 +102,7 @@ def temperature_sensitivity(res: dict, path: Path) -> Path:
         ax.set_xlabel("temperature T (log scale)", fontsize=12)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    fig.text(0.5, -0.08, TEMPERATURE_NOTE, ha="center", fontsize=9.5, family="monospace")
+    fig.text(0.5, -0.16, TEMPERATURE_NOTE, ha="center", fontsize=9.5, family="monospace")
     fig.suptitle(_model_line(res), fontsize=10, y=1.02)
     return _save(fig, path)
 
@@ -162,6 +162,7 @@ def utilization(res: dict, path: Path) -> Path:
         top = max(top, shares[name].max())
     for ax, name in zip(axes, ("topk", "bh")):
         im = ax.imshow(shares[name], aspect="auto", cmap="magma", vmin=0, vmax=top)
+        ax.set_yticks(range(shares[name].shape[0]))
         ax.set_ylabel("MoE layer", fontsize=12)
         ax.set_title(
             f"{u[name]['label']}: share of routed pairs per expert · CV {u[name]['mean_cv']:.2f}, "
