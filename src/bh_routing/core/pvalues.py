@@ -156,36 +156,41 @@ def conformal_pvalues(
         )
     z = apply_temperature(logits, temperature).to(null_sorted.dtype)
     table = null_sorted.to(z.device)
-    # for each expert row: number of null values >= z
-    below = _count_below(table, z)  # (E, T): # values < z
-    count_ge = table.shape[1] - below  # (E, T)
     n = null_count.to(z.device, torch.float32).unsqueeze(1)  # (E, 1)
+    if _merge_applies(table, z):
+        return _conformal_merged(table, n, z)  # (T, E)
+    # for each expert row: number of null values >= z
+    below = torch.searchsorted(table, z.T.contiguous(), side="left")  # (E, T): # values < z
+    count_ge = table.shape[1] - below  # (E, T)
     p = (1.0 + count_ge.to(torch.float32)) / (n + 1.0)  # (E, T)
     return p.T.clamp(max=1.0)  # (T, E)
 
 
-def _count_below(table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """(E, T) int64: ``#{i : table[e, i] < z[t, e]}``, i.e. ``searchsorted(table, z.T, side="left")``.
-
-    With many tokens on the CPU (float32, no autograd) one merged sort per expert row replaces
-    the T binary searches, exactly: every value becomes an integer key that orders like the
-    value (-0.0 = +0.0), shifted left to hold a tag (a query 0 sorts before a table value 1 of
-    the same value: only values strictly below count) and the query's token index. After
-    numpy's SIMD sort of each row, the i-th query in a row sits at position j_i with
-    ``j_i - i`` table values before it - its count.
-    """
-    num_experts, size = table.shape
-    num_tokens = z.shape[0]
-    fast = (
+def _merge_applies(table: torch.Tensor, z: torch.Tensor) -> bool:
+    """Whether :func:`_conformal_merged` is used: many tokens, CPU, float32, no autograd."""
+    return (
         table.device.type == "cpu"
         and table.dtype == torch.float32
         and z.dtype == torch.float32
         and not z.requires_grad
-        and 4 * num_tokens >= size  # below that, T binary searches are cheaper than the sort
-        and num_tokens < 2**30
+        and 4 * z.shape[0] >= table.shape[1]  # below that, T binary searches are cheaper than the sort
+        and z.shape[0] < 2**30
     )
-    if not fast:
-        return torch.searchsorted(table, z.T.contiguous(), side="left")
+
+
+def _conformal_merged(table: torch.Tensor, n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The conformal p-values (T, E) of the searchsorted branch, exactly, by one merged sort per expert.
+
+    ``below[e, t] = #{i : table[e, i] < z[t, e]}`` without T binary searches: every value becomes
+    an integer key that orders like the value (-0.0 = +0.0), shifted left to hold a tag (a query
+    0 sorts before a table value 1 of the same value: only values strictly below count) and the
+    query's token index. After numpy's SIMD sort of each expert's row, the i-th query of row e
+    sits at position j with ``j - i`` table values before it. Its p-value is looked up in a
+    per-expert table of the R + 1 possible values, computed with the same float32 arithmetic as
+    the searchsorted branch, and scattered straight into the (T, E) layout.
+    """
+    num_experts, size = table.shape
+    num_tokens = z.shape[0]
     bits = max(1, (num_tokens - 1).bit_length())  # room for the token index
     width = size + num_tokens
     keys = np.empty((num_experts, width), np.int64)  # (E, R + T)
@@ -197,13 +202,19 @@ def _count_below(table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     keys.sort(axis=1)
     flat = keys.reshape(-1)
     at = np.flatnonzero((flat & (1 << bits)) == 0)  # (E * T,): the queries, row by row, in sorted order
-    rank = np.arange(num_experts * num_tokens, dtype=np.int64)  # e * T + i
-    row = rank // num_tokens  # (E * T,)
-    count = at - rank - row * size  # j_i - i, with j_i = at - e * (R + T)
-    dest = (flat[at] & ((1 << bits) - 1)) + row * num_tokens  # where (e, token) goes in (E, T)
-    out = np.empty(num_experts * num_tokens, np.int64)
-    out[dest] = count
-    return torch.from_numpy(out.reshape(num_experts, num_tokens))
+    # p-value of every possible count of values below, per expert: (E, R + 1), as the other branch
+    below = torch.arange(size + 1, dtype=torch.float32)  # (R + 1,)
+    lookup = ((1.0 + (size - below)) / (n + 1.0)).clamp(max=1.0).numpy()  # (E, R + 1)
+    # query i of row e sits at j = at - e * (R + T) with j - i values below: entry e * (R + 1) + j - i
+    experts = np.arange(num_experts, dtype=np.int64)[:, None]  # (E, 1)
+    dest = flat[at]  # (E * T,) the queries' keys
+    dest &= (1 << bits) - 1  # token index t
+    dest *= num_experts
+    dest.reshape(num_experts, num_tokens)[...] += experts  # t * E + e: the place in (T, E)
+    at -= (experts * (num_tokens - 1) + np.arange(num_tokens, dtype=np.int64)).reshape(-1)  # e * (R + 1) + j - i
+    out = np.empty(num_tokens * num_experts, np.float32)
+    out[dest] = lookup.reshape(-1)[at]
+    return torch.from_numpy(out.reshape(num_tokens, num_experts))
 
 
 def _orderable(a: np.ndarray) -> np.ndarray:
