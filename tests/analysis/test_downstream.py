@@ -19,7 +19,6 @@ pytest.importorskip("accelerate", reason="lm-eval's HFLM needs accelerate")
 
 from bh_routing.analysis.downstream import (  # noqa: E402
     LOCAL_TASKS,
-    LOCAL_TASKS_DIR,
     DownstreamError,
     evaluate_downstream,
     mcnemar_exact,
@@ -27,7 +26,6 @@ from bh_routing.analysis.downstream import (  # noqa: E402
 )
 from bh_routing.cli import app  # noqa: E402
 from bh_routing.core import BH, TopK  # noqa: E402
-from bh_routing.embedded import EMBEDDED_MODEL_DIR  # noqa: E402
 from bh_routing.models import load_model, patched  # noqa: E402
 
 runner = CliRunner()
@@ -54,46 +52,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _tokenizer():
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if (EMBEDDED_MODEL_DIR / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    rows = [json.loads(line) for name in ("bhr_heldout_rolling", "bhr_python_mc")
-            for line in (LOCAL_TASKS_DIR / f"{name}.jsonl").read_text().splitlines()]
-    texts = [r.get("text") or " ".join([r["question"], *r["choices"]]) for r in rows]
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|pad|>")
-
-
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from transformers import OlmoeConfig, OlmoeForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-olmoe-downstream")
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    cfg = OlmoeConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, num_experts=16, num_experts_per_tok=4, norm_topk_prob=False,
-        max_position_embeddings=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    model = OlmoeForCausalLM(cfg)
-    with torch.no_grad():  # spread the router logits so that BH has something to choose
-        for layer in model.model.layers:
-            layer.mlp.gate.weight.mul_(torch.linspace(0.2, 4.0, 16)[:, None] * 8)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir  # the tiny random OLMoE of conftest.py, with the embedded tokenizer
 
 
 @pytest.fixture(scope="module")
