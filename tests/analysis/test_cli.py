@@ -84,6 +84,12 @@ def test_config_file_and_flags(tmp_path, tiny_model_dir):
     assert res["config"]["alpha"] == 0.3 and res["config"]["seq_len"] == 32
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0
+    # a finished run's results file is a config too: the same numbers again
+    again = tmp_path / "again"
+    result = runner.invoke(app, ["sweep", "--config", str(out / "bh_routing_results.json"), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    res2 = json.loads((again / "bh_routing_results.json").read_text())
+    assert res2["derived"]["alpha_sensitivity"] == res["derived"]["alpha_sensitivity"]
     _fail(["report", str(tmp_path / "nothing")], "no bh_routing_results.json in")
 
 

@@ -106,7 +106,11 @@ class RunConfig:
 
 
 def load_config_file(path: str | Path) -> dict:
-    """Read a YAML (.yaml/.yml) or TOML (.toml) run configuration into a dict of RunConfig fields."""
+    """Read a run configuration into a dict of RunConfig fields.
+
+    YAML (.yaml/.yml) or TOML (.toml) files of settings, or a run's ``bh_routing_results.json``
+    (its ``config``), so that a finished run can be repeated exactly.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -123,8 +127,13 @@ def load_config_file(path: str | Path) -> dict:
             import yaml
 
             data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            import json
+
+            data = json.loads(text)
+            data = data.get("config", data) if isinstance(data, dict) else data
         else:
-            raise ConfigError(f"config file must end in .yaml, .yml or .toml, got {path.name}")
+            raise ConfigError(f"config file must end in .yaml, .yml, .toml or .json, got {path.name}")
     except ConfigError:
         raise
     except Exception as exc:

@@ -22,7 +22,6 @@ Layer indices are MoE-layer ordinals 0..L-1 (the i-th MoE block of the model), n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
