@@ -1,6 +1,7 @@
 """The command line: exit codes, one-line messages, nothing written on bad input."""
 
-import pytest
+import json
+
 import torch
 from typer.testing import CliRunner
 
@@ -78,8 +79,6 @@ def test_config_file_and_flags(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["sweep", "--config", str(conf), "--alpha", "0.3", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "alpha_sensitivity.png").is_file() and (out / "bh_routing_results.json").is_file()
-    import json
-
     res = json.loads((out / "bh_routing_results.json").read_text())
     assert res["config"]["alpha"] == 0.3 and res["config"]["seq_len"] == 32
     result = runner.invoke(app, ["report", str(out)])
