@@ -219,8 +219,8 @@ def conclusions(res: dict) -> str:
         rs = sorted((r for r in d["temperature_sensitivity"] if r["family"] == fam), key=lambda r: r["param"])
         if len(rs) >= 2:
             found.append(
-                f"- **Temperature** ({fam}): mean experts per token {fmt(rs[0]['mean_k'])} at T = {fmt(rs[0]['param'])}, "
-                f"{fmt(rs[-1]['mean_k'])} at T = {fmt(rs[-1]['param'])}."
+                f"- **Temperature** ({fam}, α = {fmt(cfg['alpha'])}): mean experts per token "
+                + ", ".join(f"{fmt(r['mean_k'])} at T = {fmt(r['param'])}" for r in rs) + "."
             )
     tl = steps.get("token_level")
     if tl and tl["mean_k_by_kind"]:
