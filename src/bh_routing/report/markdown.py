@@ -168,8 +168,9 @@ def render(res: dict, figures: list[str]) -> str:
         from .downstream import markdown as downstream_markdown
 
         out += [downstream_markdown(res), ""]
-    out += ["## Reproduce", "", "```bash", f"bh-routing run --config <this run's config> --out <folder>", "```",
-            "The configuration used is under `config` in `bh_routing_results.json`.", ""]
+    out += ["## Reproduce", "", "The configuration of this run is under `config` in `bh_routing_results.json`; "
+            "the same seed gives the same numbers:", "", "```bash",
+            "bh-routing run --config bh_routing_results.json --out <another folder>", "```", ""]
     return "\n".join(out)
 
 
