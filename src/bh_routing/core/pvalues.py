@@ -185,36 +185,52 @@ def _conformal_merged(table: torch.Tensor, n: torch.Tensor, z: torch.Tensor) -> 
     an integer key that orders like the value (-0.0 = +0.0), shifted left to hold a tag (a query
     0 sorts before a table value 1 of the same value: only values strictly below count) and the
     query's token index. After numpy's SIMD sort of each expert's row, the i-th query of row e
-    sits at position j with ``j - i`` table values before it. Its p-value is looked up in a
-    per-expert table of the R + 1 possible values, computed with the same float32 arithmetic as
-    the searchsorted branch, and scattered straight into the (T, E) layout.
+    sits at position j with ``j - i`` table values before it. Its p-value - looked up among the
+    expert's R + 1 possible ones when T >= R, else computed per query; the same float32
+    arithmetic as the searchsorted branch either way - goes straight into the (T, E) layout.
     """
     num_experts, size = table.shape
     num_tokens = z.shape[0]
     bits = max(1, (num_tokens - 1).bit_length())  # room for the token index
     width = size + num_tokens
-    keys = np.empty((num_experts, width), np.int64)  # (E, R + T)
-    keys[:, :size] = _orderable(table.numpy())
-    keys[:, size:] = _orderable(z.T.contiguous().numpy())
-    np.left_shift(keys, bits + 1, out=keys)
-    keys[:, :size] |= 1 << bits  # tag 1: table values sort after queries of the same value
-    keys[:, size:] |= np.arange(num_tokens, dtype=np.int64)
-    keys.sort(axis=1)
-    flat = keys.reshape(-1)
-    at = np.flatnonzero((flat & (1 << bits)) == 0)  # (E * T,): the queries, row by row, in sorted order
-    # p-value of every possible count of values below, per expert: (E, R + 1), as the other branch
-    below = torch.arange(size + 1, dtype=torch.float32)  # (R + 1,)
-    lookup = ((1.0 + (size - below)) / (n + 1.0)).clamp(max=1.0).numpy()  # (E, R + 1)
-    # query i of row e sits at j = at - e * (R + T) with j - i values below: entry e * (R + 1) + j - i
-    experts = np.arange(num_experts, dtype=np.int64)[:, None]  # (E, 1)
-    dest = flat[at]  # (E * T,) the queries' keys
-    dest &= (1 << bits) - 1  # token index t
-    dest *= num_experts
-    dest.reshape(num_experts, num_tokens)[...] += experts  # t * E + e: the place in (T, E)
-    at -= (experts * (num_tokens - 1) + np.arange(num_tokens, dtype=np.int64)).reshape(-1)  # e * (R + 1) + j - i
-    out = np.empty(num_tokens * num_experts, np.float32)
-    out[dest] = lookup.reshape(-1)[at]
-    return torch.from_numpy(out.reshape(num_tokens, num_experts))
+    table_keys = np.left_shift(_orderable(table.numpy()), bits + 1, dtype=np.int64)  # (E, R)
+    table_keys |= 1 << bits  # tag 1: table values sort after queries of the same value
+    queries = _orderable(z.T.contiguous().numpy())  # (E, T) int32
+    tokens = np.arange(num_tokens, dtype=np.int64)
+    use_lookup = num_tokens >= size
+    if use_lookup:  # the expert's R + 1 possible p-values, with the arithmetic of the other branch
+        below = torch.arange(size + 1, dtype=torch.float32)  # (R + 1,)
+        lookup = ((1.0 + (size - below)) / (n + 1.0)).clamp(max=1.0).numpy()  # (E, R + 1)
+    else:
+        denominator = n.numpy() + np.float32(1.0)  # (E, 1)
+    out = np.empty((num_experts, num_tokens), np.float32)  # (E, T): each block scatters within its rows
+    step = max(1, _MERGE_BLOCK // width)  # experts per block: the int64 temporaries stay in cache
+    for e0 in range(0, num_experts, step):
+        e1 = min(e0 + step, num_experts)
+        keys = np.empty((e1 - e0, width), np.int64)  # (c, R + T)
+        keys[:, :size] = table_keys[e0:e1]
+        keys[:, size:] = queries[e0:e1]
+        keys[:, size:] <<= bits + 1
+        keys[:, size:] |= tokens  # tag 0 and the token index
+        keys.sort(axis=1)
+        flat = keys.reshape(-1)
+        at = np.flatnonzero((flat & (1 << bits)) == 0)  # (c * T,): the queries, row by row, in sorted order
+        token = (flat[at] & ((1 << bits) - 1)).reshape(e1 - e0, num_tokens)  # (c, T)
+        # query i of row r sits at j = at - r * (R + T), with j - i table values below it
+        rows = np.arange(e1 - e0, dtype=np.int64)[:, None]  # (c, 1)
+        if use_lookup:  # entry r * (R + 1) + j - i of the block's lookup rows
+            at -= (rows * (num_tokens - 1) + tokens).reshape(-1)
+            p = lookup[e0:e1].reshape(-1)[at].reshape(e1 - e0, num_tokens)  # (c, T)
+        else:  # the same float32 arithmetic on each query
+            at -= (rows * width + tokens).reshape(-1)  # values below
+            count_ge = (size - at).astype(np.float32).reshape(e1 - e0, num_tokens)  # (c, T)
+            p = (np.float32(1.0) + count_ge) / denominator[e0:e1]  # (c, T)
+            np.minimum(p, np.float32(1.0), out=p)
+        out[e0:e1].reshape(-1)[(token + rows * num_tokens).reshape(-1)] = p.reshape(-1)  # back to token order
+    return torch.from_numpy(out).T.contiguous()  # (T, E)
+
+
+_MERGE_BLOCK = 1 << 18  # int64 keys per block of experts in _conformal_merged (2 MiB)
 
 
 def _orderable(a: np.ndarray) -> np.ndarray:
