@@ -6,6 +6,7 @@ threads there), writing into a temporary folder that is deleted afterwards.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,10 +23,13 @@ def cli() -> list[str]:
 def time_command(args: list[str], *, timeout_s: float) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bh-bench-"))
     cmd = cli() + args + ["--out", str(out / "run")]
+    load_before = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        rc, tail = proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        # stdout holds the command's summary; stderr its progress bars (and the error, if any)
+        rc = proc.returncode
+        tail = (proc.stdout if rc == 0 else proc.stderr).strip().splitlines()[-3:]
     except subprocess.TimeoutExpired:
         rc, tail = None, [f"timed out after {timeout_s:.0f} s"]
     wall = time.perf_counter() - start
@@ -36,6 +40,8 @@ def time_command(args: list[str], *, timeout_s: float) -> dict:
         "exit_code": rc,
         "ok": rc == 0,
         "output_tail": tail,
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -42,7 +42,7 @@ def token_windows(tokenizer, num_tokens: int, *, seq_len: int = SEQ_LEN) -> torc
 def run(quick: bool, log) -> dict:
     model, tokenizer = load()
     batch = token_windows(tokenizer, BATCH * SEQ_LEN)  # (8, 256)
-    repeats = 5 if quick else 9
+    repeats = 9 if quick else 15
     backends = ("grouped_mm",) if quick else ("grouped_mm", "eager")
     rows = []
     for backend in backends:

@@ -82,7 +82,7 @@ def grid(quick: bool) -> list[tuple[int, int]]:
 
 
 def run(quick: bool, log) -> dict:
-    repeats = 7 if quick else 11
+    repeats = 9 if quick else 15
     rows = []
     for t, e in grid(quick):
         for method in ("empirical", "calibrated"):

@@ -150,9 +150,10 @@ def _headline(results: dict) -> dict:
         worst = max(h.values())
         goals["routing_cost"] = {
             "value": out["routing_cost_ratio"],
-            "worst_of_methods_and_dtypes": worst,
             "goal": GOALS["routing_cost_ratio"],
-            "met": worst <= 2.0,
+            "met": out["routing_cost_ratio"] <= 2.0,
+            "worst_of_methods_and_dtypes": worst,
+            "worst_met": worst <= 2.0,
             "never_above_3": worst <= 3.0,
         }
     if "moe" in results:
