@@ -96,6 +96,7 @@ def render(r: dict) -> str:
         rows.append(["`bh-routing run` wall time", "not measured in this run", "< 300 s", "n/a"])
     add(_table(["figure", "value", "goal", "met"], rows) + "\n")
 
+    add(_missed(r))
     if "routing" in r:
         add(_routing(r["routing"]))
     if "moe" in r:
@@ -299,3 +300,46 @@ def _e2e(r: dict) -> str:
         "above 2 means this command got less than the machine."
     )
     return "\n".join(s) + "\n"
+
+
+def _missed(r: dict) -> str:
+    """Every goal this run misses, and the reason, in plain words."""
+    notes = []
+    for name, x in r.get("goals", {}).items():
+        if x.get("met") is False:
+            notes.append(f"- **{name}**: {x['value']:.3f} against the goal {x['goal']}.")
+    rows = r.get("routing", {}).get("rows", [])
+    above3 = [x for x in rows if x["ratio"] > 3.0]
+    small_cal = [x for x in above3 if x["method"] == "calibrated" and x["T"] < 8 * 4096]
+    if above3:
+        notes.append(
+            "- **routing cost above 3x** at "
+            + ", ".join(f"T = {x['T']:,}, E = {x['E']}, {x['dtype']}, {x['method']} ({x['ratio']:.2f}x; {x['bh_ms']:.1f} vs {x['topk_ms']:.1f} ms)" for x in above3)
+            + "."
+            + (
+                " Why: each calibrated call merges the tokens with every expert's calibration sample "
+                "(R = 4,096 values per expert), a fixed cost per call that dominates when T is small next "
+                "to R; the absolute time stays a few milliseconds."
+                if small_cal
+                else ""
+            )
+        )
+    over2e = [x for x in rows if x["ratio"] > 2.0 and x["E"] > 64 and x["T"] == 65_536]
+    if over2e:
+        notes.append(
+            "- **routing cost above 2x at E > 64**: "
+            + ", ".join(f"E = {x['E']} {x['dtype']} {x['method']} ({x['ratio']:.2f}x)" for x in over2e)
+            + ". Why: top-k's partial selection grows slowly with E, while BH computes a p-value for "
+            "every expert and sorts all E of them per token (the step-up needs the full order)."
+        )
+    t2 = [x for x in r.get("routing", {}).get("threads2", []) if x["ratio"] > 2.0]
+    if t2:
+        notes.append(
+            "- **with 2 torch threads** the routing ratio is "
+            + ", ".join(f"{x['ratio']:.2f}x ({x['method']})" for x in t2)
+            + ". Why: on this shared 2-vCPU machine each parallelised torch op of BH's sequence waits "
+            "for the busier core; top-k is two ops (see 'Threads')."
+        )
+    if not notes:
+        return "## Missed goals\n\nNone in this run.\n"
+    return "## Missed goals, and why\n\n" + "\n".join(notes) + "\n"
