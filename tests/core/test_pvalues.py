@@ -9,7 +9,7 @@ from bh_routing import CalibrationBuilder, apply_temperature, bh_select, conform
 
 
 def test_empirical_null_matches_scipy():
-    z = torch.randn(50, 64, dtype=torch.float64)
+    z = torch.randn(50, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     p = empirical_null_pvalues(z).numpy()
     zn = z.numpy()
     med = np.median(zn, axis=1, keepdims=True)  # numpy's median averages the middle two...
@@ -17,7 +17,8 @@ def test_empirical_null_matches_scipy():
     med = np.sort(zn, axis=1)[:, 31:32]
     mad = np.sort(np.abs(zn - med), axis=1)[:, 31:32]
     expected = scipy.stats.norm.sf((zn - med) / (mad * 1.482602218505602))
-    np.testing.assert_allclose(p, expected, rtol=1e-10)
+    # torch's ndtr and scipy's sf differ by ~1e-9 relative deep in the tail
+    np.testing.assert_allclose(p, expected, rtol=1e-7, atol=1e-300)
     assert p.dtype == np.float64
 
 
