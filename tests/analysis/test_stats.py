@@ -48,3 +48,14 @@ def test_load_balance():
     assert uniform["mean_cv"] == 0 and uniform["mean_normalized_entropy"] == pytest.approx(1.0)
     skew = load_balance(np.array([[80, 0, 0, 0, 0, 0, 0, 0]]))
     assert skew["mean_normalized_entropy"] == pytest.approx(0.0) and skew["mean_cv"] > 2
+
+
+def test_token_categories():
+    from bh_routing.analysis.experiments import token_category
+
+    assert token_category(" sorted") == "word-start"
+    assert token_category("The", at_start=True) == "word-start"
+    assert token_category("ems") == "word-piece"
+    assert token_category(" 3") == "number" and token_category("3.14") == "number"
+    assert token_category("(") == "punctuation" and token_category(" \n") == "whitespace"
+    assert token_category("len)") == "mixed"

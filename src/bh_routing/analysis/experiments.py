@@ -128,14 +128,15 @@ def baseline_inference(model, tokenizer, cfg: RunConfig, calibration, prompts: d
     return out
 
 
-def token_category(token: str) -> str:
+def token_category(token: str, *, at_start: bool = False) -> str:
+    """A coarse kind for a decoded token; ``at_start``: the first token of the text starts a word."""
     t = token.strip()
     if not t:
         return "whitespace"
     if re.fullmatch(r"\d+([.,]\d+)?", t):
         return "number"
     if re.fullmatch(r"[A-Za-z]+", t):
-        return "word-start" if token[:1].isspace() else "word-piece"
+        return "word-start" if token[:1].isspace() or at_start else "word-piece"
     if re.fullmatch(r"[^\w\s]+", t):
         return "punctuation"
     return "mixed"
@@ -151,7 +152,7 @@ def token_level(model, tokenizer, cfg: RunConfig, calibration, sentence: str) ->
         model(input_ids=ids)
         per_layer = torch.stack([rec.tokens(l)["counts"] for l in range(rec.num_layers)]).float()  # (L, T)
     tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
-    kinds = [token_category(t) for t in tokens]
+    kinds = [token_category(t, at_start=i == 0) for i, t in enumerate(tokens)]
     mean = per_layer.mean(dim=0)  # (T,)
     by_kind: dict[str, list[float]] = {}
     for kind, k in zip(kinds, mean.tolist()):

@@ -142,7 +142,12 @@ def prepare(config: RunConfig, out: Path, *, model=None, tokenizer=None) -> Inpu
 def _key(inputs: Inputs) -> str:
     from ..models import model_fingerprint
 
-    blob = json.dumps({"config": inputs.cfg.to_dict(), "model": model_fingerprint(inputs.model)}, sort_keys=True)
+    from .. import __version__
+
+    # a step is reused only for the same configuration, model and package version
+    blob = json.dumps(
+        {"config": inputs.cfg.to_dict(), "model": model_fingerprint(inputs.model), "version": __version__}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -116,9 +116,10 @@ def render(res: dict, figures: list[str]) -> str:
         ))
         if "calibration" in steps:
             c = steps["calibration"]
-            out += ["", f"Calibrated null: at most {c['reservoir_size']} values per (layer, expert), fewest {c['min_null_count']}; "
-                    f"the smallest conformal p-value is 1/(n+1), so α below E/(n+1) = "
-                    f"{fmt(model['num_experts'] / (c['min_null_count'] + 1))} cannot select more than min_k experts in the thinnest cell."]
+            out += ["", f"Calibrated null: at most {c['reservoir_size']} values per (layer, expert), fewest {c['min_null_count']}. "
+                    f"The smallest conformal p-value is 1/(n+1) = {fmt(1 / (c['min_null_count'] + 1))}; BH's first threshold α/E "
+                    f"is below it when α < E/(n+1) = {fmt(model['num_experts'] / (c['min_null_count'] + 1))}, so at such α "
+                    "one outstanding expert is never enough: BH selects beyond min_k only where several experts are extreme together."]
         out.append("")
     if "temperature_sensitivity" in d:
         out += ["## 3. Temperature sensitivity", "",
