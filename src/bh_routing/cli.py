@@ -101,7 +101,7 @@ Strategies = typer.Option(None, help="frontier families: topk,topp,weight_ratio,
 Pvalues = typer.Option(None, help="p-value methods swept: empirical,calibrated")
 BhPvalues = typer.Option(None, "--bh-pvalues", help="p-value method of the single-setting analyses")
 Prompts = typer.Option(None, "--prompts", help="prompts file, one prompt per line")
-EvalText = typer.Option(None, "--eval-text", help="UTF-8 text file to evaluate on (default: embedded held-out text)")
+EvalText = typer.Option(None, "--eval-text", help="UTF-8 text file, or hf:NAME[:CONFIG]:SPLIT when online (default: embedded held-out text)")
 Calib = typer.Option(None, "--calibration", help="a saved calibration.safetensors for this model")
 EvalSeqs = typer.Option(None, "--eval-sequences", help="evaluation sequences (default 32)")
 SeqLen = typer.Option(None, "--seq-len", help="tokens per sequence (default 256)")
@@ -125,7 +125,7 @@ def _command(group: str, help_text: str):
         config: Optional[Path] = Config, out: Path = Out, seed: Optional[int] = Seed, quick: Optional[bool] = Quick,
         alphas: Optional[str] = Alphas, alpha: Optional[float] = Alpha, temperatures: Optional[str] = Temps,
         strategies: Optional[str] = Strategies, pvalues: Optional[str] = Pvalues, bh_pvalues: Optional[str] = BhPvalues,
-        prompts: Optional[Path] = Prompts, eval_text: Optional[Path] = EvalText, calibration: Optional[Path] = Calib,
+        prompts: Optional[Path] = Prompts, eval_text: Optional[str] = EvalText, calibration: Optional[Path] = Calib,
         eval_sequences: Optional[int] = EvalSeqs, seq_len: Optional[int] = SeqLen, threads: Optional[int] = Threads,
     ) -> None:
         if threads is not None:

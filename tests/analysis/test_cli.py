@@ -95,3 +95,13 @@ def test_config_file_and_flags(tmp_path, tiny_model_dir):
 def test_info(tiny_model_dir):
     result = runner.invoke(app, ["info", "--model", str(tiny_model_dir)])
     assert result.exit_code == 0 and "16" in result.output and "OlmoeTopKRouter" in result.output
+
+
+def test_dataset_eval_text_offline(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "o"
+    _fail(["calibrate", "--model", str(tiny_model_dir), "--eval-text", "hf:wikitext", "--out", str(out)],
+          "eval_text dataset must look like hf:NAME[:CONFIG]:SPLIT, got 'hf:wikitext'", out)
+    _fail(["calibrate", "--model", str(tiny_model_dir), "--eval-text", "hf:no-such-dataset-bhr:test", "--out", str(out)],
+          "cannot load dataset 'hf:no-such-dataset-bhr:test'", out)

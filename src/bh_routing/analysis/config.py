@@ -34,7 +34,7 @@ class RunConfig:
     min_k: int = 1  # every token gets at least this many experts
     max_k: int | None = None  # None = the model's top-k
     prompts_file: str | None = None  # one prompt per line; None = the 10 default prompts
-    eval_text: str | None = None  # a UTF-8 text file; None = the embedded held-out text
+    eval_text: str | None = None  # a UTF-8 text file, or "hf:NAME[:CONFIG]:SPLIT" (a `datasets` id, online); None = embedded
     calibration: str | None = None  # a saved calibration; None = fit on the calibration split
     null: str = "unrouted"  # calibration null sample: "unrouted" | "all"
     seq_len: int = 256  # tokens per evaluation sequence
@@ -97,12 +97,23 @@ class RunConfig:
             raise ConfigError(f"max_k must be >= min_k, got max_k={self.max_k} < min_k={self.min_k}")
         for name in ("prompts_file", "eval_text", "calibration"):
             v = getattr(self, name)
+            if name == "eval_text" and isinstance(v, str) and v.startswith("hf:"):
+                parse_dataset_id(v)
+                continue
             if v is not None and not Path(v).is_file():
                 raise ConfigError(f"{name} not found: {v}")
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_dataset_id(spec: str) -> tuple[str, str | None, str]:
+    """``"hf:NAME[:CONFIG]:SPLIT"`` -> (name, config or None, split)."""
+    parts = spec[len("hf:"):].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ConfigError(f"eval_text dataset must look like hf:NAME[:CONFIG]:SPLIT, got {spec!r}")
+    return parts[0], parts[1] if len(parts) == 3 else None, parts[-1]
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -81,10 +81,34 @@ def _texts(cfg: RunConfig) -> dict[str, str]:
         from ..embedded import default_eval_texts
 
         return default_eval_texts()
+    if cfg.eval_text.startswith("hf:"):
+        return {"text": _dataset_text(cfg.eval_text)}
     text = Path(cfg.eval_text).read_text(encoding="utf-8")
     if not text.strip():
         raise ConfigError(f"eval_text is empty: {cfg.eval_text}")
     return {"text": text}
+
+
+def _dataset_text(spec: str) -> str:
+    """The "text" column of a Hugging Face dataset split, joined (needs `datasets` and the hub)."""
+    from .config import parse_dataset_id
+
+    name, config, split = parse_dataset_id(spec)
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"eval_text {spec!r} needs the `datasets` package (pip install datasets)") from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # offline, unknown name, unknown split: one line for the user
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot load dataset {spec!r} (no network, or a wrong name/split?): {first}") from None
+    if "text" not in ds.column_names:
+        raise ConfigError(f"dataset {spec!r} has no 'text' column (columns: {', '.join(ds.column_names)})")
+    text = "\n\n".join(t for t in ds["text"] if t and t.strip())
+    if not text:
+        raise ConfigError(f"dataset {spec!r} has no text")
+    return text
 
 
 def _split(tokenizer, texts: dict[str, str], cfg: RunConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
