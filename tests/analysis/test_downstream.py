@@ -43,15 +43,6 @@ metadata:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: oversubscribed OpenMP threads make each tiny forward call 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tiny_model_dir):
     return tiny_model_dir  # the tiny random OLMoE of conftest.py, with the embedded tokenizer

@@ -38,15 +38,6 @@ def model(offline):
     return m.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 7M-parameter model needs no intra-op parallelism; on a busy shared machine it only hurts."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(offline):
     return transformers.AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR)

@@ -26,8 +26,6 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def olmoe_1b_7b():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     raw = {k: v for k, v in json.loads(CONFIG.read_text()).items() if not k.startswith("_")}
     raw.update(num_hidden_layers=1, vocab_size=4096)
     config = transformers.OlmoeConfig(**raw)
@@ -41,8 +39,7 @@ def olmoe_1b_7b():
         for p in model.parameters():
             if p.dim() >= 2:
                 p.uniform_(-bound, bound, generator=g)
-    yield model
-    torch.set_num_threads(threads)
+    return model
 
 
 def test_real_architecture_float32_then_bfloat16(olmoe_1b_7b):
