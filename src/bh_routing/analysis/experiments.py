@@ -103,13 +103,18 @@ def baseline_frontier(model, seqs, cfg: RunConfig) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- prompts
+def topk_and_bh(model, cfg: RunConfig, calibration) -> tuple[TopK, BH]:
+    """The two strategies the prompt analyses compare: the model's own top-k and the report's BH."""
+    return TopK(model_top_k(model)), bh_strategy(cfg, cfg.bh_pvalues, calibration)
+
+
 @torch.no_grad()
 def baseline_inference(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str]) -> list[dict]:
     """Greedy continuations of the baseline prompts under TopK(K) and BH, with experts per token."""
-    k_model = model_top_k(model)
     device = next(model.parameters()).device
     out = []
-    strategies = {"TopK": TopK(k_model), "BH": bh_strategy(cfg, cfg.bh_pvalues, calibration)}
+    topk, bh = topk_and_bh(model, cfg, calibration)
+    strategies = {"TopK": topk, "BH": bh}
     for name, prompt in tqdm(list(prompts.items()), desc="baseline inference"):
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         row = {"prompt_label": name, "prompt": prompt}
@@ -171,10 +176,10 @@ def token_level(model, tokenizer, cfg: RunConfig, calibration, sentence: str) ->
 @torch.no_grad()
 def comparative(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str]) -> list[dict]:
     """Per prompt: TopK(K) vs BH mean experts per token and next-token loss (teacher forcing)."""
-    k_model = model_top_k(model)
     device = next(model.parameters()).device
     rows = []
-    strategies = {"topk": TopK(k_model), "bh": bh_strategy(cfg, cfg.bh_pvalues, calibration)}
+    topk, bh = topk_and_bh(model, cfg, calibration)
+    strategies = {"topk": topk, "bh": bh}
     for name, prompt in tqdm(list(prompts.items()), desc="comparative"):
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         if ids.shape[1] < 2:
