@@ -34,6 +34,7 @@ _LAZY = {
     "Recorder": "bh_routing.models",
     "default_eval_text": "bh_routing.embedded",
     "default_eval_texts": "bh_routing.embedded",
+    "certified_strategy": "bh_routing.analysis.certify",
 }
 
 
