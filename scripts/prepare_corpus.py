@@ -28,11 +28,19 @@ Outputs (``--out``, default ``data/corpus``, gitignored):
 - ``{train,heldout}_{prose,code}.npy`` — token ids (uint16), every document followed by EOS.
 
 and the shipped held-out evaluation text ``src/bh_routing/embedded/eval_text.txt`` (both domains,
-each introduced by a marker line ``<<<bh-routing-eval-domain: NAME>>>``).
+each introduced by a marker line ``<<<bh-routing-eval-domain: NAME>>>``, documents separated by the
+line ``<|endoftext|>``). It holds **every** held-out file of each domain, in hash order, each cut to
+its first ``--eval-doc-chars`` characters (at a line boundary), up to ``--eval-chars`` per domain:
+many short documents rather than a few long ones, because documents are the unit of every
+interval and test (an evaluation takes one 256-token window per document). The training split
+does not depend on these two options. Before writing it, the script checks that every document
+in it is a held-out file by the hash rule above and that none of its text occurs in a train file
+of the same domain, and writes ``eval_manifest.json`` (files, characters) next to ``manifest.json``.
 
 Usage::
 
-    python scripts/prepare_corpus.py            # apt-get download + dpkg-deb -x into data/
+    python scripts/prepare_corpus.py                  # apt-get download + dpkg-deb -x into data/
+    python scripts/prepare_corpus.py --eval-text-only # only eval_text.txt: no tokenizer, no .npy
 """
 
 from __future__ import annotations
@@ -131,6 +139,44 @@ def collect(extract_dir: Path, domain: str, heldout_percent: int) -> dict[str, l
     return {k: [(rel, t) for _, rel, t in sorted(v)] for k, v in splits.items()}
 
 
+def eval_documents(
+    splits: dict[str, list[tuple[str, str]]], domain: str, heldout_percent: int, *, doc_chars: int, cap: int
+) -> list[tuple[str, str]]:
+    """Held-out files of ``domain`` for the shipped evaluation text, each cut to ``doc_chars``.
+
+    Raises RuntimeError if a chosen file is not held out by the hash rule, or if its text (the
+    first 400 characters after cutting) occurs in a train file: the shipped text must never hold
+    training text.
+    """
+    docs = take([(rel, take([(rel, t)], doc_chars)[0][1]) for rel, t in splits["heldout"]], cap)
+    train_rels = {rel for rel, _ in splits["train"]}
+    for rel, text in docs:
+        if bucket(domain, rel) % 100 >= heldout_percent or rel in train_rels:
+            raise RuntimeError(f"{domain}:{rel} is a train file by the hash rule")
+        probe = text[:400]
+        if any(probe in t for _, t in splits["train"]):
+            raise RuntimeError(f"{domain}:{rel}: its text occurs in a train file")
+    return docs
+
+
+def write_eval_text(docs: dict[str, list[tuple[str, str]]], out: Path) -> dict:
+    """Write ``eval_text.txt`` (marker line per domain, documents separated) and return its manifest."""
+    parts = []
+    for domain, ds in docs.items():
+        parts.append(DOMAIN_MARKER.format(domain) + "\n")
+        parts.append(f"\n{DOC_SEP}\n".join(t for _, t in ds))
+    EVAL_TEXT_PATH.parent.mkdir(parents=True, exist_ok=True)
+    EVAL_TEXT_PATH.write_text("".join(parts), encoding="utf-8")
+    manifest = {
+        "files": {d: [rel for rel, _ in ds] for d, ds in docs.items()},
+        "chars": {d: [len(t) for _, t in ds] for d, ds in docs.items()},
+        "sha256": hashlib.sha256(EVAL_TEXT_PATH.read_bytes()).hexdigest(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return manifest
+
+
 def train_tokenizer(train_texts: list[str], vocab_size: int, out_dir: Path) -> None:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
@@ -158,6 +204,9 @@ def main() -> None:
     ap.add_argument("--heldout-chars", type=int, default=120_000, help="held-out cap per domain")
     ap.add_argument("--heldout-percent", type=int, default=8, help="share of files held out")
     ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--eval-doc-chars", type=int, default=5_000, help="shipped eval text: cap per document")
+    ap.add_argument("--eval-chars", type=int, default=400_000, help="shipped eval text: cap per domain")
+    ap.add_argument("--eval-text-only", action="store_true", help="write only eval_text.txt (+ eval_manifest.json)")
     args = ap.parse_args()
 
     extract_dir = args.data / "extracted"
@@ -165,10 +214,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     texts: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    eval_docs: dict[str, list[tuple[str, str]]] = {}
     for domain in PACKAGES:
         splits = collect(extract_dir, domain, args.heldout_percent)
         texts[("train", domain)] = take(splits["train"], args.train_chars)
         texts[("heldout", domain)] = take(splits["heldout"], args.heldout_chars)
+        eval_docs[domain] = eval_documents(
+            splits, domain, args.heldout_percent, doc_chars=args.eval_doc_chars, cap=args.eval_chars
+        )
+    eval_manifest = write_eval_text(eval_docs, args.out)
+    if args.eval_text_only:
+        print(json.dumps({"debian_packages": debs, "documents": {d: len(f) for d, f in eval_manifest["files"].items()},
+                          "chars": {d: sum(c) for d, c in eval_manifest["chars"].items()}}, indent=1))
+        return
 
     for (split, domain), docs in texts.items():
         body = f"\n{DOC_SEP}\n".join(t for _, t in docs)
@@ -189,14 +247,6 @@ def main() -> None:
         np.save(args.out / f"{split}_{domain}.npy", np.asarray(ids, dtype=np.uint16))
         n_tokens[f"{split}_{domain}"] = len(ids)
 
-    # shipped held-out text: one marker line per domain, documents separated as in the .txt files
-    EVAL_TEXT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for domain in PACKAGES:
-        parts.append(DOMAIN_MARKER.format(domain) + "\n")
-        parts.append(f"\n{DOC_SEP}\n".join(t for _, t in texts[("heldout", domain)]))
-    EVAL_TEXT_PATH.write_text("".join(parts), encoding="utf-8")
-
     manifest = {
         "licence": LICENCE,
         "debian_packages": debs,
@@ -205,6 +255,7 @@ def main() -> None:
         "chars": {f"{s}_{d}": sum(len(t) for _, t in docs) for (s, d), docs in texts.items()},
         "tokens": n_tokens,
         "files": {f"{s}_{d}": [rel for rel, _ in docs] for (s, d), docs in texts.items()},
+        "eval_text": eval_manifest,
     }
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     print(json.dumps({k: manifest[k] for k in ("debian_packages", "chars", "tokens")}, indent=1))

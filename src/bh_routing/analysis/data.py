@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,3 +71,121 @@ def interleave_domains(chunks: dict[str, torch.Tensor]) -> tuple[torch.Tensor, l
                 out.append(c[i])
                 names.append(name)
     return torch.stack(out), names
+
+
+# ---------------------------------------------------------------------------- documents
+#: The line that separates documents in a text (the embedded corpus and ``--eval-text`` files).
+DOC_SEPARATOR = "<|endoftext|>"
+_SEPARATOR_LINE = re.compile(r"^" + re.escape(DOC_SEPARATOR) + r"[ \t]*$", re.MULTILINE)
+
+
+def split_documents(text: str) -> list[str]:
+    """The documents of ``text``: the parts between lines that hold only ``<|endoftext|>``.
+
+    Blank parts are dropped; a text without separator lines is one document.
+    """
+    return [d.strip("\n") for d in _SEPARATOR_LINE.split(text) if d.strip()]
+
+
+@dataclass
+class Windows:
+    """Token windows and the document each one comes from."""
+
+    ids: torch.Tensor  # (N, S) token ids
+    documents: list[str]  # (N,) document id per window, "domain:index" (index within the domain's text)
+    domains: list[str]  # (N,) domain per window
+
+    @property
+    def num_documents(self) -> int:
+        return len(set(self.documents))
+
+    def summary(self) -> dict:
+        """What a results file records: documents and windows, per domain too."""
+        per_domain = {d: len({doc for doc, dom in zip(self.documents, self.domains) if dom == d})
+                      for d in dict.fromkeys(self.domains)}
+        return {"documents": self.num_documents, "sequences": len(self.documents), "seq_len": int(self.ids.shape[1]),
+                "documents_per_domain": per_domain, "document_ids": sorted(set(self.documents), key=self.documents.index)}
+
+
+@dataclass
+class EvalSplit:
+    """Evaluation and calibration windows drawn from disjoint documents."""
+
+    evaluation: Windows
+    calibration: Windows
+    unit: str  # "document", or "window" when the text has no document boundaries
+    skipped_short: int  # documents shorter than seq_len tokens (not used)
+
+    def summary(self) -> dict:
+        return {"unit": self.unit, "documents_too_short": self.skipped_short,
+                "evaluation": self.evaluation.summary(), "calibration": self.calibration.summary()}
+
+
+def _round_robin(docs: list[tuple[str, str, torch.Tensor]], n: int) -> Windows:
+    """``n`` windows: the first window of every document, then every second one, and so on."""
+    picked: list[tuple[str, str, torch.Tensor]] = []
+    depth = 0
+    while len(picked) < n and any(len(w) > depth for _, _, w in docs):
+        for doc, dom, w in docs:
+            if len(w) > depth and len(picked) < n:
+                picked.append((doc, dom, w[depth]))
+        depth += 1
+    ids = torch.stack([w for _, _, w in picked]) if picked else torch.empty(0, 0, dtype=torch.long)  # (n, S)
+    return Windows(ids, [d for d, _, _ in picked], [m for _, m, _ in picked])
+
+
+def split_by_document(
+    tokenizer, texts: dict[str, str], *, seq_len: int, eval_sequences: int, calib_sequences: int
+) -> EvalSplit:
+    """Evaluation and calibration windows from **disjoint documents**, every domain in proportion.
+
+    Each domain's text is cut into documents (:func:`split_documents`) and each document into
+    non-overlapping windows of ``seq_len`` tokens (documents shorter than that are skipped). The
+    documents of all domains are put in one order that keeps the domains in proportion (document i
+    of a domain with n documents sits at (i + 1/2)/n). The first
+    ``min(eval_sequences, documents - 1)`` documents are the evaluation documents, the rest the
+    calibration documents. Each set takes windows round-robin (the first window of every
+    document, then the second ones, ...), ``eval_sequences`` and ``calib_sequences`` of them; with
+    at least ``eval_sequences + 1`` documents every evaluation document gives exactly one window.
+
+    A text that is a single document cannot be split by document: its windows are then the units
+    (``unit="window"``); the first ``eval_sequences`` windows evaluate and the following
+    ``calib_sequences`` calibrate.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    docs: list[tuple[float, int, str, str, torch.Tensor]] = []
+    skipped = 0
+    for rank, (domain, text) in enumerate(texts.items()):
+        parts = split_documents(text)
+        windows = [chunk_or_none(tokenizer, p, seq_len=seq_len) for p in parts]
+        usable = [(i, w) for i, w in enumerate(windows) if w is not None]
+        skipped += len(parts) - len(usable)
+        for j, (i, w) in enumerate(usable):
+            docs.append(((j + 0.5) / len(usable), rank, f"{domain}:{i}", domain, w))
+    docs.sort(key=lambda d: (d[0], d[1]))
+    ordered = [(doc, dom, w) for _, _, doc, dom, w in docs]
+    unit = "document"
+    if len(ordered) < 2:  # no boundaries: windows are the units
+        unit = "window"
+        ordered = [(f"{dom}:w{j}", dom, w[j : j + 1]) for doc, dom, w in ordered for j in range(len(w))]
+    if len(ordered) < 2:
+        raise ValueError(f"text too short: need at least 2 windows of seq_len={seq_len} tokens")
+    n_eval = min(eval_sequences, len(ordered) - 1)
+    evaluation = _round_robin(ordered[:n_eval], eval_sequences)
+    calibration = _round_robin(ordered[n_eval:], calib_sequences)
+    for name, got, need in (("evaluation", evaluation, eval_sequences), ("calibration", calibration, calib_sequences)):
+        if len(got.documents) < need:
+            raise ValueError(
+                f"text too short: {name} needs {need} windows of {seq_len} tokens, its {got.num_documents} "
+                f"documents give {len(got.documents)} (of {len(ordered)} documents in all)"
+            )
+    return EvalSplit(evaluation, calibration, unit, skipped)
+
+
+def chunk_or_none(tokenizer, text: str, *, seq_len: int) -> torch.Tensor | None:
+    """:func:`chunk_text` of one document, None when it is shorter than ``seq_len`` tokens."""
+    try:
+        return chunk_text(tokenizer, text, seq_len=seq_len)
+    except ValueError:
+        return None

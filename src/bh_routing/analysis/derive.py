@@ -1,4 +1,14 @@
-"""Summaries computed from the saved step results (no model needed): tables, statistics, verdicts."""
+"""Summaries computed from the saved step results (no model needed): tables, statistics, verdicts.
+
+``seed`` and ``n_resamples`` are accepted and ignored (t-intervals resample nothing) until the
+pipeline stops passing them.
+
+Every interval and test here is over **documents** (:mod:`bh_routing.analysis.stats`): a run's
+per-sequence losses and expert counts are first reduced to one value per document with
+:func:`~bh_routing.analysis.evaluate.per_document`. ``documents`` (each evaluation sequence's
+document id) comes from the run's evaluation split; None treats every sequence as its own
+document. Verdicts follow the one rule of :func:`bh_routing.analysis.stats.decide`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,21 @@ import math
 
 import numpy as np
 
-from .stats import bootstrap_ci, load_balance, mean_ci, paired_comparison, perplexity_ci
+from .evaluate import document_loss, document_mean_k
+from .stats import (
+    CORRECTION,
+    SIGNIFICANCE,
+    adjust_family,
+    load_balance,
+    mean_ci,
+    paired_comparison,
+    perplexity_ci,
+    t_interval,
+)
+
+#: A loss comparison "BH minus baseline" in the words of the frontier tables (lower loss is better).
+VERDICT_WORDS = {"lower": "wins", "higher": "loses", "no significant difference": "ties", "too few documents": "no verdict"}
+LOSS_METRIC = "loss per token (nats)"
 
 
 def _share(hist: list[int], k: int) -> float:
@@ -14,27 +38,34 @@ def _share(hist: list[int], k: int) -> float:
     return hist[k] / total if total and k < len(hist) else 0.0
 
 
-def ppl_ratio_ci(run: dict, ref: dict, *, seed: int, n_resamples: int) -> dict:
-    """Perplexity of ``run`` over that of ``ref`` on the same sequences, with a paired bootstrap CI.
+def reduction_pct(mean_k: float, top_k: int) -> float:
+    """Expert reduction against the model's top-k, in percent: :math:`100\\,(1 - \\bar k / K)`."""
+    return 100.0 * (1.0 - mean_k / top_k)
 
-    ratio = exp(sum_s (nll_s - nll_ref,s) / sum_s tokens_s); resampling sequences keeps the pairs,
-    so the between-sequence spread that both runs share cancels.
+
+def ppl_ratio_ci(run: dict, ref: dict, *, documents: list[str] | None = None) -> dict:
+    """Perplexity of ``run`` over that of ``ref`` on the same documents, with a paired t-interval.
+
+    ratio = :math:`\\exp(\\overline{\\ell_{run} - \\ell_{ref}})` over per-document losses ℓ; the
+    interval is exp of the t-interval of the mean difference (the between-document spread both
+    runs share cancels). A ratio above 1 means ``run`` is worse than ``ref``.
     """
-    diff = np.array(run["seq_nll"]) - np.array(ref["seq_nll"])
-    tokens = np.array(run["seq_tokens"], float)
-    ci = perplexity_ci(diff, tokens, seed=seed, n_resamples=n_resamples)
-    return {"ppl_ratio": ci["ppl"], "ratio_ci_low": ci["ci_low"], "ratio_ci_high": ci["ci_high"]}
+    d = document_loss(run, documents) - document_loss(ref, documents)
+    ti = t_interval(d)
+    return {"ppl_ratio": math.exp(ti["mean"]), "ratio_ci_low": math.exp(ti["ci_low"]), "ratio_ci_high": math.exp(ti["ci_high"])}
 
 
 def sweep_table(
-    runs: list[dict], *, top_k: int, max_k: int, min_k: int, seed: int, n_resamples: int, ref: dict | None = None
+    runs: list[dict], *, top_k: int, max_k: int, min_k: int, ref: dict | None = None,
+    documents: list[str] | None = None, seed: int | None = None, n_resamples: int | None = None,
 ) -> list[dict]:
-    """One row per run: mean ± sd experts, reduction vs top-k, saturation, perplexity with CI,
-    and (with ``ref``, the model's own top-k run) the paired perplexity ratio to it."""
+    """One row per run: mean ± sd experts, reduction vs top-k, saturation, perplexity with its
+    t-interval over documents and (with ``ref``, the model's own top-k run) the paired perplexity
+    ratio to it."""
     rows = []
     for r in runs:
-        ppl = perplexity_ci(np.array(r["seq_nll"]), np.array(r["seq_tokens"]), seed=seed, n_resamples=n_resamples)
-        ratio = ppl_ratio_ci(r, ref, seed=seed, n_resamples=n_resamples) if ref is not None else {}
+        ppl = perplexity_ci(document_loss(r, documents))
+        ratio = ppl_ratio_ci(r, ref, documents=documents) if ref is not None else {}
         rows.append(
             {
                 "label": r["label"],
@@ -42,7 +73,7 @@ def sweep_table(
                 "param": r["param"],
                 "mean_k": r["mean_k"],
                 "sd_k": r["sd_k"],
-                "reduction_pct": 100.0 * (1.0 - r["mean_k"] / top_k),
+                "reduction_pct": reduction_pct(r["mean_k"], top_k),
                 "share_at_max_k": _share(r["k_histogram"], max_k),
                 "share_at_min_k": _share(r["k_histogram"], min_k),
                 "compute_fraction": r["compute_fraction"],
@@ -55,63 +86,120 @@ def sweep_table(
     return rows
 
 
-def frontier_verdicts(bh_runs: list[dict], baselines: list[dict], *, seed: int, n_resamples: int) -> list[dict]:
-    """BH against each baseline family at equal mean k, paired over sequences.
+def loss_comparison(run: dict, baseline: dict, *, documents: list[str] | None) -> dict:
+    """Paired comparison of per-document loss, ``run`` minus ``baseline`` (raw p; a family adjusts later)."""
+    c = paired_comparison(document_loss(run, documents), document_loss(baseline, documents),
+                          names=(run["label"], baseline["label"]), metric=LOSS_METRIC)
+    c["mean_k_a"], c["mean_k_b"] = float(run["mean_k"]), float(baseline["mean_k"])
+    return c
 
-    For a BH run with mean k̄, the baseline's per-sequence loss is interpolated linearly in k
-    between the two baseline runs that bracket k̄; d = loss_BH - loss_baseline per sequence.
-    BH *wins* when the 95% bootstrap CI of mean d lies below 0, *loses* when above, *ties*
-    otherwise; *outside* when the baseline sweep does not reach k̄. Linear interpolation of a
-    convex loss-vs-k curve overstates the baseline's loss a little (favours BH) between points.
+
+def _word(c: dict) -> str:
+    return VERDICT_WORDS[c["decision"]]
+
+
+def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[str] | None) -> dict:
+    """BH against baselines at matched mean k, paired over evaluation documents, the grid Holm-corrected.
+
+    ``matched`` is the result of :func:`bh_routing.analysis.matching.matched_runs`: for each target
+    (a baseline run and its mean k on the calibration windows) the BH level found on the
+    calibration windows and the BH run on the evaluation documents. ``baselines`` holds the
+    baselines' evaluation runs (by label). A target that BH could not reach within the tolerance is
+    *outside* (no test). The pre-registered primary comparison (``primary: true``) is tested alone at
+    :data:`~bh_routing.analysis.stats.SIGNIFICANCE`; all other tested comparisons form one family whose
+    p-values are Holm-adjusted (:func:`~bh_routing.analysis.stats.adjust_family`).
+
+    Returns ``{"primary": row or None, "grid": [rows], "correction", "family_size", "tolerance"}``;
+    each row holds the paired comparison (raw ``t_pvalue``, ``p_adjusted``, ``correction``,
+    ``decision``, ``verdict``), the mean k of both runs on calibration and evaluation, and ``word``
+    (wins / loses / ties / no verdict / outside).
+    """
+    by_label = {b["label"]: b for b in baselines}
+    primary, grid = None, []
+    for t in matched["targets"]:
+        row = {
+            "bh_family": t["family"], "baseline": t["baseline"], "baseline_family": t["baseline_family"],
+            "target_k": t["target_k"], "alpha": t["param"], "calibration_k": t["calibration_k"], "matched": t["matched"],
+            "primary": bool(t.get("primary")),
+        }
+        base = by_label.get(t["baseline"])
+        if not t["matched"] or t.get("run") is None or base is None:
+            row.update(word="outside", reason=t.get("reason") or "no evaluation run", comparison=None)
+        else:
+            row["comparison"] = loss_comparison(t["run"], base, documents=documents)
+            row["eval_k_bh"], row["eval_k_baseline"] = float(t["run"]["mean_k"]), float(base["mean_k"])
+        if row["primary"]:
+            primary = row
+        else:
+            grid.append(row)
+    tested = [r["comparison"] for r in grid if r["comparison"] is not None]
+    adjust_family(tested)
+    for r in [primary, *grid]:
+        if r is not None and r["comparison"] is not None:
+            r["word"] = _word(r["comparison"])
+    return {"primary": primary, "grid": grid, "correction": CORRECTION, "family_size": len(tested),
+            "tolerance": matched.get("tolerance"), "significance": SIGNIFICANCE}
+
+
+def frontier_verdicts(
+    bh_runs: list[dict], baselines: list[dict], *, documents: list[str] | None = None,
+    seed: int | None = None, n_resamples: int | None = None,
+) -> list[dict]:
+    """BH against each baseline family at the **measured** integer/setting points only (no interpolation).
+
+    Kept for results without a matched step: each BH run is compared with every baseline run whose
+    mean k on the evaluation text lies within 0.05 of its own (else *outside*), the family Holm-adjusted.
     """
     out = []
-    families = sorted({b["family"] for b in baselines})
+    tol = 0.05
     for r in bh_runs:
-        loss_bh = np.array(r["seq_nll"]) / np.array(r["seq_tokens"])
-        for fam in families:
-            pts = sorted((b for b in baselines if b["family"] == fam), key=lambda b: b["mean_k"])
-            ks = [b["mean_k"] for b in pts]
+        for fam in sorted({b["family"] for b in baselines}):
+            near = [b for b in baselines if b["family"] == fam and abs(b["mean_k"] - r["mean_k"]) <= tol]
             row = {"bh": r["label"], "baseline": fam, "mean_k": r["mean_k"]}
-            if not pts or r["mean_k"] < ks[0] - 1e-9 or r["mean_k"] > ks[-1] + 1e-9:
-                row.update(verdict="outside", mean_diff=None, ci_low=None, ci_high=None)
-                out.append(row)
-                continue
-            j = int(np.searchsorted(ks, r["mean_k"]))
-            a, b = pts[max(j - 1, 0)], pts[min(j, len(pts) - 1)]
-            w = 0.0 if b["mean_k"] == a["mean_k"] else (r["mean_k"] - a["mean_k"]) / (b["mean_k"] - a["mean_k"])
-            la = np.array(a["seq_nll"]) / np.array(a["seq_tokens"])
-            lb = np.array(b["seq_nll"]) / np.array(b["seq_tokens"])
-            d = loss_bh - ((1 - w) * la + w * lb)
-            lo, hi = bootstrap_ci((d,), lambda x, axis=-1: x.mean(axis=axis), seed=seed, n_resamples=n_resamples)
-            verdict = "wins" if hi < 0 else "loses" if lo > 0 else "ties"
-            row.update(
-                verdict=verdict, mean_diff=float(d.mean()), ci_low=lo, ci_high=hi,
-                between=[a["label"], b["label"]], baseline_ppl=float(np.exp(((1 - w) * la + w * lb).mean())),
-            )
+            if not near:
+                row.update(verdict="outside", comparison=None)
+            else:
+                b = min(near, key=lambda b: abs(b["mean_k"] - r["mean_k"]))
+                row.update(comparison=loss_comparison(r, b, documents=documents), against=b["label"])
             out.append(row)
+    adjust_family([r["comparison"] for r in out if r["comparison"] is not None])
+    for row in out:
+        if row["comparison"] is not None:
+            c = row["comparison"]
+            row.update(verdict=_word(c), mean_diff=c["mean_diff"], ci_low=c["ci_low"], ci_high=c["ci_high"])
+        else:
+            row.update(mean_diff=None, ci_low=None, ci_high=None)
     return out
 
 
-def statistics(bh_run: dict, topk_run: dict, comparative_rows: list[dict], *, top_k: int, seed: int, n_resamples: int) -> dict:
-    """BH vs top-k: per-sequence and per-prompt loss tests, and the expert reduction with its CI."""
-    loss_bh = np.array(bh_run["seq_nll"]) / np.array(bh_run["seq_tokens"])
-    loss_tk = np.array(topk_run["seq_nll"]) / np.array(topk_run["seq_tokens"])
-    seq = paired_comparison(loss_bh, loss_tk, names=(bh_run["label"], topk_run["label"]),
-                            metric="loss per token (nats) over sequences", seed=seed)
+def statistics(
+    bh_run: dict, topk_run: dict, comparative_rows: list[dict], *, top_k: int, documents: list[str] | None = None,
+    seed: int | None = None, n_resamples: int | None = None,
+) -> dict:
+    """BH at the report's α against the model's own top-k (unmatched k: what BH costs against the
+    model as shipped), per document and per prompt, and the expert reduction with its t-interval.
+
+    These are single descriptive comparisons (raw p, no correction); the matched, pre-registered
+    comparison is in :func:`matched_verdicts`. Prompts are units too: ten prompts are fewer than
+    :data:`~bh_routing.analysis.stats.MIN_DOCUMENTS`, so they get numbers, not a verdict.
+    """
+    names = (bh_run["label"], topk_run["label"])
+    docs = loss_comparison(bh_run, topk_run, documents=documents)
     prompts = paired_comparison(
         np.array([r["bh_loss"] for r in comparative_rows]), np.array([r["topk_loss"] for r in comparative_rows]),
-        names=(bh_run["label"], topk_run["label"]), metric="loss per token (nats) over prompts", seed=seed,
+        names=names, metric=f"{LOSS_METRIC} over prompts", unit="prompts",
     )
-    reduction = mean_ci(100.0 * (1.0 - np.array(bh_run["seq_mean_k"]) / top_k), seed=seed, n_resamples=n_resamples)
-    experts = paired_comparison(np.array(bh_run["seq_mean_k"]), np.array(topk_run["seq_mean_k"]),
-                                names=(bh_run["label"], topk_run["label"]), metric="experts per token", seed=seed)
+    k_bh, k_tk = document_mean_k(bh_run, documents), document_mean_k(topk_run, documents)
+    reduction = mean_ci(reduction_pct(k_bh, top_k))
+    experts = paired_comparison(k_bh, k_tk, names=names, metric="experts per token")
     return {
-        "sequences": seq,
+        "documents": docs,
+        "sequences": docs,  # the pipeline's report still reads this name
         "prompts": prompts,
         "experts": experts,
         "expert_reduction_pct": reduction,
-        "ppl_bh": perplexity_ci(np.array(bh_run["seq_nll"]), np.array(bh_run["seq_tokens"]), seed=seed, n_resamples=n_resamples),
-        "ppl_topk": perplexity_ci(np.array(topk_run["seq_nll"]), np.array(topk_run["seq_tokens"]), seed=seed, n_resamples=n_resamples),
+        "ppl_bh": perplexity_ci(document_loss(bh_run, documents)),
+        "ppl_topk": perplexity_ci(document_loss(topk_run, documents)),
     }
 
 

@@ -318,7 +318,7 @@ def _paired(name: str, output_type: str, sa: dict, sb: dict, names: tuple[str, s
     if output_type == "loglikelihood_rolling":
         a, b = _aligned(sa, sb, "loglikelihood", *keys)
         if len(a):
-            t = paired_comparison(a, b, names=names, metric="log-likelihood per document (nats)", seed=seed)
+            t = paired_comparison(a, b, names=names, metric="log-likelihood per document (nats)")
             t["test"] = "paired_t_wilcoxon"
             t["verdict"] = f"{name}: {t['verdict']}"
             tests.append(t)

@@ -44,6 +44,37 @@ class StrategyRun:
         return {**asdict(self), "ppl": self.ppl if self.seq_tokens else None}
 
 
+def per_document(values, documents: list[str] | None, *, weights=None) -> tuple[list[str], np.ndarray]:
+    """Reduce per-sequence ``values`` (N,) to one value per document: the (``weights``-weighted) mean
+    over the document's windows, documents in order of first appearance.
+
+    ``documents`` gives each sequence's document id; None means every sequence is its own document.
+    """
+    values = np.asarray(values, float)
+    if documents is None:
+        documents = [str(i) for i in range(len(values))]
+    if len(documents) != len(values):
+        raise ValueError(f"{len(values)} values but {len(documents)} document ids")
+    w = np.ones_like(values) if weights is None else np.asarray(weights, float)
+    ids = list(dict.fromkeys(documents))
+    index = {d: i for i, d in enumerate(ids)}
+    pos = np.array([index[d] for d in documents])
+    num = np.bincount(pos, weights=values * w, minlength=len(ids))  # (D,)
+    den = np.bincount(pos, weights=w, minlength=len(ids))  # (D,)
+    return ids, num / den
+
+
+def document_loss(run: dict, documents: list[str] | None) -> np.ndarray:
+    """Per-document loss (nats per predicted token): summed NLL over summed tokens of its windows."""
+    nll, tokens = np.asarray(run["seq_nll"], float), np.asarray(run["seq_tokens"], float)
+    return per_document(nll / tokens, documents, weights=tokens)[1]
+
+
+def document_mean_k(run: dict, documents: list[str] | None) -> np.ndarray:
+    """Per-document mean experts per token (windows weighted by their tokens)."""
+    return per_document(run["seq_mean_k"], documents, weights=run["seq_tokens"])[1]
+
+
 def _hist_stats(hist: torch.Tensor) -> tuple[float, float]:
     """Mean and sd of k from a (L, W+1) or (W+1,) histogram."""
     k = torch.arange(hist.shape[-1], dtype=torch.float64)
