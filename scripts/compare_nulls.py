@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bh_routing.analysis import RunConfig, Study
+from bh_routing import RunConfig, Study
 from bh_routing.analysis.derive import frontier_verdicts
 from bh_routing.report import fmt
 

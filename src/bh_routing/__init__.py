@@ -6,8 +6,10 @@ The core (this namespace's statistics) never imports transformers; the model lay
 
 from importlib import import_module
 
+from . import core as _core
 from .core import (
     BH,
+    BHRoutingError,
     Calibration,
     CalibrationBuilder,
     CalibrationMismatchError,
@@ -35,6 +37,9 @@ _LAZY = {
     "default_eval_text": "bh_routing.embedded",
     "default_eval_texts": "bh_routing.embedded",
     "certified_strategy": "bh_routing.analysis.certify",
+    "RunConfig": "bh_routing.analysis",
+    "Study": "bh_routing.study",
+    "run": "bh_routing.study",
 }
 
 
@@ -44,21 +49,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'bh_routing' has no attribute {name!r}")
 
 
-__all__ = [
-    "BH",
-    "Calibration",
-    "CalibrationBuilder",
-    "CalibrationMismatchError",
-    "RoutingResult",
-    "Strategy",
-    "TopK",
-    "TopP",
-    "WeightRatio",
-    "apply_temperature",
-    "bh_adjust",
-    "bh_count",
-    "bh_select",
-    "conformal_pvalues",
-    "empirical_null_pvalues",
-    *_LAZY,
-]
+__all__ = [*_core.__all__, *_LAZY]

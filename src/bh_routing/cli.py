@@ -47,35 +47,32 @@ def _names(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .analysis.config import ConfigError
-    from .analysis.pipeline import RunError
-    from .core import CalibrationMismatchError
-    from .models import ModelLoadError, UnsupportedModelError
-
-    return (ConfigError, RunError, ModelLoadError, UnsupportedModelError, CalibrationMismatchError, FileNotFoundError, ValueError)
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _config(opts: dict):
-    from .analysis.config import ConfigError, RunConfig, load_config_file
+    from .analysis.config import RunConfig, load_config_file
 
-    try:
-        values = load_config_file(opts.pop("config")) if opts.get("config") else {}
-    except ConfigError as exc:
-        _fail(str(exc))
+    values = load_config_file(opts.pop("config")) if opts.get("config") else {}
     opts.pop("config", None)
     values.update({k: v for k, v in opts.items() if v is not None})
     return RunConfig(**values)
 
 
-def _run(group: str, opts: dict, out: Path) -> None:
-    from .analysis import pipeline
+def _study(group: str, opts: dict, out: Path, force: bool) -> dict:
+    """Build the configuration and run the study of ``group``; any user error ends the command."""
+    from .analysis.pipeline import STEP_GROUPS
+    from .core import BHRoutingError
+    from .study import run
 
-    cfg = _config(opts)
     try:
-        results = pipeline.run(cfg, out, steps=pipeline.STEP_GROUPS[group])
-    except _user_errors() as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return run(_config(opts), out, steps=STEP_GROUPS[group], force=force)
+    except BHRoutingError as exc:
+        _fail(_first_line(exc))
+
+
+def _print_summary(results: dict, out: Path) -> None:
     st = results["derived"].get("statistics")
     typer.echo(f"wrote {out}/")
     if st:
@@ -84,6 +81,28 @@ def _run(group: str, opts: dict, out: Path) -> None:
             f"({st['expert_reduction_pct']['mean']:.1f}% fewer); perplexity {st['ppl_bh']['ppl']:.3f} vs {st['ppl_topk']['ppl']:.3f}"
         )
         typer.echo(st["sequences"]["verdict"])
+
+
+def _print_downstream(results: dict, out: Path) -> None:
+    typer.echo(f"wrote {out}/")
+    for name, t in results["steps"]["downstream"]["tasks"].items():
+        cells = []
+        for s, r in t["strategies"].items():
+            metric = next((k for k in ("acc", "bits_per_byte") if r["metrics"].get(k) is not None), None)
+            if metric and r["mean_experts_per_token"] is not None:
+                cells.append(f"{s} {metric} {r['metrics'][metric]:.4g} ({r['mean_experts_per_token']:.3g} experts/token)")
+        typer.echo(f"{name}: " + "; ".join(cells))
+        for p in t.get("paired", []):
+            typer.echo(f"  {p['verdict']}")
+
+
+def _shard(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+        _fail(f"shard must be RANK/WORLD with 0 <= RANK < WORLD, e.g. 0/4, got {text!r}")
+    return [int(parts[0]), int(parts[1])]
 
 
 # ------------------------------------------------------------------------ shared options
@@ -106,6 +125,7 @@ Calib = typer.Option(None, "--calibration", help="a saved calibration.safetensor
 EvalSeqs = typer.Option(None, "--eval-sequences", help="evaluation sequences (default 32)")
 SeqLen = typer.Option(None, "--seq-len", help="tokens per sequence (default 256)")
 Threads = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+Force = typer.Option(False, "--force", help="replace another model's results in --out instead of refusing")
 
 
 def _opts(model, device, dtype, config, seed, quick, alphas, alpha, temperatures, strategies, pvalues, bh_pvalues,
@@ -127,6 +147,7 @@ def _command(group: str, help_text: str):
         strategies: Optional[str] = Strategies, pvalues: Optional[str] = Pvalues, bh_pvalues: Optional[str] = BhPvalues,
         prompts: Optional[Path] = Prompts, eval_text: Optional[str] = EvalText, calibration: Optional[Path] = Calib,
         eval_sequences: Optional[int] = EvalSeqs, seq_len: Optional[int] = SeqLen, threads: Optional[int] = Threads,
+        force: bool = Force,
     ) -> None:
         if threads is not None:
             import torch
@@ -137,7 +158,7 @@ def _command(group: str, help_text: str):
         for key in ("prompts_file", "eval_text", "calibration", "config"):
             if opts[key] is not None:
                 opts[key] = str(opts[key])
-        _run(group, opts, out)
+        _print_summary(_study(group, opts, out, force), out)
 
     command.__doc__ = help_text
     return command
@@ -152,25 +173,26 @@ app.command("calibrate")(_command("calibrate", "Fit the calibrated null on the c
 @app.command()
 def info(model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype) -> None:
     """Inspect a model's MoE architecture: layers, experts, top-k, router, backend, parameters."""
+    from .core import BHRoutingError
     from .models import inspect_model, load_model
 
     try:
         m, _ = load_model(model, device=device, dtype=dtype)
-    except _user_errors() as exc:
-        _fail(str(exc).splitlines()[0])
+    except BHRoutingError as exc:
+        _fail(_first_line(exc))
     typer.echo(str(inspect_model(m)))
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a folder written by `bh-routing run`")) -> None:
     """Redraw the figures and RESULTS.md of a finished run from its bh_routing_results.json."""
+    from .core import BHRoutingError
     from .report import load_results, write_report
 
     try:
-        results = load_results(run_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
-    write_report(results, run_dir)
+        write_report(load_results(run_dir), run_dir)
+    except BHRoutingError as exc:
+        _fail(_first_line(exc))
     typer.echo(f"wrote {run_dir}/")
 
 
@@ -188,87 +210,18 @@ def lm_eval_command(
     seed: int = typer.Option(42, help="random seed"),
     shard: Optional[str] = typer.Option(None, help="RANK/WORLD: evaluate every WORLD-th document from RANK "
                                         "(one process per GPU; merge with analysis.downstream.merge_downstream)"),
-    out: Path = Out,
+    out: Path = Out, force: bool = Force,
 ) -> None:
     """Downstream benchmarks (lm-evaluation-harness) under top-k and BH, paired tests; added to the run's report."""
-    import logging
-
-    from .analysis import RunConfig
-    from .analysis import downstream as dsm
-    from .analysis.pipeline import check_writable, environment
-    from .core import BH, Calibration, TopK
-    from .models import get_adapter, inspect_model, load_model, model_fingerprint
-    from .models.adapters import text_config
-    from .report import RESULTS_JSON, load_results, write_report
-
-    names = _names(tasks) or []
-    alphas = _floats("alpha", alpha)
-    bad = [a for a in alphas if not 0 < a <= 1]
-    if bad:
-        _fail(f"alpha must be in (0, 1], got {bad[0]:g}")
-    if pvalues not in ("empirical", "calibrated"):
-        _fail(f"pvalues must be 'empirical' or 'calibrated', got {pvalues!r}")
-    if pvalues == "calibrated" and calibration is None:
-        _fail("--pvalues calibrated needs --calibration (a file written by `bh-routing calibrate`)")
-    if calibration is not None and not calibration.is_file():
-        _fail(f"calibration file not found: {calibration}")
-    if limit is not None and not limit > 0:
-        _fail(f"limit must be > 0, got {limit:g}")
-    if batch_size < 1:
-        _fail(f"batch-size must be >= 1, got {batch_size}")
-    rank_world = None
-    if shard is not None:
-        parts = shard.split("/")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
-            _fail(f"shard must be RANK/WORLD with 0 <= RANK < WORLD, e.g. 0/4, got {shard!r}")
-        rank_world = (int(parts[0]), int(parts[1]))
-    limit_arg = None if limit is None else (int(limit) if limit >= 1 else float(limit))
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on model objects and local datasets, per call
-    results = None
-    try:
-        check_writable(out)
-        if (out / RESULTS_JSON).is_file():
-            results = load_results(out)
-        dsm.task_manager(names, include_path)  # unknown task or folder: before a model is loaded
-        m, tok = load_model(model, device=device, dtype=dtype)
-        model_name = model or getattr(m.config, "_name_or_path", "") or "embedded:olmoe-tiny"
-        if model is None and model_name.rstrip("/").endswith("olmoe-tiny"):
-            model_name = "embedded:olmoe-tiny"
-        if results is not None and results.get("model", {}).get("name") != model_name:
-            raise ValueError(f"{out / RESULTS_JSON} holds results of {results.get('model', {}).get('name')!r}, "
-                             f"not {model_name!r}: choose another --out")
-        info = inspect_model(m)
-        cal = None
-        if pvalues == "calibrated":
-            cal = Calibration.load(calibration)
-            adapter = get_adapter(m)
-            cal.check_matches(model_fingerprint=model_fingerprint(m), num_layers=len(adapter.find_layers(m)),
-                              num_experts=adapter.num_experts(text_config(m)), model_name=model_name)
-        strategies = {"topk": TopK(info.top_k)}
-        for a in alphas:
-            strategies[f"bh-{pvalues}-{a:g}"] = BH(a, pvalues=pvalues, calibration=cal)
-        res = dsm.evaluate_downstream(m, tok, strategies, names, include_path=include_path, limit=limit_arg,
-                                      batch_size=batch_size, seed=seed, shard=rank_world)
-    except _user_errors() as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    if results is None:  # a folder without `bh-routing run`: the same document, with this step only
-        cfg = RunConfig(model=model, device=device, dtype=dtype, alpha=alphas[0], bh_pvalues=pvalues, seed=seed,
-                        calibration=None if calibration is None else str(calibration)).to_dict()
-        cfg.update(eval_sequences=0, calib_sequences=0)  # no perplexity evaluation in this run
-        results = {"config": cfg, "environment": environment(), "model": {**info.to_dict(), "name": model_name},
-                   "eval_domains": [], "steps": {}, "derived": {}}
-    results["steps"]["downstream"] = res
-    write_report(results, out)
-    typer.echo(f"wrote {out}/")
-    for name, t in res["tasks"].items():
-        cells = []
-        for s, r in t["strategies"].items():
-            metric = next((k for k in ("acc", "bits_per_byte") if r["metrics"].get(k) is not None), None)
-            if metric and r["mean_experts_per_token"] is not None:
-                cells.append(f"{s} {metric} {r['metrics'][metric]:.4g} ({r['mean_experts_per_token']:.3g} experts/token)")
-        typer.echo(f"{name}: " + "; ".join(cells))
-        for p in t.get("paired", []):
-            typer.echo(f"  {p['verdict']}")
+    opts = {
+        "model": model, "device": device, "dtype": dtype, "seed": seed, "config": None,
+        "calibration": None if calibration is None else str(calibration), "downstream_tasks": _names(tasks) or [],
+        "downstream_alphas": _floats("alpha", alpha), "downstream_pvalues": pvalues, "pvalues": [pvalues],
+        "bh_pvalues": pvalues, "downstream_include_path": None if include_path is None else str(include_path),
+        "downstream_limit": limit, "downstream_batch_size": batch_size, "downstream_shard": _shard(shard),
+    }
+    opts["alpha"] = opts["downstream_alphas"][0]
+    _print_downstream(_study("lm-eval", opts, out, force), out)
 
 
 def main() -> None:

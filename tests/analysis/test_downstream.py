@@ -237,9 +237,8 @@ def test_cli_writes_report_and_adds_to_a_run(tiny_dir, tmp_path):
         (["--include-path", "/no/such/folder"], "include path not found: /no/such/folder"),
         (["--alpha", "1.5"], "alpha must be in (0, 1], got 1.5"),
         (["--alpha", "0.05,abc"], "alpha must be a comma-separated list of numbers, got '0.05,abc'"),
-        (["--pvalues", "calibrated"], "--pvalues calibrated needs --calibration"),
-        (["--pvalues", "bayes"], "pvalues must be 'empirical' or 'calibrated', got 'bayes'"),
-        (["--limit", "0"], "limit must be > 0, got 0"),
+        (["--pvalues", "bayes"], "pvalues must be one of ('empirical', 'calibrated'), got 'bayes'"),
+        (["--limit", "0"], "limit must be a number > 0 (a count, or a fraction below 1), got 0.0"),
         (["--shard", "2/2"], "shard must be RANK/WORLD with 0 <= RANK < WORLD"),
     ],
 )

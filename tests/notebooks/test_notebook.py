@@ -12,7 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from bh_routing.report import COMPARATIVE_CSV, FIGURES, REPORT_MD, RESULTS_JSON, fmt
+from bh_routing.report import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, fmt
+from bh_routing.report.figures import SEED_FIGURES as FIGURES
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "OLMoE_BenjaminiHochberg_Routing.ipynb"
 ELEVEN = {RESULTS_JSON, COMPARATIVE_CSV, REPORT_MD, *FIGURES}

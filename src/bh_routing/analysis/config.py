@@ -1,21 +1,48 @@
-"""The configuration of a run: one small dataclass, loadable from YAML or TOML."""
+"""The configuration of a run: one small dataclass, loadable from YAML or TOML.
+
+The checks of single values live in :mod:`bh_routing.core` (α, temperature, k bounds, choices);
+:meth:`RunConfig.validate` calls them and turns their errors into :class:`ConfigError`.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from ..core import BHRoutingError
+from ..core._validate import check_alpha, check_choice, check_k_bounds, check_temperature
+from ..core.calibration import NULL_CHOICES
+from ..core.strategies import PVALUE_METHODS
 
 DEFAULT_ALPHAS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 DEFAULT_TEMPERATURES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
 DEFAULT_TOPP = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_RATIOS = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02]
-PVALUE_METHODS = ("empirical", "calibrated")
 FRONTIER_FAMILIES = ("topk", "topp", "weight_ratio", "bh")
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DOWNSTREAM_TASKS = ["bhr_python_mc", "bhr_heldout_rolling"]  # the two offline lm-eval tasks
 
 
-class ConfigError(ValueError):
+class ConfigError(BHRoutingError, ValueError):
     """A run configuration that cannot work; the message names the field."""
+
+
+def _core(check, *args, **kwargs):
+    """Call a core validator; its ValueError/TypeError becomes a ConfigError with the same message."""
+    try:
+        return check(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _each(name: str, values, check) -> None:
+    """``values`` is a non-empty list whose every element passes ``check``."""
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name} must be a list, got {values!r}")
+    if not values:
+        raise ConfigError(f"{name} must not be empty")
+    for v in values:
+        _core(check, v, name=f"{name} values")
 
 
 @dataclass
@@ -45,6 +72,14 @@ class RunConfig:
     n_resamples: int = 2000  # bootstrap resamples
     seed: int = 42
     quick: bool = False  # smoke run: fewer sequences and sweep points
+    # downstream evaluation (lm-evaluation-harness); the step runs only when tasks are named
+    downstream_tasks: list[str] = field(default_factory=list)  # lm-eval task or group names; [] = no step
+    downstream_alphas: list[float] = field(default_factory=lambda: [0.05])  # one BH strategy per α
+    downstream_pvalues: str = "empirical"  # p-values of those BH strategies
+    downstream_include_path: str | None = None  # an extra folder of lm-eval task YAMLs
+    downstream_limit: float | None = None  # at most this many documents per task (a fraction if < 1)
+    downstream_batch_size: int = 1  # lm-eval batch size (1 counts experts without padding)
+    downstream_shard: list[int] | None = None  # [rank, world]: every world-th document from rank
 
     def effective(self) -> RunConfig:
         """The configuration actually run (``quick`` shrinks sizes)."""
@@ -62,39 +97,34 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ConfigError for the first bad field; return self."""
-        def check_list(name, values, lo, hi, lo_open=True):
-            if not values:
-                raise ConfigError(f"{name} must not be empty")
-            for v in values:
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
-                    raise ConfigError(f"{name} must hold numbers, got {v!r}")
-                if (v <= lo if lo_open else v < lo) or v > hi:
-                    bracket = "(" if lo_open else "["
-                    raise ConfigError(f"{name} values must be in {bracket}{lo}, {hi}], got {v}")
-
-        check_list("alphas", self.alphas, 0, 1)
-        check_list("alpha", [self.alpha], 0, 1)
-        check_list("temperatures", self.temperatures, 0, math.inf)
-        check_list("topp_values", self.topp_values, 0, 1)
-        check_list("ratio_values", self.ratio_values, 0, 1)
-        for m in self.pvalues + [self.bh_pvalues]:
-            if m not in PVALUE_METHODS:
-                raise ConfigError(f"pvalues must be among {PVALUE_METHODS}, got {m!r}")
+        _each("alphas", self.alphas, check_alpha)
+        _core(check_alpha, self.alpha)
+        _each("temperatures", self.temperatures, check_temperature)
+        _each("topp_values", self.topp_values, check_alpha)
+        _each("ratio_values", self.ratio_values, check_alpha)
+        if not isinstance(self.pvalues, (list, tuple)) or not self.pvalues:
+            raise ConfigError(f"pvalues must be a non-empty list, got {self.pvalues!r}")
+        for m in [*self.pvalues, self.bh_pvalues, self.downstream_pvalues]:
+            _core(check_choice, m, PVALUE_METHODS, name="pvalues")
         for s in self.strategies:
-            if s not in FRONTIER_FAMILIES:
-                raise ConfigError(f"strategies must be among {FRONTIER_FAMILIES}, got {s!r}")
-        if self.null not in ("unrouted", "all"):
-            raise ConfigError(f"null must be 'unrouted' or 'all', got {self.null!r}")
-        if self.dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        for name in ("seq_len", "eval_sequences", "calib_sequences", "reservoir_size", "new_tokens", "n_resamples"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name in ("seq_len", "eval_sequences") else 1):
-                raise ConfigError(f"{name} must be an int >= {2 if name in ('seq_len', 'eval_sequences') else 1}, got {v!r}")
-        if self.min_k < 1:
-            raise ConfigError(f"min_k must be >= 1, got {self.min_k}")
-        if self.max_k is not None and self.max_k < self.min_k:
-            raise ConfigError(f"max_k must be >= min_k, got max_k={self.max_k} < min_k={self.min_k}")
+            _core(check_choice, s, FRONTIER_FAMILIES, name="strategies")
+        _core(check_choice, self.null, NULL_CHOICES, name="null")
+        if self.dtype is not None:
+            _core(check_choice, self.dtype, DTYPES, name="dtype")
+        for name in ("seq_len", "eval_sequences", "calib_sequences", "reservoir_size", "new_tokens", "n_resamples",
+                     "downstream_batch_size"):
+            v, least = getattr(self, name), 2 if name in ("seq_len", "eval_sequences") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigError(f"{name} must be an int >= {least}, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
+        _core(check_k_bounds, self.min_k, self.max_k, least=1)
+        _each("downstream_alphas", self.downstream_alphas, check_alpha)
+        if self.downstream_tasks:
+            from .downstream.tasks import check_settings, include_paths
+
+            check_settings(self.downstream_tasks, limit=self.downstream_limit, shard=self.downstream_shard)
+            include_paths(self.downstream_include_path)
         for name in ("prompts_file", "eval_text", "calibration"):
             v = getattr(self, name)
             if name == "eval_text" and isinstance(v, str) and v.startswith("hf:"):

@@ -9,20 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import BH, Calibration, CalibrationBuilder, Strategy, TopK, TopP, WeightRatio
-from ..models import get_adapter, model_fingerprint, patched
-from ..models.adapters import text_config
+from ..models import model_fingerprint, patched
 from .config import RunConfig
 from .evaluate import StrategyRun, evaluate_strategy, sequence_nll
-
-
-def routing_shape(model) -> tuple[int, int, int]:
-    """(MoE layers, experts, the model's top-k)."""
-    adapter, config = get_adapter(model), text_config(model)
-    return len(adapter.find_layers(model)), adapter.num_experts(config), adapter.top_k(config)
-
-
-def model_top_k(model) -> int:
-    return routing_shape(model)[2]
 
 
 def bh_strategy(cfg: RunConfig, method: str, calibration: Calibration | None, *, alpha=None, temperature=1.0) -> BH:
@@ -43,12 +32,17 @@ def bh_label(method: str, alpha: float, temperature: float = 1.0) -> str:
 
 # ---------------------------------------------------------------------------- calibration
 @torch.no_grad()
-def fit_calibration(model, sequences: torch.Tensor, *, null: str, reservoir_size: int, seed: int, model_name: str) -> Calibration:
-    """Record the router logits of ``sequences`` (N, S) with the model routing as usual; fit the null."""
-    num_layers, num_experts, top_k = routing_shape(model)
+def fit_calibration(
+    model, sequences: torch.Tensor, *, routing, null: str, reservoir_size: int, seed: int, model_name: str
+) -> Calibration:
+    """Record the router logits of ``sequences`` (N, S) with the model routing as usual; fit the null.
+
+    ``routing``: the model's ``ModelInfo`` (``inspect_model``), for its layers, experts and top-k.
+    """
+    top_k = routing.top_k
     builder = CalibrationBuilder(
-        num_layers=num_layers,
-        num_experts=num_experts,
+        num_layers=routing.num_moe_layers,
+        num_experts=routing.num_experts,
         top_k=top_k,
         null=null,
         reservoir_size=reservoir_size,
@@ -87,9 +81,9 @@ def temperature_sweep(model, seqs, cfg: RunConfig, calibration) -> list[dict]:
     return runs
 
 
-def baseline_frontier(model, seqs, cfg: RunConfig) -> list[dict]:
-    """TopK (k = 1..K), TopP and WeightRatio sweeps in patch mode, for the Pareto frontier."""
-    k_model = model_top_k(model)
+def baseline_frontier(model, seqs, cfg: RunConfig, *, top_k: int) -> list[dict]:
+    """TopK (k = 1..K, K = the model's ``top_k``), TopP and WeightRatio sweeps in patch mode, for the Pareto frontier."""
+    k_model = top_k
     max_k = cfg.max_k
     items: list[tuple[str, float, Strategy, str]] = [(f"TopK(k={k})", k, TopK(k), "topk") for k in range(1, k_model + 1)]
     if "topp" in cfg.strategies:
@@ -103,20 +97,24 @@ def baseline_frontier(model, seqs, cfg: RunConfig) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- prompts
-def topk_and_bh(model, cfg: RunConfig, calibration) -> tuple[TopK, BH]:
+def topk_and_bh(top_k: int, cfg: RunConfig, calibration) -> tuple[TopK, BH]:
     """The two strategies the prompt analyses compare: the model's own top-k and the report's BH."""
-    return TopK(model_top_k(model)), bh_strategy(cfg, cfg.bh_pvalues, calibration)
+    return TopK(top_k), bh_strategy(cfg, cfg.bh_pvalues, calibration)
+
+
+def _tokenized(model, tokenizer, prompts: dict[str, str], desc: str):
+    """(label, prompt, input ids (1, T) on the model's device) for each prompt, with a progress bar."""
+    device = next(model.parameters()).device
+    for name, prompt in tqdm(list(prompts.items()), desc=desc):
+        yield name, prompt, tokenizer(prompt, return_tensors="pt").input_ids.to(device)
 
 
 @torch.no_grad()
-def baseline_inference(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str]) -> list[dict]:
+def baseline_inference(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str], *, top_k: int) -> list[dict]:
     """Greedy continuations of the baseline prompts under TopK(K) and BH, with experts per token."""
-    device = next(model.parameters()).device
     out = []
-    topk, bh = topk_and_bh(model, cfg, calibration)
-    strategies = {"TopK": topk, "BH": bh}
-    for name, prompt in tqdm(list(prompts.items()), desc="baseline inference"):
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    strategies = dict(zip(("TopK", "BH"), topk_and_bh(top_k, cfg, calibration)))
+    for name, prompt, ids in _tokenized(model, tokenizer, prompts, "baseline inference"):
         row = {"prompt_label": name, "prompt": prompt}
         for sname, s in strategies.items():
             with patched(model, s, mode="patch") as rec:
@@ -174,14 +172,11 @@ def token_level(model, tokenizer, cfg: RunConfig, calibration, sentence: str) ->
 
 
 @torch.no_grad()
-def comparative(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str]) -> list[dict]:
+def comparative(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str], *, top_k: int) -> list[dict]:
     """Per prompt: TopK(K) vs BH mean experts per token and next-token loss (teacher forcing)."""
-    device = next(model.parameters()).device
     rows = []
-    topk, bh = topk_and_bh(model, cfg, calibration)
-    strategies = {"topk": topk, "bh": bh}
-    for name, prompt in tqdm(list(prompts.items()), desc="comparative"):
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    strategies = dict(zip(("topk", "bh"), topk_and_bh(top_k, cfg, calibration)))
+    for name, prompt, ids in _tokenized(model, tokenizer, prompts, "comparative"):
         if ids.shape[1] < 2:
             raise ValueError(f"prompt {name!r} has fewer than 2 tokens: {prompt!r}")
         row = {"prompt_label": name, "prompt": prompt, "tokens": ids.shape[1]}

@@ -219,3 +219,53 @@ def load_balance(counts: np.ndarray) -> dict:
         "mean_cv": float(np.nanmean(cv)),
         "mean_normalized_entropy": float(np.mean(ent / math.log(e))),
     }
+
+
+def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, alpha: float = 0.05) -> dict:
+    r"""Exact McNemar test of paired 0/1 outcomes ``a`` (strategy) and ``b`` (baseline).
+
+    Discordant documents: ``only_a`` (right only under ``a``) and ``only_b`` (right only under
+    ``b``), m = only_a + only_b. Under H0 (equal accuracy) :math:`\mathrm{only\_a} \sim
+    \mathrm{Bin}(m, 1/2)`; two-sided ``scipy.stats.binomtest`` (McNemar 1947, exact form). Also the
+    share of the discordant documents that favour ``a`` with its exact (Clopper-Pearson) 95% CI,
+    from the same binomial model as the test.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"a and b must be 1-D of equal, non-zero length, got {a.shape} and {b.shape}")
+    n = len(a)
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    m = only_a + only_b
+    ma, mb = float(a.mean()), float(b.mean())
+    diff = ma - mb
+    p, share, lo, hi = 1.0, None, None, None
+    if m:
+        test = stats.binomtest(only_a, m, 0.5)
+        ci = test.proportion_ci(confidence_level=0.95, method="exact")
+        p, share, lo, hi = float(test.pvalue), only_a / m, float(ci.low), float(ci.high)
+    sig = p < alpha
+    out = {
+        "test": "mcnemar_exact", "metric": metric, "a": names[0], "b": names[1], "n": n, "mean_a": ma, "mean_b": mb,
+        "mean_diff": diff, "only_a": only_a, "only_b": only_b, "share_a": share, "share_ci_low": lo,
+        "share_ci_high": hi, "pvalue": p, "significant": bool(sig),
+    }
+    if m == 0:
+        out["verdict"] = (
+            f"{task}, {metric}: {names[0]} and {names[1]} are right and wrong on exactly the same {n} documents "
+            f"({ma:.3f} both): no difference to test."
+        )
+        return out
+    detail = (
+        f"({ma:.3f} vs {mb:.3f}, difference {diff:+.3f}; they differ on {m} of {n} documents, {only_a} in favour of "
+        f"{names[0]}, {only_b} of {names[1]}: share {share:.2f}, exact 95% CI {lo:.2f}-{hi:.2f}; exact McNemar p={p:.3g})"
+    )
+    if sig:
+        out["verdict"] = (
+            f"{task}, {metric}: {names[0]} is significantly {'more' if diff > 0 else 'less'} accurate than "
+            f"{names[1]} {detail}."
+        )
+    else:
+        out["verdict"] = (
+            f"{task}, {metric}: no significant difference between {names[0]} and {names[1]} at {alpha:g} {detail}."
+        )
+    return out

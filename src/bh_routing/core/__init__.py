@@ -1,12 +1,14 @@
 """Model-free statistics core: BH, p-values, strategies, calibration (torch/numpy/scipy only)."""
 
 from .bh import bh_adjust, bh_count, bh_select
+from .errors import BHRoutingError
 from .calibration import Calibration, CalibrationBuilder, CalibrationMismatchError
 from .pvalues import apply_temperature, conformal_pvalues, empirical_null_pvalues
 from .strategies import BH, RoutingResult, Strategy, TopK, TopP, WeightRatio
 
 __all__ = [
     "BH",
+    "BHRoutingError",
     "Calibration",
     "CalibrationBuilder",
     "CalibrationMismatchError",

@@ -11,29 +11,41 @@ import math
 import torch
 
 
-def check_alpha(alpha: float) -> float:
+def check_alpha(alpha: float, *, name: str = "alpha") -> float:
+    """A level in (0, 1] (also the rule for top-p's p and the weight ratio's beta)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a float in (0, 1], got {type(alpha).__name__}")
+        raise TypeError(f"{name} must be a float in (0, 1], got {type(alpha).__name__}")
     if not (0.0 < float(alpha) <= 1.0) or math.isnan(alpha):
-        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        raise ValueError(f"{name} must be in (0, 1], got {alpha}")
     return float(alpha)
 
 
-def check_temperature(temperature: float) -> float:
+def check_temperature(temperature: float, *, name: str = "temperature") -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a positive float, got {type(temperature).__name__}")
+        raise TypeError(f"{name} must be a positive float, got {type(temperature).__name__}")
     if not (float(temperature) > 0.0) or math.isinf(temperature):
-        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+        raise ValueError(f"{name} must be > 0 and finite, got {temperature}")
     return float(temperature)
 
 
-def check_k_bounds(min_k: int, max_k: int | None, num_experts: int | None = None) -> None:
-    """Check ``0 <= min_k <= max_k <= num_experts`` (each part only where it is known)."""
+def check_choice(value, choices: tuple, *, name: str):
+    """``value`` must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_k_bounds(min_k: int, max_k: int | None, num_experts: int | None = None, *, least: int = 0) -> None:
+    """Check ``least <= min_k <= max_k <= num_experts`` (each part only where it is known).
+
+    ``least`` is 0 for the bare procedure (BH may reject nothing) and 1 for a run of a model
+    (every token needs an expert; :class:`bh_routing.analysis.RunConfig` passes 1).
+    """
     for name, value in (("min_k", min_k), ("max_k", max_k)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if min_k < 0:
-        raise ValueError(f"min_k must be >= 0, got {min_k}")
+    if min_k < least:
+        raise ValueError(f"min_k must be >= {least}, got {min_k}")
     if max_k is not None:
         if max_k < 1:
             raise ValueError(f"max_k must be >= 1, got {max_k}")

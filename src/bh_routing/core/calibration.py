@@ -29,14 +29,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ._validate import check_logits
+from ._validate import check_choice, check_logits
+from .errors import BHRoutingError
 from .pvalues import conformal_pvalues
 
 NULL_CHOICES = ("unrouted", "all")
 FORMAT_VERSION = "1"
 
 
-class CalibrationMismatchError(ValueError):
+class CalibrationMismatchError(BHRoutingError, ValueError):
     """A calibration was loaded against a model it was not made for."""
 
 
@@ -176,8 +177,7 @@ class CalibrationBuilder:
         reservoir_size: int = 4096,
         seed: int = 0,
     ) -> None:
-        if null not in NULL_CHOICES:
-            raise ValueError(f"null must be one of {NULL_CHOICES}, got {null!r}")
+        check_choice(null, NULL_CHOICES, name="null")
         if reservoir_size < 1:
             raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size}")
         if not 1 <= top_k <= num_experts:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._validate import check_alpha, check_k_bounds, check_logits, check_temperature
+from ._validate import check_alpha, check_choice, check_k_bounds, check_logits, check_temperature
 from .bh import _bh_count
 from .pvalues import _empirical_null_pvalues, empirical_null_pvalues
 
@@ -120,9 +120,7 @@ class Strategy:
 
 
 def _check_weight_rule(rule: str) -> str:
-    if rule not in WEIGHT_RULES:
-        raise ValueError(f"weight_rule must be one of {WEIGHT_RULES}, got {rule!r}")
-    return rule
+    return check_choice(rule, WEIGHT_RULES, name="weight_rule")
 
 
 def _resolve_max_k(max_k: int | None, model_top_k: int | None, num_experts: int, min_k: int) -> int:
@@ -176,8 +174,7 @@ class TopP(Strategy):
     name = "topp"
 
     def __init__(self, p: float, *, min_k: int = 1, max_k: int | None = None, weight_rule: str = "model") -> None:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < float(p) <= 1.0:
-            raise ValueError(f"p must be in (0, 1], got {p}")
+        check_alpha(p, name="p")
         check_k_bounds(min_k, max_k)
         self.p, self.min_k, self.max_k = float(p), min_k, max_k
         self.weight_rule = _check_weight_rule(weight_rule)
@@ -208,8 +205,7 @@ class WeightRatio(Strategy):
     def __init__(
         self, beta: float, *, min_k: int = 1, max_k: int | None = None, weight_rule: str = "model"
     ) -> None:
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 < float(beta) <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got {beta}")
+        check_alpha(beta, name="beta")
         check_k_bounds(min_k, max_k)
         self.beta, self.min_k, self.max_k = float(beta), min_k, max_k
         self.weight_rule = _check_weight_rule(weight_rule)
@@ -262,8 +258,7 @@ class BH(Strategy):
         self.alpha = check_alpha(alpha)
         self.temperature = check_temperature(temperature)
         check_k_bounds(min_k, max_k)
-        if pvalues not in PVALUE_METHODS:
-            raise ValueError(f"pvalues must be one of {PVALUE_METHODS}, got {pvalues!r}")
+        check_choice(pvalues, PVALUE_METHODS, name="pvalues")
         if pvalues == "calibrated" and calibration is None:
             raise ValueError("pvalues='calibrated' needs a calibration (bh-routing calibrate)")
         self.min_k, self.max_k, self.pvalues = min_k, max_k, pvalues

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from ..core.errors import BHRoutingError
+
 #: The transformers versions the model layer is tested with; the same bound as in pyproject.toml.
 SUPPORTED_TRANSFORMERS = ">=5.0,<5.25"
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(BHRoutingError, ValueError):
     """The model is not a supported MoE family, or its layout is not the one an adapter knows."""
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(BHRoutingError, ValueError):
     """A model could not be loaded; the message is one line saying why."""
 
 

@@ -1,7 +1,7 @@
 """The downstream-evaluation (lm-evaluation-harness) figure and RESULTS.md section, from saved results.
 
-Reads ``results["steps"]["downstream"]`` as written by
-:func:`bh_routing.analysis.downstream.evaluate_downstream`. Shown per task: groups (e.g. ``mmlu``)
+Reads ``results["steps"]["downstream"]`` as written by the ``downstream`` step
+(:func:`bh_routing.analysis.downstream.evaluate_downstream`). Shown per task: groups (e.g. ``mmlu``)
 and the tasks that belong to no group; the subtasks of a group stay in the JSON.
 """
 
@@ -10,13 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .figures import _save  # noqa: E402
-from .markdown import _table, fmt  # noqa: E402
+from .base import fmt, plt, save_figure, table
+from .registry import Figure, Section, register_figure, register_section
 
 FIGURE_NAME = "downstream_accuracy.png"
 _MARKERS = "osD^vP*Xh<>"
@@ -104,7 +99,7 @@ def figure(res: dict, path: Path) -> Path:
         sub += f" · limit {ds['limit']} documents per task"
     fig.suptitle(f"{title}\n{sub}", fontsize=12, y=1.02)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _pm(metrics: dict, m: str) -> str:
@@ -162,9 +157,13 @@ def markdown(res: dict) -> str:
             header = ["strategy", "mean experts/token"] + [f"{_LABELS.get(m, m)} ± stderr" for m in cols]
             rows = [[_strategy_label(ds, s), entry["strategies"][s]["mean_experts_per_token"]]
                     + [_pm(entry["strategies"][s]["metrics"], m) for m in cols] for s in strategies]
-        out += [_table(header, rows), ""]
+        out += [table(header, rows), ""]
         for t in entry.get("paired", []):
             out.append(f"- {'**significant**' if t['significant'] else 'not significant'}: {t['verdict']}")
         if entry.get("paired"):
             out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+register_figure(Figure(FIGURE_NAME, figure, ("downstream",)))
+register_section(Section("downstream", lambda res, figures: [markdown(res), ""], ("downstream",), 95))

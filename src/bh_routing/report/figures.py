@@ -1,17 +1,14 @@
-"""The 8 figures, drawn from a results dict only (never from a model). 150 DPI PNGs."""
+"""The 8 figures of the original notebook, drawn from a results dict only (never from a model)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .base import plt, save_figure
+from .registry import Figure, register_figure
 
-DPI = 150
 COLORS = {"topk": "#444444", "topp": "#1f77b4", "weight_ratio": "#2ca02c", "bh-empirical": "#d62728", "bh-calibrated": "#9467bd"}
 NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)", "bh-empirical": "BH, empirical null", "bh-calibrated": "BH, calibrated null"}
 TEMPERATURE_NOTE = (
@@ -20,14 +17,6 @@ TEMPERATURE_NOTE = (
     "Calibrated null: T < 1 pushes logits away from the median → more experts; T > 1 pulls them in → mostly fewer,\n"
     "but below-median logits move up and can look extreme for experts whose null sits low (not monotone)."
 )
-
-
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def _model_line(res: dict) -> str:
@@ -77,7 +66,7 @@ def alpha_sensitivity(res: dict, path: Path) -> Path:
     axes[2].set_title(f"Distribution of k ({NAMES['bh-' + method]})", fontsize=13, fontweight="bold")
     fig.colorbar(im, ax=axes[2], label="share of (token, layer) pairs")
     fig.suptitle(_model_line(res), fontsize=10, y=1.02)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def temperature_sensitivity(res: dict, path: Path) -> Path:
@@ -104,7 +93,7 @@ def temperature_sensitivity(res: dict, path: Path) -> Path:
         ax.legend(fontsize=9)
     fig.text(0.5, -0.16, TEMPERATURE_NOTE, ha="center", fontsize=9.5, family="monospace")
     fig.suptitle(_model_line(res), fontsize=10, y=1.02)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def token_level(res: dict, path: Path) -> Path:
@@ -127,7 +116,7 @@ def token_level(res: dict, path: Path) -> Path:
     ax.legend(handles + ax.get_legend_handles_labels()[0], kinds + [f"top-{k} baseline"], fontsize=9,
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def comparative(res: dict, path: Path) -> Path:
@@ -148,7 +137,7 @@ def comparative(res: dict, path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
     fig.suptitle(_model_line(res), fontsize=10, y=1.02)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def utilization(res: dict, path: Path) -> Path:
@@ -171,7 +160,7 @@ def utilization(res: dict, path: Path) -> Path:
         )
         fig.colorbar(im, ax=ax, label="share within layer")
     axes[1].set_xlabel("expert", fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def statistical(res: dict, path: Path) -> Path:
@@ -206,7 +195,7 @@ def statistical(res: dict, path: Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(_model_line(res), fontsize=10, y=1.02)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def layers(res: dict, path: Path) -> Path:
@@ -226,7 +215,7 @@ def layers(res: dict, path: Path) -> Path:
         ax.set_xticks(range(len(rs[0]["mean_k_per_layer"])))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pareto(res: dict, path: Path) -> Path:
@@ -259,27 +248,19 @@ def pareto(res: dict, path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=9)
     fig.suptitle(_model_line(res), fontsize=10, y=1.0)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-FIGURES = {
-    "alpha_sensitivity.png": (alpha_sensitivity, ("alpha_sensitivity",)),
-    "temperature_sensitivity.png": (temperature_sensitivity, ("temperature_sensitivity",)),
-    "token_level_analysis.png": (token_level, ("token_level",)),
-    "comparative_analysis.png": (comparative, ("comparative",)),
-    "expert_utilization_heatmap.png": (utilization, ("utilization",)),
-    "statistical_analysis.png": (statistical, ("statistics",)),
-    "layer_analysis.png": (layers, ("layers",)),
-    "pareto_frontier.png": (pareto, ("frontier", "alpha_sensitivity")),
-}
-
-
-def draw_all(res: dict, out: Path) -> list[Path]:
-    """Every figure whose data is in ``res`` (plus the downstream-evaluation figure when present)."""
-    have = set(res["derived"]) | set(res["steps"])
-    drawn = [fn(res, out / name) for name, (fn, needs) in FIGURES.items() if set(needs) <= have]
-    if "downstream" in res["steps"]:
-        from .downstream import FIGURE_NAME, figure
-
-        drawn.append(figure(res, out / FIGURE_NAME))
-    return drawn
+SEED = (  # the 8 figures of the original notebook: file name, function, the results they need
+    ("alpha_sensitivity.png", alpha_sensitivity, ("alpha_sensitivity",)),
+    ("temperature_sensitivity.png", temperature_sensitivity, ("temperature_sensitivity",)),
+    ("token_level_analysis.png", token_level, ("token_level",)),
+    ("comparative_analysis.png", comparative, ("comparative",)),
+    ("expert_utilization_heatmap.png", utilization, ("utilization",)),
+    ("statistical_analysis.png", statistical, ("statistics",)),
+    ("layer_analysis.png", layers, ("layers",)),
+    ("pareto_frontier.png", pareto, ("frontier", "alpha_sensitivity")),
+)
+SEED_FIGURES = tuple(name for name, _, _ in SEED)
+for _name, _draw, _needs in SEED:
+    register_figure(Figure(_name, _draw, _needs))

@@ -1,44 +1,18 @@
-"""RESULTS.md, written from a results dict only: every number is the run's own."""
+"""RESULTS.md, written from a results dict only: every number is the run's own.
+
+:func:`render` writes the header, every registered section whose results are present (in their
+``order``), and the "Reproduce" section; :func:`conclusions` is the notebook's last cell.
+"""
 
 from __future__ import annotations
 
-
-def fmt(x, digits: int = 4) -> str:
-    """How every number appears in the report (tests parse the same format)."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}g}"
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in r) + " |")
-    return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "⏎")
-
-
-def _verdict_summary(verdicts: list[dict]) -> list[str]:
-    lines = []
-    for fam in sorted({v["baseline"] for v in verdicts}):
-        vs = [v for v in verdicts if v["baseline"] == fam]
-        counts = {w: sum(v["verdict"] == w for v in vs) for w in ("wins", "ties", "loses", "outside")}
-        lines.append(
-            f"- against **{fam}** at equal mean k: BH wins {counts['wins']}, ties {counts['ties']}, "
-            f"loses {counts['loses']} of {len(vs)} BH settings ({counts['outside']} outside the baseline's range of k)."
-        )
-    return lines
+from .base import fmt
+from .registry import available, sections_in_order
+from .sections import verdict_summary
 
 
 def render(res: dict, figures: list[str]) -> str:
-    cfg, model, env, d, steps = res["config"], res["model"], res["environment"], res["derived"], res["steps"]
+    cfg, model, env = res["config"], res["model"], res["environment"]
     k = model["top_k"]
     out = [
         "# BH routing: results",
@@ -56,119 +30,10 @@ def render(res: dict, figures: list[str]) -> str:
         "Every number below was computed by this run; `bh_routing_results.json` holds them all with the configuration.",
         "",
     ]
-    st = d.get("statistics")
-    if st:
-        red = st["expert_reduction_pct"]
-        out += [
-            "## Summary",
-            "",
-            f"- BH ({st['sequences']['a']}) used **{fmt(st['experts']['mean_a'])}** experts per token against "
-            f"{k} for top-{k}: a reduction of **{fmt(red['mean'])}%** (95% CI {fmt(red['ci_low'])} to {fmt(red['ci_high'])}).",
-            f"- Held-out perplexity: BH {fmt(st['ppl_bh']['ppl'])} (95% CI {fmt(st['ppl_bh']['ci_low'])}–{fmt(st['ppl_bh']['ci_high'])}), "
-            f"top-{k} {fmt(st['ppl_topk']['ppl'])} ({fmt(st['ppl_topk']['ci_low'])}–{fmt(st['ppl_topk']['ci_high'])}).",
-            f"- {st['sequences']['verdict']}",
-        ]
-        if "frontier_verdicts" in d:
-            out += _verdict_summary(d["frontier_verdicts"])
-        out.append("")
-    if "pareto_frontier.png" in figures:
-        out += [
-            "## Pareto frontier: quality vs experts",
-            "",
-            "Each point is one routing setting: mean active experts per token (x) against held-out perplexity "
-            "with a 95% bootstrap CI over sequences (y). Lower-left is better. A BH setting *wins* against a "
-            "baseline family when its per-sequence loss is lower than the baseline's, interpolated linearly to the "
-            "same mean k, with the 95% paired bootstrap CI of the difference below 0; *loses* when above; *ties* otherwise.",
-            "",
-            "![pareto](pareto_frontier.png)",
-            "",
-            _table(
-                ["setting", "mean k", "perplexity", "95% CI"],
-                [[r["label"], r["mean_k"], r["ppl"], f"{fmt(r['ppl_ci_low'])}–{fmt(r['ppl_ci_high'])}"]
-                 for r in sorted(d["frontier"] + d["alpha_sensitivity"], key=lambda r: (r["family"], r["mean_k"]))],
-            ),
-            "",
-        ]
-        if "frontier_verdicts" in d:
-            out += [
-                _table(
-                    ["BH setting", "mean k", "vs", "Δ loss (nats/token)", "95% CI", "verdict"],
-                    [[v["bh"], v["mean_k"], v["baseline"], v["mean_diff"],
-                      "n/a" if v["ci_low"] is None else f"{fmt(v['ci_low'])} to {fmt(v['ci_high'])}", v["verdict"]]
-                     for v in d["frontier_verdicts"]],
-                ),
-                "",
-            ]
-    if "baseline" in steps:
-        out += ["## 1. Baseline inference (greedy, patch mode)", ""]
-        out.append(_table(
-            ["prompt", f"top-{k} continuation", "experts/token", "BH continuation", "experts/token"],
-            [[f"{r['prompt_label']}: {_cell(r['prompt'])}", _cell(r["TopK"]["continuation"]), r["TopK"]["mean_experts_per_token"],
-              _cell(r["BH"]["continuation"]), r["BH"]["mean_experts_per_token"]] for r in steps["baseline"]],
-        ))
-        out.append("")
-    if "alpha_sensitivity" in d:
-        out += ["## 2. α sensitivity", "", "![alpha](alpha_sensitivity.png)", ""]
-        out.append(_table(
-            ["method", "α", "mean k", "sd", f"reduction vs top-{k} (%)", "share at max_k", "share at min_k", "perplexity"],
-            [[r["family"], r["param"], r["mean_k"], r["sd_k"], r["reduction_pct"], r["share_at_max_k"], r["share_at_min_k"], r["ppl"]]
-             for r in d["alpha_sensitivity"]],
-        ))
-        if "calibration" in steps:
-            c = steps["calibration"]
-            out += ["", f"Calibrated null: at most {c['reservoir_size']} values per (layer, expert), fewest {c['min_null_count']}. "
-                    f"The smallest conformal p-value is 1/(n+1) = {fmt(1 / (c['min_null_count'] + 1))}; BH's first threshold α/E "
-                    f"is below it when α < E/(n+1) = {fmt(model['num_experts'] / (c['min_null_count'] + 1))}, so at such α "
-                    "one outstanding expert is never enough: BH selects beyond min_k only where several experts are extreme together."]
-        out.append("")
-    if "temperature_sensitivity" in d:
-        out += ["## 3. Temperature sensitivity", "",
-                "Temperature T spreads each token's logits about their median by 1/T (the usual softmax temperature). "
-                "With the empirical null the p-values are scale-free, so T changes nothing; with the calibrated null "
-                "T < 1 gives more experts and T > 1 mostly fewer (not necessarily monotone: below-median logits move up). "
-                "Weights always come from the untempered softmax.", "",
-                "![temperature](temperature_sensitivity.png)", ""]
-        out.append(_table(["method", "T", "mean k", "sd", "perplexity"],
-                          [[r["family"], r["param"], r["mean_k"], r["sd_k"], r["ppl"]] for r in d["temperature_sensitivity"]]))
-        out.append("")
-    if "token_level" in steps:
-        tl = steps["token_level"]
-        out += ["## 4. Token-level analysis", "", f"Sentence: `{tl['sentence']}`", "", "![tokens](token_level_analysis.png)", ""]
-        out.append(_table(["token kind", "tokens", "mean experts"], [[kd, v["n"], v["mean"]] for kd, v in tl["mean_k_by_kind"].items()]))
-        out.append("")
-    if "comparative" in steps:
-        out += ["## 5. Comparative analysis (per prompt)", "", "![comparative](comparative_analysis.png)", ""]
-        out.append(_table(
-            ["prompt", "tokens", f"top-{k} experts", "BH experts", "reduction (%)", f"top-{k} loss", "BH loss", "Δ loss"],
-            [[r["prompt_label"], r["tokens"], r["topk_mean_experts"], r["bh_mean_experts"], r["expert_reduction_pct"],
-              r["topk_loss"], r["bh_loss"], r["loss_change"]] for r in steps["comparative"]],
-        ))
-        out.append("")
-    if "utilization" in d:
-        u = d["utilization"]
-        out += ["## 6. Expert utilisation", "", "![utilisation](expert_utilization_heatmap.png)", ""]
-        out.append(_table(["routing", "mean CV of expert load", "mean normalised entropy"],
-                          [[u[n]["label"], u[n]["mean_cv"], u[n]["mean_normalized_entropy"]] for n in ("topk", "bh")]))
-        out.append("")
-    if "layers" in d:
-        out += ["## 7. Layer-wise analysis", "", "![layers](layer_analysis.png)", ""]
-        nl = len(d["layers"][0]["mean_k_per_layer"])
-        out.append(_table(["setting"] + [f"layer {i}" for i in range(nl)],
-                          [[r["label"]] + r["mean_k_per_layer"] for r in d["layers"]]))
-        out.append("")
-    if st:
-        out += ["## 8. Statistics: BH vs top-k", "", "![statistics](statistical_analysis.png)", ""]
-        rows = []
-        for key in ("sequences", "prompts", "experts"):
-            s = st[key]
-            rows.append([s["metric"], s["n"], s["mean_a"], s["mean_b"], s["mean_diff"],
-                         f"{fmt(s['ci_low'])} to {fmt(s['ci_high'])}", s["t_pvalue"], s["wilcoxon_pvalue"], s["cohens_dz"], s["significant"]])
-        out.append(_table(["metric", "n", "BH", "top-k", "mean diff", "95% CI", "paired t p", "Wilcoxon p", "Cohen's d_z", "significant (0.05)"], rows))
-        out += ["", *[f"- {st[k]['verdict']}" for k in ("sequences", "prompts", "experts")], ""]
-    if "downstream" in steps:
-        from .downstream import markdown as downstream_markdown
-
-        out += [downstream_markdown(res), ""]
+    have = available(res)
+    for section in sections_in_order():
+        if all(n in have for n in section.needs):
+            out += section.render(res, figures)
     out += ["## Reproduce", "", "The configuration of this run is under `config` in `bh_routing_results.json`; "
             "the same seed gives the same numbers:", "", "```bash",
             "bh-routing run --config bh_routing_results.json --out <another folder>", "```", ""]
@@ -205,7 +70,7 @@ def conclusions(res: dict) -> str:
         ]
     if d.get("frontier_verdicts"):
         found += ["- **Pareto frontier** (equal mean k, paired over sequences):"]
-        found += ["  " + line for line in _verdict_summary(d["frontier_verdicts"])]
+        found += ["  " + line for line in verdict_summary(d["frontier_verdicts"])]
     alpha_rows = [r for r in d.get("alpha_sensitivity", []) if r["family"] == f"bh-{method}"]
     if len(alpha_rows) >= 2:
         rs = sorted(alpha_rows, key=lambda r: r["param"])

@@ -1,0 +1,148 @@
+"""Everything a run reads, loaded and checked before anything is written: ``prepare`` -> ``Inputs``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core import Calibration
+from . import data
+from .config import ConfigError, RunConfig, parse_dataset_id
+from .outputs import RESULTS_JSON, RunError, check_writable
+
+EMBEDDED_NAME = "embedded:olmoe-tiny"
+
+
+@dataclass
+class Inputs:
+    """Everything a run reads, loaded and checked before anything is written."""
+
+    cfg: RunConfig  # effective configuration
+    model: object
+    tokenizer: object
+    model_name: str
+    routing: object  # models.ModelInfo: the model's routing shape, inspected once per run
+    calibration: Calibration | None  # the user's calibration file, loaded and matched to the model
+    prompts: dict[str, str]
+    eval_seqs: torch.Tensor | None  # (N, S); None when no requested step reads the text
+    eval_domains: list[str]
+    calib_seqs: torch.Tensor | None  # (M, S)
+
+
+def _texts(cfg: RunConfig) -> dict[str, str]:
+    if cfg.eval_text is None:
+        from ..embedded import default_eval_texts
+
+        return default_eval_texts()
+    if cfg.eval_text.startswith("hf:"):
+        return {"text": _dataset_text(cfg.eval_text)}
+    text = Path(cfg.eval_text).read_text(encoding="utf-8")
+    if not text.strip():
+        raise ConfigError(f"eval_text is empty: {cfg.eval_text}")
+    return {"text": text}
+
+
+def _dataset_text(spec: str) -> str:
+    """The "text" column of a Hugging Face dataset split, joined (needs `datasets` and the hub)."""
+    name, config, split = parse_dataset_id(spec)
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"eval_text {spec!r} needs the `datasets` package (pip install datasets)") from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # offline, unknown name, unknown split: one line for the user
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot load dataset {spec!r} (no network, or a wrong name/split?): {first}") from None
+    if "text" not in ds.column_names:
+        raise ConfigError(f"dataset {spec!r} has no 'text' column (columns: {', '.join(ds.column_names)})")
+    text = "\n\n".join(t for t in ds["text"] if t and t.strip())
+    if not text:
+        raise ConfigError(f"dataset {spec!r} has no text")
+    return text
+
+
+def _split(tokenizer, texts: dict[str, str], cfg: RunConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Evaluation and calibration sequences, disjoint, both domains interleaved."""
+    per_domain = {}
+    need = cfg.eval_sequences + cfg.calib_sequences
+    for name, text in texts.items():
+        try:
+            per_domain[name] = data.chunk_text(tokenizer, text, seq_len=cfg.seq_len)
+        except ValueError as exc:
+            raise ConfigError(f"evaluation text ({name}): {exc}") from None
+    seqs, names = data.interleave_domains(per_domain)
+    if len(seqs) < need:
+        raise ConfigError(
+            f"evaluation text too short: {len(seqs)} sequences of {cfg.seq_len} tokens, need "
+            f"eval_sequences + calib_sequences = {need}"
+        )
+    # evaluation first (so --quick evaluates on the same leading sequences), calibration after
+    return seqs[: cfg.eval_sequences], names[: cfg.eval_sequences], seqs[cfg.eval_sequences : need]
+
+
+def model_name(cfg: RunConfig, model) -> str:
+    """The name a run records: the ``model`` setting, else where the model came from."""
+    name = cfg.model or getattr(model.config, "_name_or_path", "") or EMBEDDED_NAME
+    if cfg.model is None and name.rstrip("/").endswith("olmoe-tiny"):
+        name = EMBEDDED_NAME
+    return name
+
+
+def load_calibration(path: str, model, name: str, routing) -> Calibration:
+    """A saved calibration, checked against the model it will route (one home for the check)."""
+    from ..models import model_fingerprint
+
+    try:
+        calibration = Calibration.load(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    calibration.check_matches(
+        model_fingerprint=model_fingerprint(model), num_layers=routing.num_moe_layers,
+        num_experts=routing.num_experts, model_name=name,
+    )
+    return calibration
+
+
+def check_same_model(out: Path, name: str, *, force: bool) -> None:
+    """Refuse to mix another model's results into ``out`` (unless ``force``)."""
+    path = out / RESULTS_JSON
+    if force or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    if old is not None and old != name:
+        raise RunError(f"{path} holds results of {old!r}, not {name!r}: choose another --out (or --force to replace them)")
+
+
+def prepare(config: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool = True, force: bool = False) -> Inputs:
+    """Validate the configuration, the files, the output folder, the model and the calibration.
+
+    ``model``/``tokenizer``: an already loaded pair (e.g. in a notebook) instead of ``config.model``.
+    ``text``: whether to read and split the evaluation text (steps such as ``downstream`` need none).
+    ``force``: replace another model's results in ``out`` instead of refusing.
+    """
+    from ..models import inspect_model, load_model
+
+    cfg = config.validate().effective()
+    check_writable(out)
+    try:
+        prompts = data.read_prompts(cfg.prompts_file) if cfg.prompts_file else dict(data.DEFAULT_PROMPTS)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    texts = _texts(cfg) if text else None
+    if model is None:
+        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    elif tokenizer is None:
+        raise ConfigError("a model passed in needs its tokenizer too")
+    name = model_name(cfg, model)
+    check_same_model(out, name, force=force)
+    routing = inspect_model(model)
+    calibration = load_calibration(cfg.calibration, model, name, routing) if cfg.calibration else None
+    eval_seqs, domains, calib_seqs = _split(tokenizer, texts, cfg) if text else (None, [], None)
+    return Inputs(cfg, model, tokenizer, name, routing, calibration, prompts, eval_seqs, domains, calib_seqs)

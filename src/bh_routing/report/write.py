@@ -1,0 +1,61 @@
+"""Writing a run's outputs from its results dict: JSON, CSV, the registered figures, RESULTS.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from ..analysis.outputs import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, atomic_write_text, read_results
+from .markdown import render
+from .registry import FIGURES, available
+
+CSV_FIELDS = ["prompt_label", "prompt", "tokens", "topk_mean_experts", "bh_mean_experts", "expert_reduction_pct",
+              "topk_loss", "bh_loss", "loss_change"]
+
+
+def _clean(x):
+    """JSON without NaN/inf (they become null)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def comparative_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
+    return buf.getvalue()
+
+
+def load_results(folder: str | Path) -> dict:
+    """The results document of a finished run (a one-line RunError when missing or damaged)."""
+    return read_results(folder)
+
+
+def draw_all(res: dict, out: Path) -> list[Path]:
+    """Every registered figure whose data is in ``res``."""
+    have = available(res)
+    return [fig.draw(res, out / name) for name, fig in FIGURES.items() if all(n in have for n in fig.needs)]
+
+
+def write_report(results: dict, out: str | Path, *, figures: bool = True) -> list[Path]:
+    """Write JSON, CSV (when there are prompt rows), the figures and RESULTS.md into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = _clean(results)
+    written = [atomic_write_text(out / RESULTS_JSON, json.dumps(results, indent=1, ensure_ascii=False))]
+    if "comparative" in results["steps"]:
+        written.append(atomic_write_text(out / COMPARATIVE_CSV, comparative_csv(results["steps"]["comparative"])))
+    drawn = draw_all(res=results, out=out) if figures else []
+    written += drawn
+    written.append(atomic_write_text(out / REPORT_MD, render(results, [p.name for p in drawn])))
+    return written

@@ -1,0 +1,104 @@
+"""``Study`` and ``run``: a run driven step by step (the notebook's way) or all at once (the command's).
+
+The front-end layer: above :mod:`bh_routing.analysis` (steps, results) and :mod:`bh_routing.report`
+(figures, RESULTS.md); the CLI and the notebook call this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .analysis.config import RunConfig
+from .analysis.inputs import prepare
+from .analysis.outputs import RESULTS_JSON, RunError
+from .analysis.pipeline import STEP_GROUPS, assemble, run_steps
+from .analysis.registry import STEPS, closure
+from .report import FIGURES, write_report
+
+
+class Study:
+    """A run driven step by step (the notebook's way) or all at once (the command's way).
+
+    >>> study = Study(RunConfig(quick=True), "runs/demo")      # validates, loads the model
+    >>> results = study.run("alpha")                            # computes (or reuses) a step
+    >>> study.figure("alpha_sensitivity.png")                   # draws one figure
+    >>> study.export()                                          # the 11 files
+
+    ``steps``: the steps this study may compute (default: all); the evaluation text is read only
+    when one of them (or a step it needs) reads it. ``force``: replace another model's results in
+    ``out`` instead of refusing.
+    """
+
+    def __init__(self, config: RunConfig, out: str | Path, *, model=None, tokenizer=None,
+                 steps: tuple[str, ...] | None = None, force: bool = False) -> None:
+        self.out = Path(out)
+        self.allowed = closure(steps if steps is not None else tuple(STEPS))
+        cfg = config.validate().effective()
+        for name in self.allowed:  # checks that need no model: before it loads
+            if STEPS[name].check is not None:
+                STEPS[name].check(cfg)
+        text = any(STEPS[name].reads_text(cfg) for name in self.allowed)
+        self.inputs = prepare(config, self.out, model=model, tokenizer=tokenizer, text=text, force=force)
+        self.steps: dict = {}
+        self._results: dict | None = None  # assembled results, cached until a step is added
+
+    @property
+    def config(self) -> RunConfig:
+        return self.inputs.cfg
+
+    def run(self, *steps: str) -> dict:
+        """Compute the named steps (all when none are named), reusing finished ones; the results dict."""
+        names = closure(steps) if steps else self.allowed
+        outside = [n for n in names if n not in self.allowed]
+        if outside:
+            raise ValueError(f"steps {outside} are outside this study's steps {list(self.allowed)}")
+        self.steps.update(run_steps(self.inputs, self.out, names))
+        self._results = None
+        return self.results
+
+    @property
+    def results(self) -> dict:
+        if self._results is None:
+            self._results = assemble(self.inputs, self.steps)
+        return self._results
+
+    def figure(self, name: str) -> Path:
+        """Draw one of the registered figures from the results so far; returns its path."""
+        if name not in FIGURES:
+            raise ValueError(f"unknown figure {name!r}; available: {', '.join(FIGURES)}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        return FIGURES[name].draw(self.results, self.out / name)
+
+    def export(self) -> list[Path]:
+        """Write the JSON, CSV, figures and RESULTS.md.
+
+        The folder's earlier results of the same model are merged: a study of the steps that add to
+        a run only (``downstream``) adds its steps to them; a full study keeps their downstream step.
+        """
+        return write_report(self._merged(), self.out)
+
+    def _merged(self) -> dict:
+        from .report import load_results
+
+        results = self.results
+        if not (self.out / RESULTS_JSON).is_file():
+            return results
+        try:
+            old = load_results(self.out)
+        except RunError:
+            return results
+        if old["model"].get("name") != results["model"]["name"]:
+            return results
+        extra = set(STEP_GROUPS.get("lm-eval", ()))  # steps that add to a run rather than make one
+        if set(self.allowed) <= extra | {n for e in extra for n in STEPS[e].needs}:  # an lm-eval study
+            return {**old, "steps": {**old["steps"], **{n: v for n, v in results["steps"].items() if n in extra}}}
+        kept = {n: old["steps"][n] for n in extra if n in old["steps"] and n not in results["steps"]}
+        return {**results, "steps": {**results["steps"], **kept}} if kept else results
+
+
+def run(config: RunConfig, out: str | Path, *, steps: tuple[str, ...] = tuple(STEPS), force: bool = False) -> dict:
+    """Validate, compute ``steps`` (resuming finished ones), and write every output; the results dict."""
+    study = Study(config, out, steps=steps, force=force)
+    study.run()
+    study.export()
+    return study.results
