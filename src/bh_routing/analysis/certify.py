@@ -633,7 +633,7 @@ def strategy_from_description(desc: dict, *, calibration: Calibration | None = N
 
 def save_certificate(cert: dict, path: str | Path) -> Path:
     """Write ``cert`` as JSON (atomically)."""
-    from .pipeline import atomic_write_text
+    from .outputs import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, json.dumps(cert, indent=1, allow_nan=False))
