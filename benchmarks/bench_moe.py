@@ -1,9 +1,10 @@
 """Compute actually saved, and the cost of analyze mode, on one MoE block of the real OLMoE size.
 
 The block: ``OlmoeSparseMoeBlock`` of a 1-layer ``OlmoeForCausalLM`` built from the real
-OLMoE-1B-7B config (/work/shared/reference/olmoe-1b-7b-0924.config.json: hidden 2048, 64
+OLMoE-1B-7B config (benchmarks/olmoe-1b-7b-0924.config.json: hidden 2048, 64
 experts of intermediate size 1024, top-8, norm_topk_prob=False; the vocabulary cut to 4,096 as it
-plays no part), float32, weights of the block uniform with std 0.02 (seed 0).
+plays no part), float32 on the CPU (bfloat16 on a GPU), weights of the block uniform with std
+0.02 (seed 0).
 
 Inputs, and why they are shaped. With random router weights and random hidden states every
 expert's logit is a draw from the same normal, so no expert stands out and BH (correctly)
@@ -35,13 +36,20 @@ from bh_routing.models import patched
 
 from common import REFERENCE_CONFIG, rounds
 
+TINY = dict(hidden_size=128, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4)
+
 DEFAULT_ALPHA = 0.05
 
 
-def build_model(config_path=REFERENCE_CONFIG, *, seed: int = 0):
-    """A 1-layer OlmoeForCausalLM of the real size; the MoE block's weights uniform with std 0.02."""
+def build_model(config_path=REFERENCE_CONFIG, *, seed: int = 0, tiny: bool = False):
+    """A 1-layer OlmoeForCausalLM of the real size; the MoE block's weights uniform with std 0.02.
+
+    ``tiny``: hidden 128, intermediate 64 (the CPU dry run of gpu_check.sh), same experts and k.
+    """
     raw = {k: v for k, v in json.loads(config_path.read_text()).items() if not k.startswith("_")}
     raw.update(num_hidden_layers=1, vocab_size=4096)
+    if tiny:
+        raw.update(TINY)
     config = transformers.OlmoeConfig(**raw)
     no_init = getattr(getattr(transformers, "initialization", None), "no_init_weights", contextlib.nullcontext)
     with no_init():
@@ -59,7 +67,7 @@ def build_model(config_path=REFERENCE_CONFIG, *, seed: int = 0):
 
 def shaped_inputs(block, num_tokens: int, *, seed: int = 1) -> torch.Tensor:
     """(1, T, H) hidden states where 1..7 experts per token stand out by 3..6 null sd (see module notes)."""
-    weight = block.gate.weight.detach()  # (E, H)
+    weight = block.gate.weight.detach().float().cpu()  # (E, H)
     num_experts, hidden = weight.shape
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(num_tokens, hidden, generator=g)  # (T, H)
@@ -97,15 +105,16 @@ def forward_rounds(model, forward, strategies: dict, *, repeats: int) -> dict:
     return res
 
 
-def run(quick: bool, log) -> dict:
+def run(quick: bool, log, *, device: str = "cpu", dtype: torch.dtype = torch.float32, tiny: bool = False) -> dict:
     num_tokens = 1024 if quick else 2048
-    repeats = 3
+    repeats = 3 if device == "cpu" else 11
     backends = ("grouped_mm",) if quick else ("grouped_mm", "eager")
     alphas = (DEFAULT_ALPHA,) if quick else (0.01, DEFAULT_ALPHA, 0.2)
     start = time.perf_counter()
-    model, block = build_model()
-    x = shaped_inputs(block, num_tokens)
-    log(f"moe block: built in {time.perf_counter() - start:.1f} s, {num_tokens} tokens")
+    model, block = build_model(tiny=tiny)
+    model.to(device=device, dtype=dtype)
+    x = shaped_inputs(block, num_tokens).to(device=device, dtype=dtype)  # shaped in float32 on the CPU
+    log(f"moe block: built in {time.perf_counter() - start:.1f} s, {num_tokens} tokens, {dtype} on {device}")
     patch_rows, analyze_rows = [], []
     for backend in backends:
         model.set_experts_implementation(backend)
@@ -126,8 +135,12 @@ def run(quick: bool, log) -> dict:
         analyze_rows.append(row)
     head = next(r for r in patch_rows if r["backend"] == "grouped_mm" and r["alpha"] == DEFAULT_ALPHA)
     head_an = next(r for r in analyze_rows if r["backend"] == "grouped_mm")
+    del model, block
     return {
         "tokens": num_tokens,
+        "tiny": tiny,
+        "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
         "patch": patch_rows,
         "analyze": analyze_rows,
         "headline": {

@@ -38,19 +38,19 @@ def topk_router(logits: torch.Tensor, k: int):
     return values.to(logits.dtype), indices
 
 
-def make_strategy(method: str, e: int, k: int) -> BH:
+def make_strategy(method: str, e: int, k: int, *, device: str = "cpu") -> BH:
     if method == "empirical":
         return BH(ALPHA)
     builder = CalibrationBuilder(num_layers=1, num_experts=e, top_k=k)
     builder.update(0, make_logits(16_384, e, seed=1))
     cal = builder.finalize(model_name="benchmark", model_fingerprint="benchmark")
-    return BH(ALPHA, pvalues="calibrated", calibration=cal)
+    return BH(ALPHA, pvalues="calibrated", calibration=cal.to(device))
 
 
-def measure(t: int, e: int, dtype: torch.dtype, method: str, *, repeats: int) -> dict:
+def measure(t: int, e: int, dtype: torch.dtype, method: str, *, repeats: int, device: str = "cpu") -> dict:
     k = min(8, e)
-    logits = make_logits(t, e, seed=0, dtype=dtype)
-    strategy = make_strategy(method, e, k)
+    logits = make_logits(t, e, seed=0, dtype=dtype).to(device)
+    strategy = make_strategy(method, e, k, device=device)
     with torch.inference_mode():
         res = paired(
             lambda: topk_router(logits, k),
@@ -72,8 +72,13 @@ def measure(t: int, e: int, dtype: torch.dtype, method: str, *, repeats: int) ->
     }
 
 
-def grid(quick: bool) -> list[tuple[int, int]]:
-    """(T, E) points: the headline 65,536 x 64, scaling in T at E = 64 and in E at T = 65,536."""
+def grid(quick: bool, *, tiny: bool = False) -> list[tuple[int, int]]:
+    """(T, E) points: the headline 65,536 x 64, scaling in T at E = 64 and in E at T = 65,536.
+
+    ``tiny``: 4,096 x 64 only (the CPU dry run of gpu_check.sh; not a headline).
+    """
+    if tiny:
+        return [(4_096, 64)]
     if quick:
         return [(65_536, 64)]
     ts = [(1_024, 64), (8_192, 64), (65_536, 64), (262_144, 64)]
@@ -81,22 +86,24 @@ def grid(quick: bool) -> list[tuple[int, int]]:
     return ts + es
 
 
-def run(quick: bool, log) -> dict:
-    repeats = 9 if quick else 15
+def run(quick: bool, log, *, device: str = "cpu", tiny: bool = False) -> dict:
+    repeats = 9 if quick or device != "cpu" else 15
     rows = []
-    for t, e in grid(quick):
+    for t, e in grid(quick, tiny=tiny):
         for method in ("empirical", "calibrated"):
             for dtype in (torch.float32, torch.bfloat16):
-                row = measure(t, e, dtype, method, repeats=repeats)
+                row = measure(t, e, dtype, method, repeats=repeats, device=device)
                 log(
                     f"routing T={t} E={e} {row['dtype']} {method}: top-k {row['topk_ms']:.1f} ms, "
                     f"BH {row['bh_ms']:.1f} ms, ratio {row['ratio']:.2f}"
                 )
                 rows.append(row)
 
+    head_t = grid(quick, tiny=tiny)[0][0] if tiny else 65_536
+
     def pick(method, dtype):
         return next(
-            r["ratio"] for r in rows if (r["T"], r["E"], r["method"], r["dtype"]) == (65_536, 64, method, dtype)
+            r["ratio"] for r in rows if (r["T"], r["E"], r["method"], r["dtype"]) == (head_t, 64, method, dtype)
         )
 
     headline = {
@@ -105,7 +112,7 @@ def run(quick: bool, log) -> dict:
         "calibrated_float32": pick("calibrated", "float32"),
         "calibrated_bfloat16": pick("calibrated", "bfloat16"),
     }
-    return {"rows": rows, "headline": headline, "alpha": ALPHA}
+    return {"rows": rows, "headline": headline, "alpha": ALPHA, "device": device}
 
 
 # --- the routing step as it was before the hot-path work (commit 50774f6), for before/after ---------

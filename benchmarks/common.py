@@ -20,7 +20,21 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_CONFIG = Path("/work/shared/reference/olmoe-1b-7b-0924.config.json")
+# a copy of the reference architecture (../shared/reference/), so that the benchmarks run anywhere
+REFERENCE_CONFIG = Path(__file__).resolve().parent / "olmoe-1b-7b-0924.config.json"
+_SYNC: list = []  # the device to synchronise around every timed call (set_device)
+
+
+def set_device(device: str) -> None:
+    """Time calls on ``device``: on a GPU every timed call is bracketed by a synchronisation."""
+    _SYNC.clear()
+    if torch.device(device).type == "cuda":
+        _SYNC.append(torch.device(device))
+
+
+def sync() -> None:
+    for d in _SYNC:
+        torch.cuda.synchronize(d)
 
 
 @dataclass
@@ -53,8 +67,10 @@ class Paired:
 
 
 def _once(fn) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -154,4 +170,13 @@ def machine() -> dict:
         "bh_routing": _version("bh-routing"),
         "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "gpu": gpu(),
     }
+
+
+def gpu() -> str | None:
+    """The CUDA device's name, memory and driver-side versions, or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return f"{p.name}, {p.total_memory / 2**30:.1f} GiB, CUDA {torch.version.cuda}"

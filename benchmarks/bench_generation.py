@@ -1,0 +1,478 @@
+"""Generation speed at the OLMoE-1B-7B size: tokens/s of `model.generate` under BH, and the batch effect.
+
+The model: an ``OlmoeForCausalLM`` built from the real OLMoE-1B-7B config
+(benchmarks/olmoe-1b-7b-0924.config.json, a copy of the reference architecture: hidden 2048, 64
+experts of intermediate size 1024, top-8, norm_topk_prob=False, 16 attention heads without
+grouped KV), random weights (uniform with std 0.02, norms 1, seed 0) in bfloat16. On a GPU all 16
+layers and the full vocabulary of 50,304. On the CPU only as many layers as the shared machine
+holds (see the section text for the number used and why), with the vocabulary cut in the same
+proportion as the layers (50,304 x layers / 16) so that the output layer keeps its real share of
+the bytes read per token.
+
+Router inputs shaped as in section 2: a forward pre-hook on every router adds, to each token's
+router input, ``sum_j s_j w_j / |w_j|`` for ``m_t`` experts drawn at random (``m_t`` uniform on
+1..7, ``s_j`` uniform on [3, 6]; ``w_j`` the router rows), so that a few experts stand out per
+token and BH finds a variable k; only the router sees the shift (the experts get the model's own
+hidden state), and the hook runs, from a generator reset before every `generate`, in every
+variant alike - unpatched ones included - so all variants draw the same shifts.
+
+Timing. `model.generate(prompt, max_new_tokens=N)`, greedy, KV cache on, a fixed number of new
+tokens (no EOS), random prompts of 16 tokens, for: the model's own top-8 unpatched (the
+baseline), `patched(model, TopK(8))` (the cost of the patch itself), `TopK(4)`, and `BH(alpha)`
+at two alpha. A logits processor stamps the time after each step's forward (after a device
+synchronisation on a GPU); **decode time** is from the first stamp (the prompt's forward done) to
+the last, i.e. N - 1 decode steps, and decode tokens/s = batch x (N - 1) / decode time. All
+variants of one (backend, batch size) are timed in rounds, the order rotated from round to round
+(round 0 is a warm-up that also counts experts); each variant's speed-up is the median over rounds
+of t(top-8 unpatched) / t(variant) of the same round. **Which clock**: on a GPU, wall time. On the
+CPU (one torch thread, so all of torch's work runs in the calling thread) the speed-ups and the
+time / limit use the **CPU time of that thread** (`time.thread_time`), which counts only the time
+the benchmark actually ran: on a machine shared by many jobs the wall time mostly measures the
+waiting for a core. Both are in the JSON (`speedup_wall`, `speedup_cpu`) and in the table.
+
+Experts counted (round 0, forward hooks on the routers, decode steps only): mean k, and the
+number of **distinct** experts per layer per decode step - the union over the batch, the experts
+whose weights a decode step must read.
+
+Memory-traffic limit. The bytes a decode step must read at least: the distinct experts' weights
+(3 x hidden x intermediate each), every other weight once (attention, norms, routers, the output
+layer; of the embedding only the batch's rows) and the KV cache (2 x batch x context x hidden per
+layer, at the mean context of the decode steps). Divided by the read bandwidth measured in the
+same run (the sum of a large float32 tensor, best of 5, the same torch threads) it gives the
+fastest possible step; **time / limit** says how far a variant is from it. The **ideal speed-up**
+of a variant is bytes(top-8) / bytes(variant) at the same batch size: what decode would gain if it
+were purely memory-bound, non-expert bytes included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from bh_routing import BH, TopK
+from bh_routing.models import patched
+
+from bench_moe import TINY
+from common import REFERENCE_CONFIG
+
+PROMPT_LEN = 16
+ALPHAS = (0.05, 0.2)
+HEADLINE_ALPHA = 0.05
+BASELINE = "top-8"
+
+
+def olmoe_config(*, layers: int, vocab: int | None = None, tiny: bool = False) -> transformers.OlmoeConfig:
+    """The real OLMoE-1B-7B config with ``layers`` layers; vocabulary scaled with the layers unless given."""
+    raw = {k: v for k, v in json.loads(REFERENCE_CONFIG.read_text()).items() if not k.startswith("_")}
+    full_layers, full_vocab = raw["num_hidden_layers"], raw["vocab_size"]
+    if vocab is None:
+        vocab = full_vocab if layers >= full_layers else math.ceil(full_vocab * layers / full_layers / 64) * 64
+    raw.update(num_hidden_layers=layers, vocab_size=vocab)
+    if tiny:
+        raw.update(TINY)
+    if raw["eos_token_id"] >= vocab:
+        raw["eos_token_id"] = None
+    if raw["pad_token_id"] >= vocab:
+        raw["pad_token_id"] = 0
+    return transformers.OlmoeConfig(**raw)
+
+
+def build_model(config, *, device: str = "cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """OlmoeForCausalLM with random weights made directly in ``dtype`` on ``device`` (no float32 copy)."""
+    no_init = getattr(getattr(transformers, "initialization", None), "no_init_weights", contextlib.nullcontext)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init(), torch.device(device):
+            model = transformers.OlmoeForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(before)
+    g = torch.Generator(device=device).manual_seed(seed)
+    bound = 0.02 * math.sqrt(3)  # uniform on [-b, b] has std b / sqrt(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)  # RMSNorm scales
+            else:
+                p.uniform_(-bound, bound, generator=g)
+    return model
+
+
+class RouterShaper:
+    """Forward pre-hooks that shift every router's input so 1..7 experts per token stand out (see notes)."""
+
+    def __init__(self, model, *, seed: int = 1) -> None:
+        routers = [layer.mlp.gate for layer in model.model.layers]
+        w = routers[0].weight
+        self.seed = seed
+        self.generator = torch.Generator(device=w.device)
+        self.directions = [r.weight.detach().float() / r.weight.detach().float().norm(dim=-1, keepdim=True) for r in routers]  # (E, H) each
+        self.handles = [r.register_forward_pre_hook(self._hook(i)) for i, r in enumerate(routers)]
+        self.reset()
+
+    def reset(self) -> None:
+        self.generator.manual_seed(self.seed)
+
+    def _hook(self, layer: int):
+        def hook(module, args):
+            x = args[0]  # (T, H)
+            t, dev, g = x.shape[0], x.device, self.generator
+            num_experts = self.directions[layer].shape[0]
+            m = torch.randint(1, 8, (t, 1), generator=g, device=dev)  # (T, 1) experts standing out
+            which = torch.rand(t, num_experts, generator=g, device=dev).argsort(dim=-1)[:, :7]  # (T, 7)
+            s = (3.0 + 3.0 * torch.rand(t, 7, generator=g, device=dev)) * (torch.arange(7, device=dev) < m)  # (T, 7)
+            strength = torch.zeros(t, num_experts, device=dev).scatter_(1, which, s)  # (T, E)
+            return (x + (strength @ self.directions[layer]).to(x.dtype), *args[1:])  # (T, H)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class StepClock(transformers.LogitsProcessor):
+    """Stamps the time after every generation step's forward (synchronising the device first)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []  # wall clock
+        self.cpu_stamps: list[float] = []  # CPU time of this thread (all of torch's work with 1 thread)
+
+    def __call__(self, input_ids, scores):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.thread_time())
+        return scores
+
+
+class ExpertCounter:
+    """Forward hooks on the routers: per decode call (T == batch), distinct experts and chosen pairs."""
+
+    def __init__(self, model, batch: int) -> None:
+        self.batch = batch
+        self.num_experts = model.config.num_experts
+        routers = [layer.mlp.gate for layer in model.model.layers]
+        self.distinct: list[list[int]] = [[] for _ in routers]
+        self.pairs: list[list[int]] = [[] for _ in routers]
+        self.handles = [r.register_forward_hook(self._hook(i)) for i, r in enumerate(routers)]
+
+    def _hook(self, layer: int):
+        def hook(module, args, out):
+            indices = out[2]  # (T, W), sentinel E in unused slots
+            if indices.shape[0] != self.batch:
+                return  # the prompt's forward
+            real = indices[indices < self.num_experts]  # (pairs,)
+            self.distinct[layer].append(int(real.unique().numel()))
+            self.pairs[layer].append(int(real.numel()))
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def summary(self) -> dict:
+        steps = len(self.distinct[0])
+        per_step = [sum(d[i] for d in self.distinct) for i in range(steps)]  # distinct experts summed over layers
+        return {
+            "mean_k": sum(map(sum, self.pairs)) / (self.batch * steps * len(self.pairs)),
+            "distinct_per_layer": statistics.mean(per_step) / len(self.distinct),
+            "distinct_experts_per_step": statistics.mean(per_step),  # over all layers
+            "decode_steps_counted": steps,
+        }
+
+
+def strategies(quick: bool) -> dict:
+    """name -> strategy (None: the model unpatched)."""
+    out = {BASELINE: None, "top-8 patched": TopK(8)}
+    if not quick:
+        out["top-4"] = TopK(4)
+    for a in ALPHAS if not quick else (HEADLINE_ALPHA,):
+        out[f"BH {a}"] = BH(a)
+    return out
+
+
+def weight_bytes(model) -> dict:
+    """Bytes of the experts' weights per expert and layer, and of every other weight but the embedding."""
+    experts = [layer.mlp.experts for layer in model.model.layers]
+    expert_total = sum(p.numel() * p.element_size() for e in experts for p in e.parameters())
+    embed = model.model.embed_tokens.weight
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    cfg = model.config
+    return {
+        "per_expert": expert_total // (len(experts) * cfg.num_experts),  # 3 x hidden x intermediate x itemsize
+        "non_expert": total - expert_total - embed.numel() * embed.element_size(),
+        "embedding_row": embed.shape[1] * embed.element_size(),
+        "kv_per_token_layer": 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * embed.element_size(),
+    }
+
+
+def step_bytes(wb: dict, *, layers: int, batch: int, distinct_total: float, new_tokens: int) -> float:
+    """Bytes a decode step must read (see notes): distinct experts + other weights + embedding rows + KV cache."""
+    context = PROMPT_LEN + new_tokens / 2  # mean context over the decode steps
+    kv = layers * batch * context * wb["kv_per_token_layer"]
+    return distinct_total * wb["per_expert"] + wb["non_expert"] + batch * wb["embedding_row"] + kv
+
+
+def read_bandwidth(device: torch.device, *, mib: int) -> float:
+    """Bytes/s of reading a float32 tensor (``sum``), best of 5."""
+    x = torch.ones(mib * 2**20 // 4, device=device)
+    best = math.inf
+    for _ in range(6):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        x.sum().item()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
+
+
+def _generate(model, prompt, new_tokens: int, clock: StepClock):
+    return model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        logits_processor=transformers.LogitsProcessorList([clock]),
+        pad_token_id=0,
+    )
+
+
+def time_batch(model, shaper: RouterShaper, strats: dict, *, batch: int, new_tokens: int, repeats: int, seed: int = 2) -> dict:
+    """Rounds over the variants at one batch size; returns per variant timings and expert counts."""
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed + batch)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT_LEN), generator=g).to(device)  # (B, S)
+    names = list(strats)
+    decode: dict[str, list[float]] = {n: [] for n in names}
+    decode_cpu: dict[str, list[float]] = {n: [] for n in names}
+    total: dict[str, list[float]] = {n: [] for n in names}
+    counts: dict[str, dict] = {}
+    for r in range(repeats + 1):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            counter = ExpertCounter(model, batch) if r == 0 else None
+            clock = StepClock(device)
+            shaper.reset()
+            with contextlib.ExitStack() as stack:
+                if strats[name] is not None:
+                    stack.enter_context(patched(model, strats[name], "patch"))
+                start = time.perf_counter()
+                out = _generate(model, prompt, new_tokens, clock)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - start
+            if out.shape[1] != PROMPT_LEN + new_tokens or len(clock.stamps) != new_tokens:
+                raise RuntimeError(f"{name}: generated {out.shape[1] - PROMPT_LEN} tokens, expected {new_tokens}")
+            if counter is not None:
+                counter.remove()
+                counts[name] = counter.summary()
+            else:
+                decode[name].append(clock.stamps[-1] - clock.stamps[0])
+                decode_cpu[name].append(clock.cpu_stamps[-1] - clock.cpu_stamps[0])
+                total[name].append(elapsed)
+    rows = {}
+    for name in names:
+        med = statistics.median(decode[name])
+        rows[name] = {
+            **counts[name],
+            "decode_s": med,
+            "decode_cpu_s": statistics.median(decode_cpu[name]),
+            "generate_s": statistics.median(total[name]),
+            "decode_tok_s": batch * (new_tokens - 1) / med,
+            "generate_tok_s": batch * new_tokens / statistics.median(total[name]),
+            "speedup_wall": _ratio(decode[BASELINE], decode[name]),
+            "speedup_cpu": _ratio(decode_cpu[BASELINE], decode_cpu[name]),
+            "repeats": repeats,
+        }
+    return rows
+
+
+def _ratio(base: list[float], other: list[float]) -> float:
+    """Median over rounds of t(baseline) / t(other), each pair from the same round."""
+    return statistics.median(b / t for b, t in zip(base, other))
+
+
+def default_layers(device: str) -> int:
+    """All 16 layers on a GPU; 2 on the CPU (see the section text: memory and time on a shared machine)."""
+    return 16 if device.startswith("cuda") else 2
+
+
+def schedule(quick: bool, *, gpu: bool = False) -> dict[int, tuple[int, int]]:
+    """batch size -> (new tokens, timed rounds): more rounds where a step is short and noise large
+    (fewer on a GPU, which is not shared and where gpu_check.sh must finish in 5 minutes)."""
+    if quick:
+        return {1: (8, 5), 16: (4, 2)}
+    if gpu:
+        return {1: (12, 3), 4: (8, 2), 16: (8, 2), 64: (6, 2)}
+    return {1: (12, 7), 4: (12, 4), 16: (6, 3), 64: (4, 2)}
+
+
+def run(
+    quick: bool,
+    log,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    layers: int | None = None,
+    tiny: bool = False,
+    plan: dict[int, tuple[int, int]] | None = None,
+    backends: tuple[str, ...] | None = None,
+) -> dict:
+    """Every variant at every batch size of ``plan`` (batch -> (new tokens, rounds)) and backend."""
+    dev = torch.device(device)
+    layers = layers or default_layers(device)
+    plan = plan or schedule(quick, gpu=dev.type == "cuda")
+    batches = tuple(plan)
+    backends = backends or (("grouped_mm",) if quick else ("eager", "grouped_mm"))
+    strats = strategies(quick)
+    start = time.perf_counter()
+    config = olmoe_config(layers=layers, tiny=tiny)
+    model = build_model(config, device=device, dtype=dtype)
+    shaper = RouterShaper(model)
+    wb = weight_bytes(model)
+    bw_mib = 2048 if dev.type == "cuda" else (16 if tiny else 256)
+    bandwidth = [read_bandwidth(dev, mib=bw_mib)]
+    log(
+        f"generation: {layers} layers, vocab {config.vocab_size}, {str(dtype).replace('torch.', '')} on {device}, "
+        f"built in {time.perf_counter() - start:.1f} s; read bandwidth {bandwidth[0] / 1e9:.1f} GB/s"
+    )
+    clock = "wall" if dev.type == "cuda" else "cpu"  # see the notes: on a CPU, this thread's CPU time
+    rows = []
+    for backend in backends:
+        model.set_experts_implementation(backend)
+        for batch in batches:
+            load_before = [round(x, 2) for x in os.getloadavg()]
+            with torch.inference_mode():
+                new_tokens, repeats = plan[batch]
+                res = time_batch(model, shaper, strats, batch=batch, new_tokens=new_tokens, repeats=repeats)
+            load_after = [round(x, 2) for x in os.getloadavg()]
+            for name, x in res.items():
+                x["speedup"] = x[f"speedup_{clock}"]
+                x.update(backend=backend, batch=batch, strategy=name, new_tokens=new_tokens, load_before=load_before, load_after=load_after)
+                rows.append(x)
+            log(
+                f"generation {backend} batch {batch}: "
+                + ", ".join(f"{n} {x['decode_tok_s']:.1f} tok/s (x{x['speedup']:.2f}, k {x['mean_k']:.2f}, "
+                            f"distinct {x['distinct_per_layer']:.1f})" for n, x in res.items())
+                + f"; load {load_before[0]} -> {load_after[0]}"
+            )
+    bandwidth.append(read_bandwidth(dev, mib=bw_mib))
+    best_bw = max(bandwidth)
+    for x in rows:
+        x["step_bytes"] = step_bytes(wb, layers=layers, batch=x["batch"], distinct_total=x["distinct_experts_per_step"], new_tokens=x["new_tokens"])
+        x["expert_bytes"] = x["distinct_experts_per_step"] * wb["per_expert"]
+        x["limit_s"] = x["step_bytes"] / best_bw
+        x["step_s"] = x["decode_s"] / (x["new_tokens"] - 1)
+        x["step_cpu_s"] = x["decode_cpu_s"] / (x["new_tokens"] - 1)
+        x["time_over_limit"] = x[{"wall": "step_s", "cpu": "step_cpu_s"}[clock]] / x["limit_s"]
+    for x in rows:
+        base = next(b for b in rows if (b["backend"], b["batch"], b["strategy"]) == (x["backend"], x["batch"], BASELINE))
+        x["ideal_speedup"] = base["step_bytes"] / x["step_bytes"]
+    del model, shaper
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "layers": layers,
+        "vocab": config.vocab_size,
+        "hidden": config.hidden_size,
+        "tiny": tiny,
+        "device": device,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
+        "dtype": str(dtype).replace("torch.", ""),
+        "prompt_len": PROMPT_LEN,
+        "plan": {str(b): list(v) for b, v in plan.items()},
+        "batches": list(batches),
+        "backends": list(backends),
+        "clock": clock,
+        "weight_bytes": wb,
+        "read_bandwidth_bytes_s": bandwidth,
+        "rows": rows,
+        "headline": headline(rows, backend="grouped_mm" if "grouped_mm" in backends else backends[0]),
+    }
+
+
+def _row(rows, backend, batch, strategy):
+    return next((x for x in rows if (x["backend"], x["batch"], x["strategy"]) == (backend, batch, strategy)), None)
+
+
+def headline(rows: list[dict], *, backend: str) -> dict:
+    """The quick keys and the goal rows (see BENCHMARKS.md, section 6, for the definitions)."""
+    bh = f"BH {HEADLINE_ALPHA}"
+    out = {"headline_backend": backend}
+    b1, p1 = _row(rows, backend, 1, bh), _row(rows, backend, 1, "top-8 patched")
+    if b1 is not None:
+        out["decode_speedup_bh_batch1"] = b1["speedup"]
+        out["decode_bh_mean_k"] = b1["mean_k"]
+        out["decode_ideal_speedup_bh_batch1"] = b1["ideal_speedup"]
+        out["decode_speedup_share_of_ideal"] = b1["speedup"] / b1["ideal_speedup"]
+        gain = b1["ideal_speedup"] - 1.0
+        out["decode_gain_share_of_ideal"] = (b1["speedup"] - 1.0) / gain if gain > 0 else math.nan
+    if p1 is not None:
+        out["patch_overhead_decode"] = 1.0 / p1["speedup"] - 1.0
+        overheads = [1.0 / x["speedup"] - 1.0 for x in rows if x["strategy"] == "top-8 patched" and x["batch"] == 1]
+        out["patch_overhead_decode_worst_backend"] = max(overheads)
+    b16 = _row(rows, backend, 16, bh)
+    if b16 is not None:
+        out["decode_speedup_bh_batch16"] = b16["speedup"]
+    return out
+
+
+def figure(res: dict, path: Path) -> None:
+    """Decode tokens/s against batch size (top row) and speed-up over top-8 with the ideal (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends, rows = res["backends"], res["rows"]
+    names = list(dict.fromkeys(x["strategy"] for x in rows))
+    colors = dict(zip(names, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(2, len(backends), figsize=(5.2 * len(backends), 7.6), squeeze=False, sharex=True)
+    for j, backend in enumerate(backends):
+        top, bottom = axes[0][j], axes[1][j]
+        for name in names:
+            pts = sorted((x["batch"], x) for x in rows if x["backend"] == backend and x["strategy"] == name)
+            bs = [b for b, _ in pts]
+            style = dict(color=colors[name], marker="o", lw=1.6, ls="--" if name == "top-8 patched" else "-")
+            top.plot(bs, [x["decode_tok_s"] for _, x in pts], label=name, **style)
+            if name != BASELINE:
+                bottom.plot(bs, [x["speedup"] for _, x in pts], **style)
+                if name.startswith("BH") or name == "top-4":
+                    bottom.plot(bs, [x["ideal_speedup"] for _, x in pts], color=colors[name], ls=":", lw=1.2)
+        bottom.axhline(1.0, color="0.5", lw=0.8)
+        top.set_title(f"{backend}: decode tokens/s")
+        bottom.set_title(f"{backend}: decode speed-up over top-8")
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(res["batches"], [str(b) for b in res["batches"]])
+            ax.grid(alpha=0.3)
+        top.set_yscale("log")
+        top.set_ylabel("tokens/s (batch x steps / decode time)")
+        bottom.set_ylabel("t(top-8) / t(variant), median of rounds")
+        bottom.set_xlabel("batch size")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(matplotlib.lines.Line2D([], [], color="0.3", ls=":", lw=1.2))
+    labels.append("ideal speed-up from bytes read (bottom row)")
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    size = "tiny sizes (dry run)" if res["tiny"] else "OLMoE-1B-7B size"
+    fig.suptitle(
+        f"Generation speed, {size}: {res['layers']} layers, {res['dtype']}, {res['device_name']}\n"
+        "random weights, router inputs shaped; decode only (prompt's forward excluded)",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

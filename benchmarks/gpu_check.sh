@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU check of bh-routing: run it as is, from anywhere, on a machine with a CUDA GPU.
+#
+#   bash benchmarks/gpu_check.sh [LOGDIR]            pytest -m gpu, then benchmarks/run.py --device cuda:
+#                                                    writes BENCHMARKS-gpu.md, benchmarks/generation_speed_gpu.png
+#                                                    and LOGDIR/{env.txt,pytest.log,benchmarks.log,gpu.json}
+#   bash benchmarks/gpu_check.sh --dry-run LOGDIR    the same steps on the CPU at tiny sizes, writing only into
+#                                                    LOGDIR (the test suite runs this so the script does not rot)
+#
+# PYTHON picks the interpreter (default python3); the checkout's src/ is put first on PYTHONPATH, so
+# nothing needs installing. Sized to finish in under 5 minutes on one H100. See BENCHMARKS.md, "GPU check".
+set -uo pipefail
+
+dry=0
+if [[ "${1:-}" == "--dry-run" ]]; then dry=1; shift; fi
+if [[ $# -gt 1 || "${1:-}" == -* ]]; then
+    echo "error: usage: bash benchmarks/gpu_check.sh [--dry-run] [LOGDIR]" >&2
+    exit 2
+fi
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log=$(mkdir -p "${1:-$root/runs/gpu-check}" && cd "${1:-$root/runs/gpu-check}" && pwd)
+py=${PYTHON:-python3}
+cd "$root"
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+start=$(date +%s)
+
+if (( dry )); then
+    run_args=(--device cpu --tiny --quick --only routing,moe,generation,peakmem --threads 1
+              --markdown "$log/BENCHMARKS-gpu.md" --figure "$log/generation_speed_gpu.png")
+else
+    if ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        echo "error: no CUDA device visible to $py (on a CPU machine use --dry-run)" >&2
+        exit 2
+    fi
+    run_args=(--device cuda --threads 8 --markdown BENCHMARKS-gpu.md)
+fi
+
+{
+    date -u
+    nvidia-smi 2>&1 || echo "nvidia-smi: not available"
+    "$py" -c "import platform, torch, transformers; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
+} >"$log/env.txt" 2>&1
+echo "gpu_check: environment in $log/env.txt"
+
+# 1. the GPU tests (every other test is deselected; a test module whose imports are missing here is reported, not fatal)
+"$py" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tee "$log/pytest.log"
+echo "PYTEST-EXIT ${PIPESTATUS[0]}" >>"$log/pytest.log"
+
+# 2. routing, MoE block, generation (bf16, all 16 layers), peak memory of bh-routing run --quick (bf16, fp16)
+"$py" benchmarks/run.py "${run_args[@]}" --keep-going --json "$log/gpu.json" --pytest-log "$log/pytest.log" 2>&1 \
+    | tee "$log/benchmarks.log"
+rc=${PIPESTATUS[0]}
+echo "gpu_check: done in $(( $(date +%s) - start )) s; benchmarks exit code $rc; logs in $log"
+exit "$rc"
