@@ -254,7 +254,8 @@ def compute(args) -> dict:
     }
 
 
-def f(x: float, nd: int = 3) -> str:
+def fixed(x: float, nd: int = 3) -> str:
+    """``x`` with ``nd`` digits after the point (the model card's number format)."""
     return f"{x:.{nd}f}"
 
 
@@ -352,13 +353,13 @@ def render_card(s: dict) -> str:
                 "| step | minutes | prose | code |",
                 "|---|---|---|---|",
             ]
-            lines += [f"| {e['step']:,} | {e['elapsed_s'] / 60:.1f} | {f(e['prose'])} | {f(e['code'])} |" for e in t["evals"]]
+            lines += [f"| {e['step']:,} | {e['elapsed_s'] / 60:.1f} | {fixed(e['prose'])} | {fixed(e['code'])} |" for e in t["evals"]]
             lines.append("")
         elif t.get("final_eval"):
             fe = t["final_eval"]
             lines += [
                 f"Held-out loss at the last step, on the training script's fixed evaluation windows: "
-                f"prose {f(fe['prose'])}, code {f(fe['code'])} nats/token.",
+                f"prose {fixed(fe['prose'])}, code {fixed(fe['code'])} nats/token.",
                 "",
             ]
     lines += [
@@ -373,27 +374,27 @@ def render_card(s: dict) -> str:
     ]
     for d, r in list(pd.items()) + [("all", ov)]:
         lines.append(
-            f"| {d} | {r['tokens_predicted']:,} | {f(r['loss_nats'])} | {f(r['perplexity'], 2)} | "
-            f"{f(r['unigram_perplexity'], 2)} |"
+            f"| {d} | {r['tokens_predicted']:,} | {fixed(r['loss_nats'])} | {fixed(r['perplexity'], 2)} | "
+            f"{fixed(r['unigram_perplexity'], 2)} |"
         )
     lines += [
         "",
         "## Routers are trained",
         "",
         f"Mean entropy of the router softmax over the {a['num_experts']} experts, in nats "
-        f"(uniform: log {a['num_experts']} = {f(ov['uniform_entropy'])}), and the mean probability "
-        f"mass of the top-{a['num_experts_per_tok']} (uniform: {f(ov['uniform_top8_mass'])}), on all "
+        f"(uniform: log {a['num_experts']} = {fixed(ov['uniform_entropy'])}), and the mean probability "
+        f"mass of the top-{a['num_experts_per_tok']} (uniform: {fixed(ov['uniform_top8_mass'])}), on all "
         "held-out tokens:",
         "",
         "| layer | " + " | ".join(str(i) for i in range(L)) + " | mean |",
         "|---|" + "---|" * (L + 1),
-        "| router entropy | " + " | ".join(f(x) for x in ov["router_entropy_per_layer"])
-        + f" | {f(ov['router_entropy_mean'])} |",
-        "| top-8 mass | " + " | ".join(f(x) for x in ov["top8_mass_per_layer"]) + f" | {f(ov['top8_mass_mean'])} |",
+        "| router entropy | " + " | ".join(fixed(x) for x in ov["router_entropy_per_layer"])
+        + f" | {fixed(ov['router_entropy_mean'])} |",
+        "| top-8 mass | " + " | ".join(fixed(x) for x in ov["top8_mass_per_layer"]) + f" | {fixed(ov['top8_mass_mean'])} |",
         "| router entropy, untrained (random init, seed 0) | "
-        + " | ".join(f(x) for x in ref["router_entropy_per_layer"]) + f" | {f(ref['router_entropy_mean'])} |",
-        "| top-8 mass, untrained | " + " | ".join(f(x) for x in ref["top8_mass_per_layer"])
-        + f" | {f(sum(ref['top8_mass_per_layer']) / L)} |",
+        + " | ".join(fixed(x) for x in ref["router_entropy_per_layer"]) + f" | {fixed(ref['router_entropy_mean'])} |",
+        "| top-8 mass, untrained | " + " | ".join(fixed(x) for x in ref["top8_mass_per_layer"])
+        + f" | {fixed(sum(ref['top8_mass_per_layer']) / L)} |",
         "",
         "Domain specialisation: the share of top-8 slots each expert receives, per domain. "
         "Total-variation distance between the prose and the code distribution over the 64 "
@@ -402,25 +403,25 @@ def render_card(s: dict) -> str:
         "",
         "| layer | " + " | ".join(str(i) for i in range(L)) + " |",
         "|---|" + "---|" * L,
-        "| TV prose vs code | " + " | ".join(f(x) for x in dm["tv_prose_vs_code_per_layer"]) + " |",
+        "| TV prose vs code | " + " | ".join(fixed(x) for x in dm["tv_prose_vs_code_per_layer"]) + " |",
         "| TV prose vs code, untrained (random init, seed 0) | "
-        + " | ".join(f(x) for x in ref["tv_prose_vs_code_per_layer"]) + " |",
+        + " | ".join(fixed(x) for x in ref["tv_prose_vs_code_per_layer"]) + " |",
     ]
     for d in pd:
-        lines.append(f"| TV {d} half 1 vs half 2 | " + " | ".join(f(x) for x in pd[d]["tv_between_halves_per_layer"]) + " |")
+        lines.append(f"| TV {d} half 1 vs half 2 | " + " | ".join(fixed(x) for x in pd[d]["tv_between_halves_per_layer"]) + " |")
     lines += [
-        "| largest expert share (both domains) | " + " | ".join(f(x) for x in dm["max_expert_share_per_layer"]) + " |",
-        "| smallest expert share (both domains) | " + " | ".join(f(x, 4) for x in dm["min_expert_share_per_layer"]) + " |",
+        "| largest expert share (both domains) | " + " | ".join(fixed(x) for x in dm["max_expert_share_per_layer"]) + " |",
+        "| smallest expert share (both domains) | " + " | ".join(fixed(x, 4) for x in dm["min_expert_share_per_layer"]) + " |",
         "| experts never in the top-8 on the held-out text | " + " | ".join(str(x) for x in dm["experts_never_selected_per_layer"]) + " |",
         "",
-        f"Uniform share: 1/{a['num_experts']} = {f(1 / a['num_experts'], 4)}. "
+        f"Uniform share: 1/{a['num_experts']} = {fixed(1 / a['num_experts'], 4)}. "
         "The most domain-specific experts (largest |share prose − share code|):",
         "",
         "| layer | expert | share prose | share code | prefers |",
         "|---|---|---|---|---|",
     ]
     for e in dm["most_domain_specific_experts"]:
-        lines.append(f"| {e['layer']} | {e['expert']} | {f(e['share_prose'], 4)} | {f(e['share_code'], 4)} | {e['prefers']} |")
+        lines.append(f"| {e['layer']} | {e['expert']} | {fixed(e['share_prose'], 4)} | {fixed(e['share_code'], 4)} | {e['prefers']} |")
     lines += [
         "",
         "## Reproduce",
