@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .analysis.config import RunConfig
 from .analysis.inputs import prepare
-from .analysis.outputs import RESULTS_JSON, RunError
+from .analysis.outputs import RESULTS_JSON, RunError, out_lock
 from .analysis.pipeline import STEP_GROUPS, assemble, run_steps
 from .analysis.registry import STEPS, closure
 from .report import FIGURES, write_report
@@ -52,7 +52,8 @@ class Study:
         outside = [n for n in names if n not in self.allowed]
         if outside:
             raise ValueError(f"steps {outside} are outside this study's steps {list(self.allowed)}")
-        self.steps.update(run_steps(self.inputs, self.out, names))
+        with out_lock(self.out):
+            self.steps.update(run_steps(self.inputs, self.out, names))
         self._results = None
         return self.results
 
@@ -66,8 +67,8 @@ class Study:
         """Draw one of the registered figures from the results so far; returns its path."""
         if name not in FIGURES:
             raise ValueError(f"unknown figure {name!r}; available: {', '.join(FIGURES)}")
-        self.out.mkdir(parents=True, exist_ok=True)
-        return FIGURES[name].draw(self.results, self.out / name)
+        with out_lock(self.out):
+            return FIGURES[name].draw(self.results, self.out / name)
 
     def export(self) -> list[Path]:
         """Write the JSON, CSV, figures and RESULTS.md.
@@ -75,7 +76,8 @@ class Study:
         The folder's earlier results of the same model are merged: a study of the steps that add to
         a run only (``downstream``) adds its steps to them; a full study keeps their downstream step.
         """
-        return write_report(self._merged(), self.out)
+        with out_lock(self.out):
+            return write_report(self._merged(), self.out)
 
     def _merged(self) -> dict:
         from .report import load_results
@@ -99,6 +101,7 @@ class Study:
 def run(config: RunConfig, out: str | Path, *, steps: tuple[str, ...] = tuple(STEPS), force: bool = False) -> dict:
     """Validate, compute ``steps`` (resuming finished ones), and write every output; the results dict."""
     study = Study(config, out, steps=steps, force=force)
-    study.run()
-    study.export()
+    with out_lock(study.out):  # one lock for the whole run: a second run into ``out`` is refused
+        study.run()
+        study.export()
     return study.results

@@ -111,6 +111,10 @@ class RunConfig:
         _core(check_choice, self.null, NULL_CHOICES, name="null")
         if self.dtype is not None:
             _core(check_choice, self.dtype, DTYPES, name="dtype")
+        if self.device is not None:
+            from ..models import check_device
+
+            _core(check_device, self.device)
         for name in ("seq_len", "eval_sequences", "calib_sequences", "reservoir_size", "new_tokens", "n_resamples",
                      "downstream_batch_size"):
             v, least = getattr(self, name), 2 if name in ("seq_len", "eval_sequences") else 1
@@ -155,7 +159,10 @@ def load_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
     try:
         if path.suffix == ".toml":
             try:

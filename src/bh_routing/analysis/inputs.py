@@ -32,6 +32,46 @@ class Inputs:
     calib_seqs: torch.Tensor | None  # (M, S)
 
 
+def read_text(path: str | Path, what: str) -> str:
+    """A UTF-8 text file, or a ConfigError naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not UTF-8 text: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _prompts(cfg: RunConfig) -> dict[str, str]:
+    if not cfg.prompts_file:
+        return dict(data.DEFAULT_PROMPTS)
+    read_text(cfg.prompts_file, "prompts file")  # a binary or non-UTF-8 file: named
+    try:
+        return data.read_prompts(cfg.prompts_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_lengths(cfg: RunConfig, model, tokenizer, prompts: dict[str, str]) -> None:
+    """Sequences and prompts against the model's positions; prompts too short to score.
+
+    ``seq_len`` beyond ``max_position_embeddings`` is refused (the model would run past its
+    positions and report a meaningless perplexity); so is a prompt longer than that, or of fewer
+    than 2 tokens (no next-token loss to measure).
+    """
+    from ..models.adapters import text_config
+
+    max_pos = getattr(text_config(model), "max_position_embeddings", None)
+    if max_pos and cfg.seq_len > max_pos:
+        raise ConfigError(f"seq_len must be <= the model's {max_pos} positions, got {cfg.seq_len}")
+    for label, prompt in prompts.items():
+        n = len(tokenizer(prompt, verbose=False)["input_ids"])  # as the analyses tokenize it
+        if n < 2:
+            raise ConfigError(f"prompt {label!r} has {n} token(s), fewer than the 2 a loss needs: {prompt[:60]!r}")
+        if max_pos and n > max_pos:
+            raise ConfigError(f"prompt {label!r} has {n} tokens, more than the model's {max_pos} positions")
+
+
 def _texts(cfg: RunConfig) -> dict[str, str]:
     if cfg.eval_text is None:
         from ..embedded import default_eval_texts
@@ -39,7 +79,7 @@ def _texts(cfg: RunConfig) -> dict[str, str]:
         return default_eval_texts()
     if cfg.eval_text.startswith("hf:"):
         return {"text": _dataset_text(cfg.eval_text)}
-    text = Path(cfg.eval_text).read_text(encoding="utf-8")
+    text = read_text(cfg.eval_text, "eval_text")
     if not text.strip():
         raise ConfigError(f"eval_text is empty: {cfg.eval_text}")
     return {"text": text}
@@ -131,10 +171,7 @@ def prepare(config: RunConfig, out: Path, *, model=None, tokenizer=None, text: b
 
     cfg = config.validate().effective()
     check_writable(out)
-    try:
-        prompts = data.read_prompts(cfg.prompts_file) if cfg.prompts_file else dict(data.DEFAULT_PROMPTS)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
+    prompts = _prompts(cfg)
     texts = _texts(cfg) if text else None
     if model is None:
         model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
@@ -142,6 +179,7 @@ def prepare(config: RunConfig, out: Path, *, model=None, tokenizer=None, text: b
         raise ConfigError("a model passed in needs its tokenizer too")
     name = model_name(cfg, model)
     check_same_model(out, name, force=force)
+    check_lengths(cfg, model, tokenizer, prompts)
     routing = inspect_model(model)
     calibration = load_calibration(cfg.calibration, model, name, routing) if cfg.calibration else None
     eval_seqs, domains, calib_seqs = _split(tokenizer, texts, cfg) if text else (None, [], None)

@@ -1,52 +1,43 @@
 """The output folder of a run: its file names (one home), atomic writes, the checks before writing.
 
 A run writes into ``--out``: ``bh_routing_results.json``, ``comparative_results.csv``,
-``RESULTS.md``, the figures, ``calibration.safetensors`` (when it fits one) and ``.steps/`` (one
-JSON per finished step, so an interrupted run resumes).
+``RESULTS.md``, the figures, ``calibration.safetensors`` (when it fits one), ``.steps/`` (one
+JSON per finished step, so an interrupted run resumes) and ``.bh_routing.lock`` (held while a
+run writes, so that a second run into the same folder is refused instead of mixing files).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs into one folder are not detected
+    fcntl = None
+
 from ..core import BHRoutingError
+from ..core.files import atomic_path
 
 RESULTS_JSON = "bh_routing_results.json"
 COMPARATIVE_CSV = "comparative_results.csv"
 REPORT_MD = "RESULTS.md"
 CALIBRATION_FILE = "calibration.safetensors"
 STEPS_DIR = ".steps"
+LOCK_FILE = ".bh_routing.lock"
 
 
 class RunError(BHRoutingError, RuntimeError):
     """A run that cannot start; the message is one line for the user."""
 
 
-def _file_mode() -> int:
-    """The mode a new file gets from ``open`` under the current umask (0o644 under the usual 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a uniquely named temporary file in the same folder.
-
-    Readers never see a half-written file, and two writers never share a temporary name; the file
-    gets the usual mode (the temporary file's private 0600 is widened to what ``open`` would give).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (:func:`bh_routing.core.files.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
@@ -77,3 +68,35 @@ def read_results(folder: str | Path) -> dict:
     if not isinstance(doc, dict) or not {"config", "model", "steps", "derived"} <= set(doc):
         raise RunError(f"{path} is not a bh-routing results file (needs config, model, steps and derived)")
     return doc
+
+
+_HELD: dict[Path, list] = {}  # lock file -> [fd, depth]: re-entrant within one process
+
+
+@contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold the folder's lock while writing into it; RunError when another process holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = (out / LOCK_FILE).resolve()
+    if fcntl is None or path in _HELD:
+        if path in _HELD:
+            _HELD[path][1] += 1
+        try:
+            yield
+        finally:
+            if path in _HELD:
+                _HELD[path][1] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunError(f"another bh-routing run is writing to {out}: wait for it to finish, or choose another --out") from None
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

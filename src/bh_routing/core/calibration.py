@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from ._validate import check_choice, check_logits
 from .errors import BHRoutingError
+from .files import atomic_path
 from .pvalues import conformal_pvalues
 
 NULL_CHOICES = ("unrouted", "all")
@@ -100,13 +101,12 @@ class Calibration:
             "null": self.null,
             "num_tokens": str(self.num_tokens),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            {"null_sorted": self.null_sorted.contiguous().cpu(), "null_count": self.null_count.cpu()},
-            str(tmp),
-            metadata=meta,
-        )
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(
+                {"null_sorted": self.null_sorted.contiguous().cpu(), "null_count": self.null_count.cpu()},
+                str(tmp),
+                metadata=meta,
+            )
         return path
 
     @classmethod

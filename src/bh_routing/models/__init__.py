@@ -11,7 +11,7 @@ from .adapters import MoEAdapter, MoELayer, available_families, get_adapter, reg
 from .errors import SUPPORTED_TRANSFORMERS, ModelLoadError, UnsupportedModelError
 from .fingerprint import model_fingerprint
 from .inspection import ModelInfo, inspect_model
-from .loading import load_model
+from .loading import check_device, load_model
 from .patching import MODES, patched
 from .recorder import Recorder
 
@@ -27,6 +27,7 @@ __all__ = [
     "available_families",
     "get_adapter",
     "inspect_model",
+    "check_device",
     "load_model",
     "model_fingerprint",
     "patched",

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .adapters import get_adapter
 from .errors import ModelLoadError, UnsupportedModelError
@@ -25,6 +26,33 @@ _DTYPES = {
     "fp16": torch.float16,
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tokenizer_config.json")
+DEVICE_HELP = "cpu, cuda, cuda:N or mps"
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` parses as a torch device and is available here (None: choose automatically).
+
+    Raises ModelLoadError, e.g. ``device must be cpu, cuda, cuda:N or mps, got 'tpu7'``.
+    """
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"device must be {DEVICE_HELP}, got {device!r}") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelLoadError(f"device {device!r} asked for, but no CUDA device is available")
+        if d.index is not None and d.index >= n:
+            raise ModelLoadError(f"device {device!r} asked for, but there {'is' if n == 1 else 'are'} only {n} CUDA device(s)")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but MPS is not available")
+    elif d.type != "cpu":
+        raise ModelLoadError(f"device must be {DEVICE_HELP}, got {device!r}")
+    return device
 
 
 def _offline() -> bool:
@@ -137,9 +165,7 @@ def load_model(
             if not (folder / "config.json").is_file():
                 raise ModelLoadError(f"not a model folder (no config.json): {folder}")
             source = str(folder)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} asked for, but no CUDA device is available")
+    device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _resolve_dtype(dtype, device)
     local = Path(source).is_dir()
     offline = _offline()
@@ -160,6 +186,10 @@ def load_model(
         get_adapter(config)
     except UnsupportedModelError as exc:
         raise ModelLoadError(f"{source} is not a supported MoE model: {exc}") from None
+    if local and not any((Path(source) / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"no tokenizer in {source} (none of {', '.join(_TOKENIZER_FILES)}): save the tokenizer with the model"
+        )
 
     if local:
         need, have = _needed_bytes(Path(source), config, torch_dtype), available_memory(device)
@@ -168,7 +198,7 @@ def load_model(
                 f"not enough memory to load {source} in {str(torch_dtype).replace('torch.', '')} on {device}: "
                 f"needs about {_gib(need)}, {_gib(have)} available"
             )
-    device_map = "auto" if device == "cuda" else ({"": device} if device.startswith("cuda") else None)
+    device_map = "auto" if device == "cuda" else (None if device == "cpu" else {"": device})
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **kwargs)
     except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -178,7 +208,7 @@ def load_model(
         if "out of memory" in text or "can't allocate memory" in text:
             raise ModelLoadError(f"not enough memory to load {source} on {device}: {str(exc).splitlines()[0]}") from None
         raise
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # missing, truncated or corrupt weight files
         raise ModelLoadError(f"cannot load the weights of {source!r}: {str(exc).splitlines()[0]}") from None
     model.eval()
     try:
@@ -189,4 +219,6 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the tokenizer of {source!r}: {str(exc).splitlines()[0]}") from None
+    if len(tokenizer) < 2 or not tokenizer("The model", add_special_tokens=False)["input_ids"]:
+        raise ModelLoadError(f"the tokenizer of {source!r} is empty: save the model's tokenizer with it")
     return model, tokenizer

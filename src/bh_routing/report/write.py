@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from ..analysis.outputs import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, atomic_write_text, read_results
+from ..analysis.outputs import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, atomic_write_text, check_writable, read_results
 from .markdown import render
 from .registry import FIGURES, available
 
@@ -50,6 +50,7 @@ def draw_all(res: dict, out: Path) -> list[Path]:
 def write_report(results: dict, out: str | Path, *, figures: bool = True) -> list[Path]:
     """Write JSON, CSV (when there are prompt rows), the figures and RESULTS.md into ``out``."""
     out = Path(out)
+    check_writable(out)  # a read-only folder: one line (RunError), not a traceback halfway through
     out.mkdir(parents=True, exist_ok=True)
     results = _clean(results)
     written = [atomic_write_text(out / RESULTS_JSON, json.dumps(results, indent=1, ensure_ascii=False))]

@@ -1,0 +1,35 @@
+"""Atomic file writes (stdlib only): one home for temporary names and the mode of written files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open`` under the current umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A uniquely named temporary path beside ``path``; moved onto ``path`` when the block succeeds.
+
+    Readers never see a half-written file; two writers never share a temporary name; the file
+    gets the usual mode (not the temporary file's private 0600). On error the temporary is removed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
