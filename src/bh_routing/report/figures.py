@@ -31,14 +31,33 @@ def _by_family(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def hist_quantile(hist: list[int], q: float) -> int:
+    """The q-quantile of k from a histogram of k = 0..W (the smallest k with cumulative share >= q)."""
+    c = np.cumsum(hist, dtype=float)
+    return int(np.searchsorted(c / c[-1], q - 1e-12)) if c[-1] else 0
+
+
+def _k_range(res: dict, step: str, rows: list[dict]) -> np.ndarray:
+    """(2, n) error-bar lengths from each row's mean k to the 10th and 90th percentiles of its k.
+
+    Quantiles of the per-(token, layer) k from the step's histograms (matched by label): unlike
+    mean ± sd, they stay within [min_k, max_k] (k is never below min_k).
+    """
+    hists = {r["label"]: r["k_histogram"] for r in res["steps"][step]}
+    lo = np.array([hist_quantile(hists[r["label"]], 0.1) for r in rows], float)
+    hi = np.array([hist_quantile(hists[r["label"]], 0.9) for r in rows], float)
+    m = np.array([r["mean_k"] for r in rows])
+    return np.vstack([np.clip(m - lo, 0, None), np.clip(hi - m, 0, None)])
+
+
 def alpha_sensitivity(res: dict, path: Path) -> Path:
     rows = res["derived"]["alpha_sensitivity"]
     k = res["model"]["top_k"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for fam, rs in _by_family(rows).items():
         a = np.array([r["param"] for r in rs])
-        m, sd = np.array([r["mean_k"] for r in rs]), np.array([r["sd_k"] for r in rs])
-        axes[0].errorbar(a, m, yerr=sd, marker="o", capsize=3, color=COLORS[fam], label=NAMES[fam])
+        m = np.array([r["mean_k"] for r in rs])
+        axes[0].errorbar(a, m, yerr=_k_range(res, "alpha", rs), marker="o", capsize=3, color=COLORS[fam], label=NAMES[fam])
         axes[1].plot(a, [r["reduction_pct"] for r in rs], marker="o", color=COLORS[fam], label=NAMES[fam])
     axes[0].axhline(k, ls="--", color="black", lw=1, label=f"top-{k} baseline")
     axes[0].axhline(res["config"]["min_k"], ls=":", color="gray", lw=1, label=f"min_k = {res['config']['min_k']}")
@@ -47,7 +66,7 @@ def alpha_sensitivity(res: dict, path: Path) -> Path:
         ax.set_xlabel("α (FDR level, log scale)", fontsize=12)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    axes[0].set_ylabel("experts per token (mean ± sd)", fontsize=12)
+    axes[0].set_ylabel("experts per token (mean; bars: 10th–90th percentile)", fontsize=11)
     axes[0].set_title("Experts per token vs α", fontsize=13, fontweight="bold")
     axes[1].axhline(0, color="black", lw=1)
     axes[1].set_ylabel(f"reduction vs top-{k} (%)", fontsize=12)
@@ -58,9 +77,12 @@ def alpha_sensitivity(res: dict, path: Path) -> Path:
     width = max(len(r["k_histogram"]) for r in runs)
     share = np.array([np.pad(r["k_histogram"], (0, width - len(r["k_histogram"]))) for r in runs], float)
     share /= share.sum(axis=1, keepdims=True)
-    im = axes[2].imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    first = min(res["config"]["min_k"], int(np.flatnonzero(share.sum(axis=0))[0]))  # no always-empty k = 0 column
+    share = share[:, first:]  # (runs, k = first..W)
+    im = axes[2].imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                        extent=(first - 0.5, width - 0.5, len(runs) - 0.5, -0.5))
     axes[2].set_yticks(range(len(runs)), [f"{r['param']:g}" for r in runs])
-    axes[2].set_xticks(range(width))
+    axes[2].set_xticks(range(first, width))
     axes[2].set_xlabel("experts used k", fontsize=12)
     axes[2].set_ylabel("α", fontsize=12)
     axes[2].set_title(f"Distribution of k ({NAMES['bh-' + method]})", fontsize=13, fontweight="bold")
@@ -75,11 +97,12 @@ def temperature_sensitivity(res: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for fam, rs in _by_family(rows).items():
         t = [r["param"] for r in rs]
-        axes[0].errorbar(t, [r["mean_k"] for r in rs], yerr=[r["sd_k"] for r in rs], marker="o", capsize=3, color=COLORS[fam], label=NAMES[fam])
+        axes[0].errorbar(t, [r["mean_k"] for r in rs], yerr=_k_range(res, "temperature", rs), marker="o", capsize=3,
+                         color=COLORS[fam], label=NAMES[fam])
         ppl = np.array([[r["ppl"], r["ppl_ci_low"], r["ppl_ci_high"]] for r in rs])
         axes[1].errorbar(t, ppl[:, 0], yerr=[ppl[:, 0] - ppl[:, 1], ppl[:, 2] - ppl[:, 0]], marker="o", capsize=3, color=COLORS[fam], label=NAMES[fam])
     axes[0].axhline(k, ls="--", color="black", lw=1, label=f"top-{k} baseline")
-    axes[0].set_ylabel("experts per token (mean ± sd)", fontsize=12)
+    axes[0].set_ylabel("experts per token (mean; bars: 10th–90th percentile)", fontsize=11)
     axes[0].set_title(f"Experts per token vs temperature (α = {res['config']['alpha']:g})", fontsize=13, fontweight="bold")
     axes[1].set_ylabel("held-out perplexity (95% bootstrap CI)", fontsize=12)
     axes[1].set_title("Perplexity vs temperature", fontsize=13, fontweight="bold")
@@ -119,8 +142,36 @@ def token_level(res: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+MAX_PROMPT_BARS = 30  # more prompts than this: distributions instead of one bar pair per prompt
+
+
+def _comparative_aggregated(res: dict, path: Path) -> Path:
+    """Many prompts: the distribution over prompts of the expert reduction and of the loss change."""
+    rows = res["steps"]["comparative"]
+    k = res["model"]["top_k"]
+    color = COLORS["bh-" + res["config"]["bh_pvalues"]]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
+    for ax, key, xlabel in ((axes[0], "expert_reduction_pct", f"expert reduction of BH vs top-{k} (%)"),
+                            (axes[1], "loss_change", "Δ loss, BH − top-k (nats per token)")):
+        v = np.array([r[key] for r in rows], float)
+        ax.hist(v, bins=min(40, max(10, len(v) // 10)), color=color, alpha=0.8)
+        ax.axvline(0, color="black", lw=1)
+        ax.axvline(v.mean(), color="red", lw=2, label=f"mean {v.mean():.3g}")
+        ax.set_xlabel(xlabel, fontsize=12)
+        ax.set_ylabel("prompts", fontsize=12)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("Expert reduction per prompt", fontsize=13, fontweight="bold")
+    axes[1].set_title("Loss change per prompt", fontsize=13, fontweight="bold")
+    fig.suptitle(f"{_model_line(res)}\n{len(rows)} prompts: distributions over prompts "
+                 "(each prompt's numbers are in comparative_results.csv)", fontsize=10, y=1.04)
+    return save_figure(fig, path)
+
+
 def comparative(res: dict, path: Path) -> Path:
     rows = res["steps"]["comparative"]
+    if len(rows) > MAX_PROMPT_BARS:
+        return _comparative_aggregated(res, path)
     k = res["model"]["top_k"]
     x = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(15, 5))
@@ -227,7 +278,9 @@ def pareto(res: dict, path: Path) -> Path:
     for fam, rs in _by_family(rows).items():
         rs = sorted(rs, key=lambda r: r["mean_k"])
         x = [r["mean_k"] for r in rs]
-        style = dict(marker="o" if fam.startswith("bh") else "s", ms=5, capsize=2, color=COLORS[fam], label=NAMES[fam], lw=1.5)
+        # measured points are the markers; the thin dotted lines only join them (nothing measured between)
+        style = dict(marker="o" if fam.startswith("bh") else "s", ms=6, capsize=2, color=COLORS[fam], label=NAMES[fam],
+                     lw=0.8, ls=":")
         y = np.array([[r["ppl"], r["ppl_ci_low"], r["ppl_ci_high"]] for r in rs])
         axes[0].errorbar(x, y[:, 0], yerr=[y[:, 0] - y[:, 1], y[:, 2] - y[:, 0]], **style)
         if paired:
@@ -248,6 +301,8 @@ def pareto(res: dict, path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=9)
     fig.suptitle(_model_line(res), fontsize=10, y=1.0)
+    fig.text(0.5, -0.02, "Markers are measured settings; dotted lines only join neighbouring settings of one family "
+             "(nothing was measured between them).", ha="center", fontsize=9.5)
     return save_figure(fig, path)
 
 
