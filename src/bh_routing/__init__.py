@@ -24,6 +24,7 @@ from .core import (
     bh_select,
     conformal_pvalues,
     empirical_null_pvalues,
+    standardized_pvalues,
 )
 
 __version__ = "0.1.0"

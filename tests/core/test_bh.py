@@ -78,12 +78,77 @@ def test_dtypes_kept_and_handled():
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         out = bh_select(p.to(dtype), 0.1)
         assert out.dtype == torch.bool and out.shape == p.shape
-        assert bh_adjust(p.to(dtype)).dtype == dtype
+        assert bh_adjust(p.to(dtype)).dtype == torch.float64  # exact for every alpha: see its docstring
     # bf16 rounding aside, the decision is made on the rounded values exactly as in float64
     pb = p.to(torch.bfloat16)
     np.testing.assert_array_equal(
         bh_select(pb, 0.1).numpy(), bh_select(pb.to(torch.float64), 0.1).numpy()
     )
+
+
+def test_issue_example_adjust_agrees_with_select_in_bfloat16():
+    p = torch.tensor([0.001, 0.02, 0.03, 0.5], dtype=torch.bfloat16)
+    assert (bh_adjust(p) <= 0.04).tolist() == bh_select(p, 0.04).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_adjust_below_alpha_is_select_in_every_dtype(dtype):
+    rng = np.random.default_rng(6)
+    p = torch.from_numpy(_random_rows(rng, 20000, 8)).to(dtype)
+    p[:500] = torch.from_numpy(rng.choice([0.001, 0.01, 0.02, 0.03, 0.04, 0.05, 0.5], size=(500, 8))).to(dtype)
+    adjusted = bh_adjust(p)
+    for alpha in (0.001, 0.01, 0.04, 0.05, 0.1, 1 / 3, 0.5, 1.0):
+        assert torch.equal(adjusted <= alpha, bh_select(p, alpha)), alpha
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [4, 64])
+def test_half_precision_agrees_with_statsmodels(dtype, n):
+    # the oracle sees the same rounded values (as float64): select, count and adjust agree with it
+    rng = np.random.default_rng(n)
+    p = torch.from_numpy(_random_rows(rng, 2000, n)).to(dtype)
+    exact = p.double().numpy()
+    for alpha in (0.01, 0.04, 0.2):
+        ref = np.stack([reference(row, alpha) for row in exact])
+        np.testing.assert_array_equal(bh_select(p, alpha).numpy(), ref)
+        k, _ = bh_count(p, alpha)
+        np.testing.assert_array_equal(k.numpy(), ref.sum(axis=1))
+    ref_adj = np.stack([multipletests(row, method="fdr_bh")[1] for row in exact])
+    np.testing.assert_allclose(bh_adjust(p).numpy(), ref_adj, rtol=1e-12, atol=0)
+
+
+def _reference_order(p: np.ndarray, pref: np.ndarray) -> np.ndarray:
+    """Ascending p, then descending preference, then index (np.lexsort: last key first)."""
+    index = np.broadcast_to(np.arange(p.shape[1]), p.shape)
+    return np.lexsort((index, -pref.astype(np.float64), p.astype(np.float64)), axis=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,width", [(8, 3), (64, 8), (64, 64)])
+def test_ties_broken_by_preference(dtype, n, width):
+    # float32 takes the integer-key path (both of its modes: ties rare in the first block, then
+    # common, which switches to the preference field), float64 the torch path
+    rng = np.random.default_rng(n + width)
+    rows = 30000 if n == 8 else 3000
+    p = rng.uniform(size=(rows, n))
+    p[rows // 3 :] = np.round(p[rows // 3 :] * 4) / 4  # many ties, at 0 and 1 too
+    pref = rng.normal(size=(rows, n)).astype(np.float32)
+    pref[::7, : n // 2] = pref[::7, :1]  # ties in the preference as well: then by index
+    pref[::11] = np.round(pref[::11], 6) + np.float32(1e-6) * rng.integers(0, 2, size=(1, n))  # near-ties
+    pt, prt = torch.from_numpy(p).to(dtype), torch.from_numpy(pref).to(dtype)
+    k, order = bh_count(pt, 0.2, max_k=width, preference=prt)
+    expected = _reference_order(pt.numpy(), prt.numpy())[:, :width]
+    np.testing.assert_array_equal(order[:, :width].numpy(), expected)
+    assert torch.equal(k, bh_count(pt, 0.2, max_k=width)[0])  # the count ignores the preference
+    sel = bh_select(pt, 0.2, max_k=width, preference=prt)
+    assert torch.equal(sel.sum(1), k)
+
+
+def test_preference_checked():
+    with pytest.raises(ValueError, match=r"preference must have the shape of p_values \(2, 3\), got \(3,\)"):
+        bh_count(torch.rand(2, 3), 0.1, preference=torch.rand(3))
+    with pytest.raises(TypeError, match="preference must be a floating torch.Tensor"):
+        bh_count(torch.rand(2, 3), 0.1, preference=torch.ones(2, 3, dtype=torch.long))
 
 
 def test_batched_over_leading_dimensions():

@@ -97,3 +97,46 @@ def test_builder_errors():
     b.update(0, torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"calibration saw no tokens for MoE layers \[1\]"):
         b.finalize(model_name="m", model_fingerprint="f")
+
+
+def test_standardized_null_is_pooled_from_null_pairs():
+    b = CalibrationBuilder(num_layers=1, num_experts=4, top_k=1, reservoir_size=10, pooled_size=100)
+    z = torch.tensor([[5.0, 1, 0, -1], [0, 5.0, 2, 1], [5.0, 1, 0, 0]])
+    b.update(0, z)
+    cal = b.finalize(model_name="m", model_fingerprint="f")
+    assert cal.std_count.tolist() == [9]  # 3 tokens x 3 unrouted experts
+    # tokens 0 and 1: lower median 0 and 1, MAD 1 -> unrouted scores +-1/1.4826 and 0;
+    # token 2: MAD 0 -> every score 0
+    s = 1 / 1.482602218505602
+    assert torch.isinf(cal.std_sorted[0, :-9]).all()
+    torch.testing.assert_close(cal.std_sorted[0, -9:], torch.tensor([-s, -s, 0, 0, 0, 0, 0, s, s]))
+    assert cal.summary()["standardized_null_size"] == 9
+
+
+def test_standardized_round_trip_and_format_1_files(tmp_path):
+    cal = _fit()
+    back = Calibration.load(cal.save(tmp_path / "v2.safetensors"))
+    assert torch.equal(back.std_sorted, cal.std_sorted) and torch.equal(back.std_count, cal.std_count)
+    z = torch.randn(10, 8)
+    assert torch.equal(back.standardized_pvalues(z, 1), cal.standardized_pvalues(z, 1))
+    # a file written before the standardised null existed: loads, calibrated works, standardized says why not
+    old = tmp_path / "v1.safetensors"
+    meta = {
+        "format": "bh_routing.calibration", "format_version": "1", "model_name": "tiny",
+        "model_fingerprint": "abc", "num_layers": "2", "num_experts": "8", "top_k": "2",
+        "null": "unrouted", "num_tokens": "500",
+    }
+    save_file({"null_sorted": cal.null_sorted, "null_count": cal.null_count}, str(old), metadata=meta)
+    v1 = Calibration.load(old)
+    assert torch.equal(v1.pvalues(z, 1), cal.pvalues(z, 1)) and v1.std_sorted is None
+    with pytest.raises(ValueError, match=r"no standardised null .*format 1.*run `bh-routing calibrate` again"):
+        v1.standardized_pvalues(z, 1)
+    from bh_routing import BH
+
+    with pytest.raises(ValueError, match="no standardised null"):
+        BH(0.1, pvalues="standardized", calibration=v1)
+    assert Calibration.load(v1.save(tmp_path / "again.safetensors")).std_sorted is None
+    meta["format_version"] = "9"
+    save_file({"null_sorted": cal.null_sorted, "null_count": cal.null_count}, str(old), metadata=meta)
+    with pytest.raises(ValueError, match="has format version 9; this bh-routing reads 1 and 2"):
+        Calibration.load(old)

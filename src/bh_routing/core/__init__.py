@@ -3,7 +3,7 @@
 from .bh import bh_adjust, bh_count, bh_select
 from .errors import BHRoutingError
 from .calibration import Calibration, CalibrationBuilder, CalibrationMismatchError
-from .pvalues import apply_temperature, conformal_pvalues, empirical_null_pvalues
+from .pvalues import apply_temperature, conformal_pvalues, empirical_null_pvalues, standardized_pvalues
 from .strategies import BH, RoutingResult, Strategy, TopK, TopP, WeightRatio
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "bh_select",
     "conformal_pvalues",
     "empirical_null_pvalues",
+    "standardized_pvalues",
 ]

@@ -17,6 +17,12 @@ measured difference on the embedded model is in ``docs/calibration_nulls.md``, w
 loss was lower (by 0.23-0.27 nats/token where the two α sweeps overlap), and at equal α "all"
 activates far fewer experts at a much higher perplexity.
 
+The same pass also keeps, per layer, a pooled sample (at most ``pooled_size`` values) of the
+*standardised* scores ``(z - median) / (1.4826 MAD)`` of the null (token, expert) pairs, each
+token standardised over its own E logits: the null of :func:`standardized_pvalues`. Files
+written before it existed (format 1) still load and give calibrated p-values; asking them for
+standardised p-values raises a message that says to calibrate again.
+
 Layer indices are MoE-layer ordinals 0..L-1 (the i-th MoE block of the model), not decoder indices.
 """
 
@@ -32,10 +38,12 @@ from safetensors.torch import save_file
 from ._validate import check_choice, check_logits
 from .errors import BHRoutingError
 from .files import atomic_path
-from .pvalues import conformal_pvalues
+from .pvalues import MAD_TO_SD, _lower_median, conformal_pvalues, neg_zscores, standardized_pvalues
 
 NULL_CHOICES = ("unrouted", "all")
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: adds the pooled standardised null (std_sorted, std_count); 1 still loads
+_TENSORS_V1 = {"null_sorted", "null_count"}
+_TENSORS_V2 = _TENSORS_V1 | {"std_sorted", "std_count"}
 
 
 class CalibrationMismatchError(BHRoutingError, ValueError):
@@ -55,24 +63,47 @@ class Calibration:
     null_sorted: torch.Tensor  # (L, E, R) float32, ascending, -inf padding on the left
     null_count: torch.Tensor  # (L, E) int64, real values per row (<= R)
     num_tokens: int  # calibration tokens seen (per layer)
+    std_sorted: torch.Tensor | None = None  # (L, Rp) float32 pooled standardised null, ascending; None: format 1
+    std_count: torch.Tensor | None = None  # (L,) int64, real values per layer (<= Rp)
 
     def pvalues(self, logits: torch.Tensor, layer: int, *, temperature: float = 1.0) -> torch.Tensor:
         """Conformal p-values of ``logits`` (T, E) at MoE layer ``layer``; see conformal_pvalues."""
+        self._check_layer(logits, layer)
+        return conformal_pvalues(
+            logits, self.null_sorted[layer], self.null_count[layer], temperature=temperature
+        )
+
+    def standardized_pvalues(self, logits: torch.Tensor, layer: int, *, temperature: float = 1.0) -> torch.Tensor:
+        """Standardised p-values of ``logits`` (T, E) at MoE layer ``layer``; see standardized_pvalues."""
+        self._check_layer(logits, layer)
+        table, count = self.standardized_null(layer)
+        return standardized_pvalues(logits, table, count, temperature=temperature)
+
+    def standardized_null(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled standardised null of ``layer``: (Rp,) ascending values and their count."""
+        if self.std_sorted is None:
+            raise ValueError(
+                "this calibration has no standardised null (it was saved by an older bh-routing, "
+                "calibration format 1): run `bh-routing calibrate` again to use pvalues='standardized'"
+            )
+        return self.std_sorted[layer], self.std_count[layer]
+
+    def _check_layer(self, logits: torch.Tensor, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
         if logits.shape[-1] != self.num_experts:
             raise CalibrationMismatchError(
                 f"calibration has {self.num_experts} experts, the logits have {logits.shape[-1]}"
             )
-        return conformal_pvalues(
-            logits, self.null_sorted[layer], self.null_count[layer], temperature=temperature
-        )
 
     def to(self, device: torch.device | str) -> Calibration:
         """A copy whose tables live on ``device``."""
         from dataclasses import replace
 
-        return replace(self, null_sorted=self.null_sorted.to(device), null_count=self.null_count.to(device))
+        moved = {"null_sorted": self.null_sorted.to(device), "null_count": self.null_count.to(device)}
+        if self.std_sorted is not None:
+            moved.update(std_sorted=self.std_sorted.to(device), std_count=self.std_count.to(device))
+        return replace(self, **moved)
 
     def check_matches(
         self, *, model_fingerprint: str, num_layers: int, num_experts: int, model_name: str = "?"
@@ -101,12 +132,13 @@ class Calibration:
             "null": self.null,
             "num_tokens": str(self.num_tokens),
         }
+        tensors = {"null_sorted": self.null_sorted.contiguous().cpu(), "null_count": self.null_count.cpu()}
+        if self.std_sorted is not None:
+            tensors.update(std_sorted=self.std_sorted.contiguous().cpu(), std_count=self.std_count.cpu())
+        else:
+            meta["format_version"] = "1"
         with atomic_path(path) as tmp:
-            save_file(
-                {"null_sorted": self.null_sorted.contiguous().cpu(), "null_count": self.null_count.cpu()},
-                str(tmp),
-                metadata=meta,
-            )
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod
@@ -121,8 +153,14 @@ class Calibration:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises several types for a bad header
             raise ValueError(f"not a bh-routing calibration file: {path} ({exc})") from None
-        if meta.get("format") != "bh_routing.calibration" or set(tensors) != {"null_sorted", "null_count"}:
+        if meta.get("format") != "bh_routing.calibration" or set(tensors) not in (_TENSORS_V1, _TENSORS_V2):
             raise ValueError(f"not a bh-routing calibration file: {path}")
+        version = meta.get("format_version", "1")
+        if version not in ("1", FORMAT_VERSION):
+            raise ValueError(
+                f"calibration file {path} has format version {version}; this bh-routing reads 1 and "
+                f"{FORMAT_VERSION}: run `bh-routing calibrate` again with this version"
+            )
         return cls(
             model_name=meta["model_name"],
             model_fingerprint=meta["model_fingerprint"],
@@ -133,6 +171,8 @@ class Calibration:
             null_sorted=tensors["null_sorted"],
             null_count=tensors["null_count"],
             num_tokens=int(meta["num_tokens"]),
+            std_sorted=tensors.get("std_sorted"),
+            std_count=tensors.get("std_count"),
         )
 
     def summary(self) -> dict:
@@ -147,6 +187,7 @@ class Calibration:
             "num_tokens": self.num_tokens,
             "reservoir_size": int(self.null_sorted.shape[-1]),
             "min_null_count": int(self.null_count.min()),
+            "standardized_null_size": None if self.std_count is None else int(self.std_count.min()),
         }
 
 
@@ -165,6 +206,10 @@ class CalibrationBuilder:
         level alpha with E experts can select beyond min_k only if n + 1 >= E / alpha.
     seed : int, default 0
         Seed of the sampling keys: the same stream and seed give the same calibration.
+    pooled_size : int, default 65536
+        Standardised null scores kept per layer (pooled over experts) for
+        ``pvalues="standardized"``; its smallest p-value is 1/(n+1), so 65,536 lets BH select
+        beyond min_k at alpha >= E / 65,537 (about 0.001 for E = 64).
     """
 
     def __init__(
@@ -176,10 +221,13 @@ class CalibrationBuilder:
         null: str = "unrouted",
         reservoir_size: int = 4096,
         seed: int = 0,
+        pooled_size: int = 65536,
     ) -> None:
         check_choice(null, NULL_CHOICES, name="null")
         if reservoir_size < 1:
             raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size}")
+        if pooled_size < 1:
+            raise ValueError(f"pooled_size must be >= 1, got {pooled_size}")
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
         self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
@@ -190,6 +238,8 @@ class CalibrationBuilder:
         self._values = torch.zeros(shape)  # (L, E, R)
         self._seen = torch.zeros(num_layers, num_experts, dtype=torch.int64)  # null values seen
         self._tokens = torch.zeros(num_layers, dtype=torch.int64)
+        self._std_keys = torch.full((num_layers, pooled_size), float("inf"))  # (L, Rp)
+        self._std_values = torch.zeros(num_layers, pooled_size)  # (L, Rp)
 
     def update(self, layer: int, logits: torch.Tensor) -> None:
         """Add the router logits (T, E) of MoE layer ``layer``."""
@@ -215,6 +265,16 @@ class CalibrationBuilder:
         self._values[layer] = all_values.gather(1, kept.indices)
         self._seen[layer] += is_null.sum(dim=0)
         self._tokens[layer] += t
+        # the pooled standardised null: the same scores standardized_pvalues computes
+        centre = _lower_median(z)  # (T, 1)
+        scale = MAD_TO_SD * _lower_median((centre - z).abs())  # (T, 1)
+        scores = -neg_zscores(z, centre, scale)  # (T, E)
+        std_keys = torch.rand(z.shape, generator=self._gen)[is_null]  # (M,) null pairs only
+        all_keys = torch.cat([self._std_keys[layer], std_keys])  # (Rp + M,)
+        all_values = torch.cat([self._std_values[layer], scores[is_null]])
+        kept = all_keys.topk(self._std_keys.shape[1], largest=False)  # smallest keys
+        self._std_keys[layer] = kept.values
+        self._std_values[layer] = all_values[kept.indices]
 
     def finalize(self, *, model_name: str, model_fingerprint: str) -> Calibration:
         """The fitted calibration; raises if some layer saw no tokens."""
@@ -224,6 +284,8 @@ class CalibrationBuilder:
         filled = torch.isfinite(self._keys)  # (L, E, R)
         values = torch.where(filled, self._values, torch.full_like(self._values, float("-inf")))
         null_sorted = values.sort(dim=-1).values  # -inf padding ends up on the left
+        std_filled = torch.isfinite(self._std_keys)  # (L, Rp)
+        std_values = torch.where(std_filled, self._std_values, torch.full_like(self._std_values, float("-inf")))
         return Calibration(
             model_name=model_name,
             model_fingerprint=model_fingerprint,
@@ -234,4 +296,6 @@ class CalibrationBuilder:
             null_sorted=null_sorted,
             null_count=filled.sum(dim=-1),
             num_tokens=int(self._tokens.min()),
+            std_sorted=std_values.sort(dim=-1).values,  # (L, Rp)
+            std_count=std_filled.sum(dim=-1),  # (L,)
         )

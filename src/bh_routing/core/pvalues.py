@@ -1,10 +1,18 @@
 """p-values for the hypotheses H_e: "expert e is not needed for this token".
 
-BH is only as good as its p-values. Two constructions that are valid under a stated null:
+BH is only as good as its p-values. Three constructions that are valid under a stated null:
 
 * :func:`empirical_null_pvalues` - a per-token empirical null (Efron 2004): needs no calibration.
 * :func:`conformal_pvalues` - a calibrated (conformal) null per layer and expert, from logits
   recorded on a calibration text (see :class:`bh_routing.core.calibration.Calibration`).
+* :func:`standardized_pvalues` - the empirical null's per-token standardisation with a
+  calibrated (conformal) tail: one pooled null per layer of standardised scores.
+
+Rank consistency. The empirical and the standardised p-values are decreasing functions of the
+logit within a token, so the experts with the k smallest p-values are the router's top k (up
+to ties): taking BH's experts in p-value order or in the router's order is the same. The
+per-expert calibrated p-values are not: each expert has its own null, and the smallest p-value
+need not belong to the largest logit.
 
 Two naive constructions are *not* offered because they are degenerate: ``1 - softmax`` (every
 probability is far above alpha/E, so BH selects at most the forced minimum at every alpha) and
@@ -15,8 +23,8 @@ median m: ``z -> m + (z - m) / tau``. Because the softmax is shift-invariant thi
 router's probabilities exactly as the usual ``softmax(z / tau)`` would. Its effect depends on the
 p-value method:
 
-* empirical null: none. The z-scores ``(z - median) / MAD`` are invariant to that map, so the
-  p-values, and the selection, do not change (a test checks it).
+* empirical null and standardised null: none. The z-scores ``(z - median) / MAD`` are
+  invariant to that map, so the p-values, and the selection, do not change (tests check it).
 * calibrated null: ``tau < 1`` pushes logits away from the token's median, so above-median
   logits look more extreme against the (untempered) calibration null - more experts.
   ``tau > 1`` pulls them in - mostly fewer experts, but below-median logits move *up* and can
@@ -99,18 +107,104 @@ def empirical_null_pvalues(logits: torch.Tensor, *, temperature: float = 1.0) ->
 
 def _empirical_null_pvalues(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """:func:`empirical_null_pvalues` without validating the logits (the caller did)."""
-    z = apply_temperature(logits, temperature)
-    z = z.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    z = _tempered(logits, temperature)
     centre = _lower_median(z)  # (T, 1)
-    # c - z is exactly -(z - c) in IEEE arithmetic, and (c - z) / s exactly -((z - c) / s)
-    below_centre = centre - z  # (T, E)
-    scale = MAD_TO_SD * _lower_median(below_centre.abs())  # (T, 1)
-    flat = scale <= 0  # (T, 1): all logits equal (MAD 0): zscore 0, p = 0.5
+    scale = MAD_TO_SD * _lower_median((centre - z).abs())  # (T, 1)
+    return normal_tail(neg_zscores(z, centre, scale))
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The tempered logits in the dtype the p-values are computed in (float64 or float32)."""
+    z = apply_temperature(logits, temperature)
+    return z.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+
+
+def neg_zscores(z: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``-(z - centre) / scale``, computed as ``(centre - z) / scale``; 0 on rows whose scale is 0.
+
+    z: (T, W) any subset of a token's logits; centre, scale: (T, 1). Every p-value path (full,
+    or the router-selection count on a few logits) goes through this one function, so they
+    agree to the bit. ``c - z`` is exactly ``-(z - c)`` in IEEE arithmetic and ``(c - z) / s``
+    exactly ``-((z - c) / s)``; both are monotone in ``z``.
+    """
+    flat = scale <= 0  # (T, 1): all logits equal (MAD 0): zscore 0
     safe = torch.where(flat, torch.ones_like(scale), scale)
-    neg_zscore = below_centre / safe  # (T, E)
+    neg = (centre - z) / safe  # (T, W)
     if bool(flat.any()):
-        neg_zscore = neg_zscore.masked_fill(flat, 0.0)
-    return torch.special.ndtr(neg_zscore)  # upper tail: 1 - Phi(zscore)
+        neg = neg.masked_fill(flat, 0.0)
+    return neg
+
+
+def normal_tail(neg_zscore: torch.Tensor) -> torch.Tensor:
+    """Upper normal tail ``1 - Phi(zscore)`` of ``-zscore``: the empirical null's p-value."""
+    return torch.special.ndtr(neg_zscore)
+
+
+def standardized_pvalues(
+    logits: torch.Tensor,
+    null_sorted: torch.Tensor,
+    null_count: torch.Tensor | int,
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token standardisation with a calibrated (conformal) tail: Efron's null, tail not assumed normal.
+
+    Each token's logits are standardised as the empirical null does,
+    :math:`u_e = (z_e - \\hat\\mu)/\\hat\\sigma` with :math:`\\hat\\mu` the median and
+    :math:`\\hat\\sigma = 1.4826\\,\\mathrm{MAD}` of the token's E logits, and the tail of
+    :math:`u` comes from a calibration sample :math:`u_1..u_n` of standardised scores of the same
+    MoE layer, pooled over experts (see :class:`bh_routing.core.calibration.Calibration`):
+
+    .. math:: p_e = \\frac{1 + \\#\\{i : u_i \\ge u_e\\}}{n + 1}.
+
+    The null assumed: when expert e is not needed for a token, its standardised score is
+    exchangeable with the pooled calibration scores. Then p_e is super-uniform under H_e
+    (Vovk et al. 2005) and BH over these p-values controls the FDR as for conformal p-values
+    (Bates, Candes, Lei, Romano & Sesia 2023). Validity conditions, which are stronger than the
+    per-expert calibrated null's: (i) the calibration text comes from the distribution of the
+    routed tokens; (ii) pooling needs the unneeded experts' standardised scores to share one
+    distribution across experts (an expert whose null sits higher than the others' gets
+    too-small p-values; the per-expert null does not assume this); (iii) the sample holds
+    several scores of each calibration token, which are dependent, so exchangeability with a
+    new score holds for the pooled marginal, not token by token. What it buys: ``p_e`` is a
+    decreasing function of the logit within a token (rank-consistent: BH's experts are the
+    router's top k), and the pooled sample is E times larger than one expert's, so the
+    smallest attainable p-value ``1/(n+1)`` is much smaller. Scale-free like the empirical null:
+    the temperature has no effect.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (T, E)
+    null_sorted : torch.Tensor, shape (R,)
+        The layer's pooled standardised null sample, ascending, ``-inf`` padding on the left.
+    null_count : torch.Tensor or int
+        ``n``, the number of real values in ``null_sorted``.
+    temperature : float, default 1.0
+        Accepted for a uniform interface; it does not change the result.
+
+    Returns
+    -------
+    torch.Tensor, shape (T, E), float32.
+    """
+    check_logits(logits)
+    if null_sorted.dim() != 1:
+        raise ValueError(f"null_sorted must have shape (R,), got {tuple(null_sorted.shape)}")
+    z = _tempered(logits, temperature)
+    centre = _lower_median(z)  # (T, 1)
+    scale = MAD_TO_SD * _lower_median((centre - z).abs())  # (T, 1)
+    return pooled_tail(neg_zscores(z, centre, scale), null_sorted, null_count)
+
+
+def pooled_tail(neg_zscore: torch.Tensor, null_sorted: torch.Tensor, null_count: torch.Tensor | int) -> torch.Tensor:
+    """Conformal p-values ``(1 + #{null >= u}) / (n + 1)`` of the scores ``u = -neg_zscore`` (T, W).
+
+    null_sorted: (R,) ascending. Same float32 arithmetic as :func:`conformal_pvalues`.
+    """
+    u = (-neg_zscore).to(torch.float32).contiguous()  # (T, W)
+    table = null_sorted.to(u.device, torch.float32)  # (R,)
+    below = torch.searchsorted(table, u, side="left")  # (T, W): # values < u
+    n = torch.as_tensor(null_count, device=u.device).to(torch.float32)
+    return ((1.0 + (table.shape[0] - below).to(torch.float32)) / (n + 1.0)).clamp(max=1.0)
 
 
 def conformal_pvalues(
@@ -155,6 +249,11 @@ def conformal_pvalues(
             f"null_sorted must have shape (E={num_experts}, R), got {tuple(null_sorted.shape)}"
         )
     z = apply_temperature(logits, temperature).to(null_sorted.dtype)
+    return _conformal_counts(z, null_sorted, null_count)
+
+
+def _conformal_counts(z: torch.Tensor, null_sorted: torch.Tensor, null_count: torch.Tensor) -> torch.Tensor:
+    """The conformal p-values (T, E) of scores ``z`` against sorted per-column tables (E, R)."""
     table = null_sorted.to(z.device)
     n = null_count.to(z.device, torch.float32).unsqueeze(1)  # (E, 1)
     if _merge_applies(table, z):

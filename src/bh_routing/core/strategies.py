@@ -21,13 +21,30 @@ import torch
 
 from ._validate import check_alpha, check_choice, check_k_bounds, check_logits, check_temperature
 from .bh import _bh_count
-from .pvalues import _empirical_null_pvalues, empirical_null_pvalues
+from .pvalues import (
+    _empirical_null_pvalues,
+    _tempered,
+    apply_temperature,
+    empirical_null_pvalues,
+    normal_tail,
+    pooled_tail,
+    standardized_pvalues,
+)
+from .bh import bh_thresholds
+from .router_count import (
+    conformal_thresholds,
+    count_by_buckets,
+    count_calibrated,
+    count_rank_consistent,
+    normal_cutoffs,
+)
 
 if TYPE_CHECKING:
     from .calibration import Calibration
 
 WEIGHT_RULES = ("model", "softmax", "renormalize")
-PVALUE_METHODS = ("empirical", "calibrated")
+PVALUE_METHODS = ("empirical", "calibrated", "standardized")
+SELECTIONS = ("pvalue", "router")
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,8 @@ class Strategy:
 
     def describe(self) -> dict:
         """JSON-able parameters."""
-        return {"name": self.name, **{k: v for k, v in vars(self).items() if k != "calibration"}}
+        params = {k: v for k, v in vars(self).items() if k != "calibration" and not k.startswith("_")}
+        return {"name": self.name, **params}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
@@ -221,8 +239,29 @@ class BH(Strategy):
     """Benjamini-Hochberg routing: a variable number of experts per token at FDR level alpha.
 
     p-values for H_e "expert e is not needed" come from ``pvalues``; BH at level alpha gives
-    :math:`\\hat k = \\max\\{k : p_{(k)} \\le k\\alpha/E\\}` (Benjamini & Hochberg 1995), clamped to
-    [min_k, max_k] in ascending p-value order (ties by expert index).
+    the count :math:`\\hat k = \\max\\{k : p_{(k)} \\le k\\alpha/E\\}` (Benjamini & Hochberg
+    1995), clamped to [min_k, max_k]. ``selection`` says which :math:`\\hat k` experts run.
+
+    Selection and what the FDR statement covers:
+
+    * ``"pvalue"`` - the :math:`\\hat k` smallest p-values (BH's rejection set; after a clamp,
+      still in ascending p-value order). Equal p-values are taken in the router's order (larger
+      logit first, then lower index), so a tie, e.g. at the conformal floor 1/(n+1), goes to the
+      expert the router prefers. Without the clamp, the FDR of this set is
+      :math:`\\le \\alpha E_0/E` under independent or PRDS p-values valid for their null.
+    * ``"router"`` - the count :math:`\\hat k` is BH's rejection count on the same p-values, but
+      the experts are the router's top :math:`\\hat k` by probability (``torch.topk`` of the
+      softmax, the model's own call). What is covered: the number :math:`\\hat k` is that of a
+      rejection set whose FDR is controlled as above. What is not: the identities. The set run
+      is not BH's rejection set, and no FDR statement holds for it in general. Two cases where
+      one does: (1) rank-consistent p-values (``"empirical"``, ``"standardized"``: p decreases
+      with the logit within a token) - the two sets coincide up to ties, so the statement above
+      holds for the experts run; (2) if the router ranks every needed expert above every
+      unneeded one (an assumption about the router, which the p-values cannot check), the
+      router's top :math:`\\hat k` has at most as many unneeded experts as BH's set of the same
+      size, so its FDR is no larger. With ``"calibrated"`` (one null per expert) neither need
+      hold. The count is computed without sorting the p-values (see
+      :mod:`bh_routing.core.router_count`), exactly equal to BH's.
 
     Parameters
     ----------
@@ -230,15 +269,19 @@ class BH(Strategy):
         FDR level: larger alpha, more experts.
     temperature : float > 0, default 1.0
         Spreads each token's logits about their median by 1/temperature (softmax temperature);
-        no effect with ``pvalues="empirical"`` (scale-free), fewer experts above 1 and more
-        below 1 with ``pvalues="calibrated"``. See :mod:`bh_routing.core.pvalues`.
+        no effect with ``pvalues="empirical"`` or ``"standardized"`` (scale-free), fewer experts
+        above 1 and more below 1 with ``pvalues="calibrated"``. See :mod:`bh_routing.core.pvalues`.
     min_k : int, default 1
         Every token needs at least one expert.
     max_k : int or None, default None
         The model's top-k (else E). Larger lets hard tokens use more experts than the model.
-    pvalues : {"empirical", "calibrated"}, default "empirical"
+    pvalues : {"empirical", "calibrated", "standardized"}, default "empirical"
+        The per-token empirical null, the per-expert calibrated (conformal) null, or the
+        standardised scores with a calibrated pooled tail; see :mod:`bh_routing.core.pvalues`.
     calibration : Calibration, optional
-        Required with ``pvalues="calibrated"``.
+        Required with ``pvalues="calibrated"`` or ``"standardized"``.
+    selection : {"pvalue", "router"}, default "pvalue"
+        Which experts the count picks; see above.
     weight_rule : {"model", "softmax", "renormalize"}, default "model"
     """
 
@@ -253,32 +296,82 @@ class BH(Strategy):
         max_k: int | None = None,
         pvalues: str = "empirical",
         calibration: Calibration | None = None,
+        selection: str = "pvalue",
         weight_rule: str = "model",
     ) -> None:
         self.alpha = check_alpha(alpha)
         self.temperature = check_temperature(temperature)
         check_k_bounds(min_k, max_k)
         check_choice(pvalues, PVALUE_METHODS, name="pvalues")
-        if pvalues == "calibrated" and calibration is None:
-            raise ValueError("pvalues='calibrated' needs a calibration (bh-routing calibrate)")
+        check_choice(selection, SELECTIONS, name="selection")
+        if pvalues != "empirical" and calibration is None:
+            raise ValueError(f"pvalues={pvalues!r} needs a calibration (bh-routing calibrate)")
+        if pvalues == "standardized":
+            calibration.standardized_null(0)  # a format-1 file says here that it must be redone
         self.min_k, self.max_k, self.pvalues = min_k, max_k, pvalues
         self.calibration = calibration
+        self.selection = selection
         self.weight_rule = _check_weight_rule(weight_rule)
+        self._thresholds: dict = {}  # (layer, alpha, pvalues) -> conformal score thresholds (router count)
 
     def p_values(self, logits: torch.Tensor, *, layer: int | None = None) -> torch.Tensor:
         """The (T, E) p-values this strategy tests."""
         if self.pvalues == "empirical":
             return empirical_null_pvalues(logits, temperature=self.temperature)
         if layer is None:
-            raise ValueError("pvalues='calibrated' needs the MoE layer index")
+            raise ValueError(f"pvalues={self.pvalues!r} needs the MoE layer index")
+        if self.pvalues == "standardized":
+            return self.calibration.standardized_pvalues(logits, layer, temperature=self.temperature)
         return self.calibration.pvalues(logits, layer, temperature=self.temperature)
 
     def _choose(self, logits, probs, *, layer, model_top_k):
         width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
+        if self.selection == "router":
+            order = torch.topk(probs, width, dim=-1).indices  # (T, W): the router's own call
+            return order, self._count(logits, layer, width).clamp(min=self.min_k), width
         if self.pvalues == "empirical":  # route() validated the logits: no second pass over them
             p = _empirical_null_pvalues(logits, self.temperature)  # (T, E)
         else:
             p = self.p_values(logits, layer=layer)  # (T, E)
         # p-values built here are valid by construction: skip re-validation on the hot path
-        counts, order = _bh_count(p, self.alpha, self.min_k, width, width=width)  # (T,), (T, W)
-        return order, counts, width
+        counts, order = _bh_count(p, self.alpha, self.min_k, width, width=width, preference=logits)
+        return order, counts, width  # (T, W), (T,)
+
+    def _count(self, logits: torch.Tensor, layer: int | None, width: int) -> torch.Tensor:
+        """BH's count (T,), clamped to ``width`` but not to min_k, without sorting p-values."""
+        if self.pvalues != "empirical":
+            if layer is None:
+                raise ValueError(f"pvalues={self.pvalues!r} needs the MoE layer index")
+            self.calibration._check_layer(logits, layer)
+        if logits.device.type != "cpu":  # one generic pass; the CPU paths below avoid its searches
+            return count_by_buckets(self.p_values(logits, layer=layer), self.alpha, width)
+        n = logits.shape[-1]
+        if self.pvalues == "calibrated":
+            z = apply_temperature(logits, self.temperature).to(torch.float32)  # as conformal_pvalues
+            return count_calibrated(z, self._conformal_thresholds(layer), width)
+        z = _tempered(logits, self.temperature)  # (T, E) as the full p-value paths
+        if self.pvalues == "standardized":
+            cut = self._conformal_thresholds(layer)[0].flip(0)  # (E,): column j is rank E - j
+
+            def meets(neg):
+                return (-neg).to(torch.float32) > cut  # as pooled_tail's scores
+        else:
+            x = normal_cutoffs(self.alpha, n, z.dtype)
+            t = bh_thresholds(self.alpha, n, z.dtype).flip(0)
+
+            def meets(neg):
+                return neg <= x.flip(0) if x is not None else normal_tail(neg) <= t
+        return count_rank_consistent(z, width, meets)
+
+    def _conformal_thresholds(self, layer: int) -> torch.Tensor:
+        """Cached (E', E) score thresholds of this layer's conformal null (see router_count)."""
+        key = (layer, self.alpha, self.pvalues)
+        if key not in self._thresholds:
+            cal = self.calibration
+            if self.pvalues == "standardized":
+                table, count = cal.standardized_null(layer)
+                table, count = table.reshape(1, -1), count.reshape(1)
+            else:
+                table, count = cal.null_sorted[layer], cal.null_count[layer]
+            self._thresholds[key] = conformal_thresholds(table, count, self.alpha, cal.num_experts)
+        return self._thresholds[key]

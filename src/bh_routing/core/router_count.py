@@ -1,0 +1,195 @@
+"""BH's rejection count without sorting the p-values, for ``BH(selection="router")``.
+
+With router selection BH only answers *how many*: :math:`\\hat k = \\max\\{k : C(k) \\ge k\\}`
+with :math:`C(k) = \\#\\{e : p_e \\le t_k\\}`, :math:`t_k = k\\alpha/E` (the step-up count of
+Benjamini & Hochberg 1995 written with counts instead of order statistics); the experts are the
+router's own top :math:`\\hat k`. Every function here returns exactly the count
+:func:`bh_routing.bh_count` gives on the same p-values (tests check it), clamped to ``max_k``:
+
+* :func:`count_by_buckets` - any p-values, any device: each p-value goes to the bucket of the
+  smallest k whose threshold it meets, cumulative bucket counts give C(k); one pass, no sort.
+* :func:`count_rank_consistent` - p-values that decrease with the standardised score within a
+  token (empirical and standardised nulls): the k-th smallest p-value is that of the k-th
+  largest logit, and ``p <= t_k`` is a comparison of the score with a threshold score, so no
+  p-value is computed at all.
+* :func:`count_calibrated` - per-expert conformal p-values: ``p_e <= t_k`` is ``z_e > U[e, k]``
+  for threshold logits U read once from the calibration table, so C(k) is a count of logits
+  above thresholds, for k = 1..max_k + 1 and then only for the tokens it does not yet decide.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bh import bh_thresholds
+from .pvalues import MAD_TO_SD, neg_zscores, normal_tail
+
+_LANES = np.uint64(0x0101010101010101)
+
+
+def count_by_buckets(p: torch.Tensor, alpha: float, max_k: int) -> torch.Tensor:
+    """BH count (T,) of p-values (T, E), clamped to ``max_k``: buckets and cumulative counts, no sort.
+
+    The bucket of p is ``#{k : t_k < p}`` (p meets t_{b+1} and every larger threshold; E: none),
+    a binary search in the E thresholds; ``C(k)`` is the cumulative count of buckets below k.
+    """
+    t, n = p.shape
+    dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+    thresholds = bh_thresholds(alpha, n, dtype, p.device)  # (E,)
+    bucket = torch.searchsorted(thresholds, p.to(dtype).contiguous(), side="left")  # (T, E) in [0, E]
+    hist = torch.zeros(t, n + 1, dtype=torch.int64, device=p.device)
+    hist.scatter_add_(1, bucket, torch.ones_like(bucket))  # (T, E + 1)
+    ranks = torch.arange(1, n + 1, device=p.device)  # (E,)
+    meets = hist[:, :n].cumsum(dim=1) >= ranks  # (T, E): C(k) >= k
+    return (meets * ranks).amax(dim=1).clamp(max=max_k)  # (T,)
+
+
+def count_rank_consistent(
+    z: torch.Tensor, max_k: int, meets: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """BH count (T,) of p-values that decrease with the standardised score, clamped to ``max_k``.
+
+    z: (T, E) tempered logits, float32 or float64. One sort of each token's logits gives the
+    lower median c = z_(m), m = (E - 1) // 2; the MAD, the m-th smallest |c - z| (the
+    deviations fall then rise along the sorted logits, so it is the least, over windows of
+    m + 1 consecutive sorted logits, of the larger deviation at the window's two ends: the same
+    element, so the same float, as the full path's median of deviations); and the order
+    statistics: the k-th smallest p-value is that of the k-th largest logit. ``meets(neg)``
+    takes the negative z-scores (T, E) of the logits in ascending order and says, for column j
+    (rank k = E - j), whether ``p_(k) <= t_k``.
+    """
+    t, n = z.shape
+    sorted_z = _sort_rows(z)  # (T, E) ascending
+    m = (n - 1) // 2
+    centre = sorted_z[:, m : m + 1]  # (T, 1): the lower median, as _lower_median
+    low = (centre - sorted_z[:, : n - m]).abs()  # (T, E - m): deviation at each window's first logit
+    high = (centre - sorted_z[:, m:]).abs()  # (T, E - m): ... and at its last (windows of m + 1)
+    scale = MAD_TO_SD * torch.maximum(low, high).amin(dim=1, keepdim=True)  # (T, 1)
+    ok = meets(neg_zscores(sorted_z, centre, scale))  # (T, E): column j is rank k = E - j
+    ranks = torch.arange(n, 0, -1, device=z.device)  # (E,) the rank of each column
+    return (ok * ranks).amax(dim=1).clamp(max=max_k)  # (T,)
+
+
+def _sort_rows(z: torch.Tensor) -> torch.Tensor:
+    """Each row sorted ascending; numpy's SIMD sort on the CPU (several times torch.sort's speed)."""
+    if z.device.type == "cpu" and not z.requires_grad:
+        return torch.from_numpy(np.sort(z.detach().numpy(), axis=-1))
+    return torch.sort(z, dim=-1).values
+
+
+def normal_cutoffs(alpha: float, num: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Cutoffs x (E,) with ``normal_tail(v) <= t_k`` exactly when ``v <= x[k - 1]``, v of ``dtype``.
+
+    Found by bisection on the bit patterns (the tail is non-decreasing in v), then checked on
+    the 2,048 floats either side of each cutoff, the only ones whose tail value lies within
+    rounding of t_k; None if the check fails (the caller then computes the tail itself).
+    """
+    key = (alpha, num, dtype)
+    if key not in _CUTOFFS:
+        _CUTOFFS[key] = _normal_cutoffs(alpha, num, dtype)
+    return _CUTOFFS[key]
+
+
+_CUTOFFS: dict = {}
+
+
+def _normal_cutoffs(alpha: float, num: int, dtype: torch.dtype) -> torch.Tensor | None:
+    bits, itype = (64, torch.int64) if dtype == torch.float64 else (32, torch.int32)
+    t = bh_thresholds(alpha, num, dtype)  # (E,)
+    top = torch.tensor(torch.finfo(dtype).max, dtype=dtype)
+    lo = _to_ordered(-top.expand(num).clone(), bits, itype).to(torch.int64)  # tail(lo) = 0 <= t_k
+    hi = _to_ordered(top.expand(num).clone(), bits, itype).to(torch.int64)  # tail(max) = 1
+    always = normal_tail(top.expand(num)) <= t  # t_k = 1: every v meets it
+    for _ in range(bits + 1):  # invariant: tail(lo) <= t < tail(hi)
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        below = normal_tail(_from_ordered(mid.to(itype), dtype)) <= t
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    cut = _from_ordered(lo.to(itype), dtype)  # (E,)
+    offsets = torch.arange(-2048, 2049, dtype=torch.int64)  # (W,)
+    window = _from_ordered((lo[:, None] + offsets).to(itype), dtype)  # (E, W)
+    consistent = (normal_tail(window) <= t[:, None]) == (window <= cut[:, None])
+    if not bool(consistent[~always].all()):
+        return None
+    return torch.where(always, torch.full_like(cut, float("inf")), cut)
+
+
+def _to_ordered(x: torch.Tensor, bits: int, itype: torch.dtype) -> torch.Tensor:
+    """Integers that order like the floats ``x`` (an involution with :func:`_from_ordered`)."""
+    i = x.view(itype)
+    return i ^ ((i >> (bits - 1)) & torch.iinfo(itype).max)
+
+
+def _from_ordered(i: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    bits = torch.iinfo(i.dtype).bits
+    return (i ^ ((i >> (bits - 1)) & torch.iinfo(i.dtype).max)).view(dtype)
+
+
+def conformal_thresholds(
+    null_sorted: torch.Tensor, null_count: torch.Tensor, alpha: float, num: int
+) -> torch.Tensor:
+    """Score thresholds (E', E): conformal ``p <= t_k`` exactly when ``score > U[:, k - 1]``.
+
+    null_sorted: (E', R) ascending tables (one per expert, or one pooled row), ``-inf`` padding
+    on the left; null_count (E',); ``num`` = E, the number of hypotheses BH tests. The p-value
+    ``(1 + c) / (n + 1)`` (float32, as conformal_pvalues computes it) is non-decreasing in
+    ``c = #{null >= score}``; with ``m`` the largest c whose p-value meets t_k, ``c <= m`` is
+    the score above the (m + 1)-th largest null value (``-inf`` if m >= R, ``+inf`` if no c does).
+    """
+    rows, r = null_sorted.shape
+    counts = torch.arange(r + 1, dtype=torch.float32)  # (R + 1,)
+    n = null_count.cpu().to(torch.float32).reshape(rows, 1)  # (E', 1)
+    p = ((1.0 + counts) / (n + 1.0)).clamp(max=1.0).contiguous()  # (E', R + 1): p-value of each count
+    t = bh_thresholds(alpha, num, torch.float32)  # (E,)
+    m = torch.searchsorted(p, t.expand(rows, num).contiguous(), side="right") - 1  # (E', E)
+    inf = torch.full((rows, 1), float("inf"))
+    # position R - m of [-inf, table, +inf] is the (m + 1)-th largest: m >= R -> -inf, m = -1 -> +inf
+    padded = torch.cat([-inf, null_sorted.cpu().float(), inf], dim=1)  # (E', R + 2)
+    return padded.gather(1, (r - m).clamp(min=0))  # (E', E)
+
+
+def count_calibrated(z: torch.Tensor, thresholds: torch.Tensor, max_k: int) -> torch.Tensor:
+    """BH count (T,) of per-expert conformal p-values, clamped to ``max_k``, from threshold logits.
+
+    z: (T, E) float32 tempered logits; thresholds: (E, E) from :func:`conformal_thresholds`.
+    C(k) for k = 1..max_k + 1 and C(E) decide most tokens: the count is at least max_k if some
+    C(k) >= k there, and at most max_k + 1 if C(E) <= max_k + 1 (C(k) >= k > max_k + 1 needs
+    C(E) >= k). The others get the next max_k + 1 values of k, and so on, on fewer tokens.
+    """
+    t, n = z.shape
+    first = list(range(1, min(max_k + 1, n) + 1))
+    cols = first + ([n] if first[-1] < n else [])
+    counts = _count_above(z, thresholds[:, [k - 1 for k in cols]])  # (T, J)
+    ks = torch.tensor(first, device=counts.device)
+    k = ((counts[:, : len(first)] >= ks) * ks).amax(dim=1).clamp(max=max_k)  # (T,)
+    if first[-1] == n:
+        return k
+    c_alpha = counts[:, -1]  # (T,) C(E): p-values at or below alpha
+    lo = first[-1] + 1
+    rows = ((k < max_k) & (c_alpha >= lo)).nonzero().flatten()  # undecided: some k >= lo may qualify
+    while rows.numel() and lo <= n:
+        hi = min(lo + max_k, n)
+        ks = torch.arange(lo, hi + 1, device=counts.device)  # (J,)
+        sub = _count_above(z[rows], thresholds[:, lo - 1 : hi])  # (r, J)
+        found = (sub >= ks).any(dim=1)  # some k in [lo, hi] qualifies: the count is >= max_k
+        k[rows[found]] = max_k
+        rows = rows[~found & (c_alpha[rows] > hi)]
+        lo = hi + 1
+    return k
+
+
+def _count_above(z: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(T, J): ``#{e : z[t, e] > thresholds[e, j]}``; numpy byte-lane counting on the CPU."""
+    t, n = z.shape
+    if z.device.type != "cpu" or n % 8 or n > 2040:
+        return (z.unsqueeze(2) > thresholds.to(z.device)).sum(dim=1)  # (T, J)
+    zn = np.ascontiguousarray(z.detach().numpy())
+    th = np.ascontiguousarray(thresholds.numpy().T)  # (J, E)
+    out = np.empty((t, th.shape[0]), np.int64)
+    for j in range(th.shape[0]):
+        above = np.greater(zn, th[j])  # (T, E) bool, one byte each
+        lanes = above.view(np.uint64).sum(axis=1, dtype=np.uint64)  # (T,) 8 byte-wise counts (< 256)
+        out[:, j] = (lanes * _LANES) >> np.uint64(56)  # horizontal sum of the 8 bytes
+    return torch.from_numpy(out)

@@ -1,0 +1,109 @@
+"""BH(selection="router"): BH's count, the router's experts; the count paths agree with statsmodels."""
+
+import numpy as np
+import pytest
+import torch
+from statsmodels.stats.multitest import multipletests
+
+from bh_routing import BH, CalibrationBuilder
+from bh_routing.core.router_count import count_by_buckets, normal_cutoffs
+
+E = 16
+
+
+def _logits(t, e=E, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(t, e, generator=g)
+    boosted = torch.rand(t, e, generator=g).argsort(dim=1)[:, :3]  # (T, 3) experts that stand out
+    z.scatter_add_(1, boosted, 3 * torch.rand(t, 3, generator=g))
+    z[: t // 10] = torch.round(z[: t // 10] * 2) / 2  # ties
+    z[t // 10] = 0.0  # one token with every logit equal (MAD 0)
+    return z.to(dtype)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    b = CalibrationBuilder(num_layers=1, num_experts=E, top_k=4, reservoir_size=1024, pooled_size=8192)
+    b.update(0, _logits(4000, seed=1))
+    return b.finalize(model_name="m", model_fingerprint="f")
+
+
+def _statsmodels_count(p: torch.Tensor, alpha: float) -> np.ndarray:
+    return np.array([multipletests(row, alpha=alpha, method="fdr_bh")[0].sum() for row in p.double().numpy()])
+
+
+@pytest.mark.parametrize("pvalues", ["empirical", "calibrated", "standardized"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_router_selection_is_bh_count_and_router_top_k(calibration, pvalues, dtype):
+    z = _logits(600, seed=2, dtype=dtype)
+    probs = torch.softmax(z, dim=-1, dtype=torch.float32)
+    for alpha in (0.001, 0.05, 0.5, 1.0):
+        for max_k, min_k in ((4, 1), (E - 2, 0), (E, 0)):
+            s = BH(alpha, pvalues=pvalues, calibration=calibration, selection="router", max_k=max_k, min_k=min_k)
+            r = s.route(z, layer=0)
+            expected = np.clip(_statsmodels_count(s.p_values(z, layer=0), alpha), min_k, max_k)
+            np.testing.assert_array_equal(r.counts.numpy(), expected, err_msg=f"{alpha} {max_k}")
+            top = torch.topk(probs, max_k, dim=-1).indices  # the router's own call
+            used = torch.arange(max_k) < r.counts[:, None]
+            assert torch.equal(r.indices[used], top[used])
+            assert torch.all(r.indices[~used] == E)
+
+
+@pytest.mark.parametrize("pvalues", ["empirical", "calibrated", "standardized"])
+def test_router_count_with_temperature(calibration, pvalues):
+    z = _logits(400, seed=3)
+    for t in (0.5, 2.0):
+        s = BH(0.1, pvalues=pvalues, calibration=calibration, selection="router", max_k=E, min_k=0, temperature=t)
+        expected = _statsmodels_count(s.p_values(z, layer=0), 0.1)
+        np.testing.assert_array_equal(s.route(z, layer=0).counts.numpy(), expected)
+
+
+def test_count_by_buckets_is_the_bh_count():
+    g = torch.Generator().manual_seed(4)
+    p = torch.rand(3000, 64, generator=g) ** 4
+    p[:500] = torch.round(p[:500] * 50) / 50
+    for alpha in (0.01, 0.1, 1.0):
+        np.testing.assert_array_equal(count_by_buckets(p, alpha, 64).numpy(), _statsmodels_count(p, alpha))
+        assert torch.equal(count_by_buckets(p, alpha, 8), torch.from_numpy(_statsmodels_count(p, alpha)).clamp(max=8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normal_cutoffs_split_the_tail_exactly(dtype):
+    x = normal_cutoffs(0.05, 64, dtype)
+    assert x is not None
+    from bh_routing.core.bh import bh_thresholds
+
+    t = bh_thresholds(0.05, 64, dtype)
+    assert torch.all(torch.special.ndtr(x) <= t)
+    assert torch.all(torch.special.ndtr(torch.nextafter(x, torch.full_like(x, 1.0))) > t)
+
+
+def test_router_and_pvalue_selection_coincide_for_rank_consistent_nulls(calibration):
+    # p decreases with the logit within a token: BH's own set is the router's top k (no ties here)
+    z = torch.randn(500, E, generator=torch.Generator().manual_seed(5))
+    for pvalues in ("empirical", "standardized"):
+        a = BH(0.2, pvalues=pvalues, calibration=calibration, max_k=E).route(z, layer=0)
+        b = BH(0.2, pvalues=pvalues, calibration=calibration, max_k=E, selection="router").route(z, layer=0)
+        assert torch.equal(a.mask, b.mask)
+
+
+def test_pvalue_selection_breaks_ties_by_the_router():
+    # the alpha = 0.001 failure: conformal p-values tied at the floor 1/(n+1), one expert taken
+    b = CalibrationBuilder(num_layers=1, num_experts=8, top_k=1, null="all", reservoir_size=99)
+    b.update(0, torch.randn(99, 8, generator=torch.Generator().manual_seed(6)))
+    cal = b.finalize(model_name="m", model_fingerprint="f")
+    z = torch.full((1, 8), -10.0)
+    z[0, 2], z[0, 5] = 50.0, 60.0  # both above every null value: p = 1/100 each
+    assert torch.equal(cal.pvalues(z, 0)[0, 2], cal.pvalues(z, 0)[0, 5])
+    r = BH(0.001, pvalues="calibrated", calibration=cal, max_k=8).route(z, layer=0)
+    assert r.counts.item() == 1 and r.indices[0, 0].item() == 5  # the larger logit, not the lower index
+
+
+def test_selection_validated(calibration):
+    with pytest.raises(ValueError, match=r"selection must be one of \('pvalue', 'router'\), got 'best'"):
+        BH(0.1, selection="best")
+    with pytest.raises(ValueError, match="pvalues='standardized' needs a calibration"):
+        BH(0.1, pvalues="standardized")
+    with pytest.raises(ValueError, match="needs the MoE layer index"):
+        BH(0.1, pvalues="standardized", calibration=calibration, selection="router").route(_logits(5))
+    assert BH(0.1, selection="router").describe()["selection"] == "router"
