@@ -6,6 +6,7 @@ written nothing.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Optional
@@ -112,7 +113,8 @@ Dtype = typer.Option(None, help="float32, bfloat16 or float16 (default: bf16 on 
 Config = typer.Option(None, "--config", "-c", help="YAML or TOML file of settings (flags override it)")
 Out = typer.Option(Path("runs/default"), "--out", "-o", help="output folder")
 Seed = typer.Option(None, help="random seed (default 42)")
-Quick = typer.Option(None, "--quick/--full", help="smoke run: fewer sequences and sweep points")
+Quick = typer.Option(None, "--quick/--full", help="smoke run: at most 6 evaluation and 16 calibration sequences of at most "
+                     "128 tokens, every other sweep value, 300 bootstrap resamples (the README lists every change)")
 Alphas = typer.Option(None, help="α sweep, comma-separated, e.g. 0.01,0.05,0.1")
 Alpha = typer.Option(None, help="BH level of the single-setting analyses (default 0.05)")
 Temps = typer.Option(None, "--temperatures", help="temperature sweep, comma-separated")
@@ -128,46 +130,52 @@ Threads = typer.Option(None, "--threads", min=1, help="torch CPU threads (defaul
 Force = typer.Option(False, "--force", help="replace another model's results in --out instead of refusing")
 
 
-def _opts(model, device, dtype, config, seed, quick, alphas, alpha, temperatures, strategies, pvalues, bh_pvalues,
-          prompts, eval_text, calibration, eval_sequences, seq_len) -> dict:
-    return {
-        "model": model, "device": device, "dtype": dtype, "config": config, "seed": seed, "quick": quick,
-        "alphas": _floats("alphas", alphas), "alpha": alpha, "temperatures": _floats("temperatures", temperatures),
-        "strategies": _names(strategies), "pvalues": _names(pvalues), "bh_pvalues": bh_pvalues,
-        "prompts_file": prompts, "eval_text": eval_text, "calibration": calibration,
-        "eval_sequences": eval_sequences, "seq_len": seq_len,
-    }
+def _options(
+    model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype,
+    config: Optional[Path] = Config, out: Path = Out, seed: Optional[int] = Seed, quick: Optional[bool] = Quick,
+    alphas: Optional[str] = Alphas, alpha: Optional[float] = Alpha, temperatures: Optional[str] = Temps,
+    strategies: Optional[str] = Strategies, pvalues: Optional[str] = Pvalues, bh_pvalues: Optional[str] = BhPvalues,
+    prompts: Optional[Path] = Prompts, eval_text: Optional[str] = EvalText, calibration: Optional[Path] = Calib,
+    eval_sequences: Optional[int] = EvalSeqs, seq_len: Optional[int] = SeqLen, threads: Optional[int] = Threads,
+    force: bool = Force,
+) -> None:
+    """Every option of the analysis commands (each command shows the ones its steps read)."""
 
 
-def _command(group: str, help_text: str):
-    def command(
-        model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype,
-        config: Optional[Path] = Config, out: Path = Out, seed: Optional[int] = Seed, quick: Optional[bool] = Quick,
-        alphas: Optional[str] = Alphas, alpha: Optional[float] = Alpha, temperatures: Optional[str] = Temps,
-        strategies: Optional[str] = Strategies, pvalues: Optional[str] = Pvalues, bh_pvalues: Optional[str] = BhPvalues,
-        prompts: Optional[Path] = Prompts, eval_text: Optional[str] = EvalText, calibration: Optional[Path] = Calib,
-        eval_sequences: Optional[int] = EvalSeqs, seq_len: Optional[int] = SeqLen, threads: Optional[int] = Threads,
-        force: bool = Force,
-    ) -> None:
-        if threads is not None:
+def _opts(kw: dict) -> dict:
+    """Command-line options -> RunConfig fields (lists parsed, paths as strings)."""
+    text = {"prompts": "prompts_file"}
+    opts = {text.get(k, k): v for k, v in kw.items() if k not in ("out", "threads", "force")}
+    for name in ("alphas", "temperatures"):
+        opts[name] = _floats(name, opts.get(name))
+    for name in ("strategies", "pvalues"):
+        opts[name] = _names(opts.get(name))
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
+
+
+def _command(group: str, help_text: str, *, hide: tuple[str, ...] = ()):
+    """The command of a step group; ``hide``: options its steps do not read (not offered)."""
+    def command(**kw) -> None:
+        if kw.get("threads") is not None:
             import torch
 
-            torch.set_num_threads(threads)
-        opts = _opts(model, device, dtype, config, seed, quick, alphas, alpha, temperatures, strategies, pvalues,
-                     bh_pvalues, prompts, eval_text, calibration, eval_sequences, seq_len)
-        for key in ("prompts_file", "eval_text", "calibration", "config"):
-            if opts[key] is not None:
-                opts[key] = str(opts[key])
-        _print_summary(_study(group, opts, out, force), out)
+            torch.set_num_threads(kw["threads"])
+        _print_summary(_study(group, _opts(kw), kw["out"], kw["force"]), kw["out"])
 
+    params = inspect.signature(_options, eval_str=True).parameters.values()
+    command.__signature__ = inspect.Signature([p for p in params if p.name not in hide])
     command.__doc__ = help_text
     return command
 
 
 app.command("run")(_command("run", "Everything: calibration, sweeps, frontier, prompts, statistics, figures, RESULTS.md."))
-app.command("sweep")(_command("sweep", "α and temperature sweeps (with the calibration they need), and their report."))
-app.command("eval")(_command("eval", "Quality: perplexity of every strategy (the Pareto frontier) and per-prompt loss."))
-app.command("calibrate")(_command("calibrate", "Fit the calibrated null on the calibration split and save calibration.safetensors."))
+app.command("sweep")(_command("sweep", "α and temperature sweeps (with the calibration they need), and their report.",
+                              hide=("strategies", "prompts")))
+app.command("eval")(_command("eval", "Quality: perplexity of every strategy (the Pareto frontier) and per-prompt loss.",
+                             hide=("temperatures",)))
+app.command("calibrate")(_command("calibrate", "Fit the calibrated null on the calibration split and save calibration.safetensors.",
+                                  hide=("alphas", "alpha", "temperatures", "strategies", "pvalues", "bh_pvalues", "prompts",
+                                        "calibration")))
 
 
 @app.command()

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from bh_routing.cli import app
 
 runner = CliRunner()
-SMALL = ["--alphas", "0.05,0.3", "--temperatures", "1.0", "--eval-sequences", "2", "--seq-len", "16"]
+SIZES = ["--eval-sequences", "2", "--seq-len", "16"]
+SMALL = ["--alphas", "0.05,0.3", "--temperatures", "1.0", *SIZES]
 
 
 def _write(name, content):
@@ -102,6 +103,8 @@ CASES = [
     ("report: no results", ["report", "{out}"], "no bh_routing_results.json in", None),
     ("report: results file {}", ["report", "{out}"], "is not a bh-routing results file", _write("out/bh_routing_results.json", "{}")),
     ("report: truncated results", ["report", "{out}"], "cannot read", _write("out/bh_routing_results.json", '{"config": {')),
+    ("report: incomplete results", ["report", "{out}"], "is incomplete: environment lacks torch",
+     _write("out/bh_routing_results.json", '{"config": {"seed": 1}, "model": {}, "steps": {}, "derived": {}}')),
 ]
 
 
@@ -149,7 +152,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_model_dir):
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = _snapshot(out)
-        result = runner.invoke(app, ["calibrate", "-m", str(tiny_model_dir), "-o", str(out), *SMALL])
+        result = runner.invoke(app, ["calibrate", "-m", str(tiny_model_dir), "-o", str(out), *SIZES])
         assert result.exit_code == 2 and "another bh-routing run is writing to" in result.stderr
         assert _snapshot(out) == before
     finally:
@@ -160,7 +163,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_model_dir):
 def test_force_replaces_another_models_results(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     _results_of("another-model")(tmp_path, tiny_model_dir)
-    result = runner.invoke(app, ["calibrate", "-m", str(tiny_model_dir), "-o", str(out), *SMALL, "--force"])
+    result = runner.invoke(app, ["calibrate", "-m", str(tiny_model_dir), "-o", str(out), *SIZES, "--force"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "bh_routing_results.json").read_text())["model"]["name"] == str(tiny_model_dir)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

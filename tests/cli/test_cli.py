@@ -105,3 +105,12 @@ def test_dataset_eval_text_offline(tmp_path, tiny_model_dir, monkeypatch):
           "eval_text dataset must look like hf:NAME[:CONFIG]:SPLIT, got 'hf:wikitext'", out)
     _fail(["calibrate", "--model", str(tiny_model_dir), "--eval-text", "hf:no-such-dataset-bhr:test", "--out", str(out)],
           "cannot load dataset 'hf:no-such-dataset-bhr:test'", out)
+
+
+def test_each_command_offers_only_the_options_its_steps_read():
+    def options(command):
+        return set(__import__("re").findall(r"--[a-z-]+", runner.invoke(app, [command, "--help"], terminal_width=200).output))
+
+    assert "--alphas" in options("run") and "--prompts" in options("run")
+    assert not {"--alphas", "--temperatures", "--prompts", "--strategies", "--calibration"} & options("calibrate")
+    assert "--temperatures" not in options("eval") and "--prompts" not in options("sweep")

@@ -37,3 +37,11 @@ def test_readme_counts_the_builtin_prompts():
     from bh_routing.analysis.data import DEFAULT_PROMPTS
 
     assert f"the {len(DEFAULT_PROMPTS)} built-in prompts" in _row("--prompts")
+
+
+def test_quick_help_states_what_quick_changes():
+    from bh_routing.cli import Quick
+
+    q = RunConfig(quick=True).effective()
+    assert (f"at most {q.eval_sequences} evaluation and {q.calib_sequences} calibration sequences of at most {q.seq_len} "
+            f"tokens, every other sweep value, {q.n_resamples} bootstrap resamples") in Quick.help

@@ -8,7 +8,9 @@ import json
 import math
 from pathlib import Path
 
-from ..analysis.outputs import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, atomic_write_text, check_writable, read_results
+from ..analysis.outputs import (
+    COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, RunError, atomic_write_text, check_writable, read_results,
+)
 from .markdown import render
 from .registry import FIGURES, available
 
@@ -36,9 +38,25 @@ def comparative_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+#: What the report reads of a results document besides its steps and derived summaries.
+NEEDED = {
+    "config": ("seed",),
+    "environment": ("torch", "transformers", "bh_routing"),
+    "model": ("name", "model_class", "num_moe_layers", "num_experts", "top_k", "norm_topk_prob", "total_params",
+              "active_params", "dtype", "device", "experts_implementation"),
+}
+
+
 def load_results(folder: str | Path) -> dict:
-    """The results document of a finished run (a one-line RunError when missing or damaged)."""
-    return read_results(folder)
+    """The results document of a finished run (a one-line RunError when missing, damaged or incomplete)."""
+    doc = read_results(folder)
+    for part, keys in NEEDED.items():
+        missing = [k for k in keys if not isinstance(doc.get(part), dict) or k not in doc[part]]
+        if missing:
+            raise RunError(f"{Path(folder) / RESULTS_JSON} is incomplete: {part} lacks {', '.join(missing)}")
+    if not isinstance(doc.get("eval_domains"), list):
+        raise RunError(f"{Path(folder) / RESULTS_JSON} is incomplete: no eval_domains list")
+    return doc
 
 
 def draw_all(res: dict, out: Path) -> list[Path]:
