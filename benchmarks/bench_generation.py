@@ -38,7 +38,7 @@ Memory-traffic limit. The bytes a decode step must read at least: the distinct e
 (3 x hidden x intermediate each), every other weight once (attention, norms, routers, the output
 layer; of the embedding only the batch's rows) and the KV cache (2 x batch x context x hidden per
 layer, at the mean context of the decode steps). Divided by the read bandwidth measured in the
-same run (the sum of a large float32 tensor, best of 5, the same torch threads) it gives the
+same run (the sum of a large float32 tensor, best of 5, the same torch threads and clock) it gives the
 fastest possible step; **time / limit** says how far a variant is from it. The **ideal speed-up**
 of a variant is bytes(top-8) / bytes(variant) at the same batch size: what decode would gain if it
 were purely memory-bound, non-expert bytes included.
@@ -225,15 +225,16 @@ def step_bytes(wb: dict, *, layers: int, batch: int, distinct_total: float, new_
 
 
 def read_bandwidth(device: torch.device, *, mib: int) -> float:
-    """Bytes/s of reading a float32 tensor (``sum``), best of 5."""
+    """Bytes/s of reading a float32 tensor (``sum``), best of 5; on the CPU by this thread's CPU time."""
     x = torch.ones(mib * 2**20 // 4, device=device)
+    clock = time.perf_counter if device.type == "cuda" else time.thread_time
     best = math.inf
     for _ in range(6):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         x.sum().item()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return x.numel() * 4 / best
 
 

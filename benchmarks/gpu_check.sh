@@ -50,5 +50,5 @@ echo "PYTEST-EXIT ${PIPESTATUS[0]}" >>"$log/pytest.log"
 "$py" benchmarks/run.py "${run_args[@]}" --keep-going --json "$log/gpu.json" --pytest-log "$log/pytest.log" 2>&1 \
     | tee "$log/benchmarks.log"
 rc=${PIPESTATUS[0]}
-echo "gpu_check: done in $(( $(date +%s) - start )) s; benchmarks exit code $rc; logs in $log"
+echo "gpu_check: done in $(( $(date +%s) - start )) s; benchmarks exit code $rc; logs in $log" | tee -a "$log/benchmarks.log"
 exit "$rc"

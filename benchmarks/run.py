@@ -104,8 +104,11 @@ def main(argv=None) -> int:
 
         saved = json.loads(args.render.read_text())
         saved.setdefault("total_s", 0.0)
+        saved["rendered_by"] = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
         saved.update(_headline(saved))
         args.markdown.write_text(report.render(saved))
+        if saved.get("device", "cpu") != "cpu" and not saved.get("tiny"):
+            splice(ROOT / "docs" / "scaling.md", report.scaling_gpu_section(saved), report.SCALING_START, report.SCALING_END)
         return 0
     torch.set_num_threads(args.threads)
     import transformers
@@ -223,6 +226,9 @@ def main(argv=None) -> int:
     if markdown:
         markdown.write_text(report.render(results))
         log(f"wrote {markdown}")
+        if gpu and not args.tiny:  # the GPU section of docs/scaling.md comes from the same run
+            splice(ROOT / "docs" / "scaling.md", report.scaling_gpu_section(results), report.SCALING_START, report.SCALING_END)
+            log("updated the GPU section of docs/scaling.md")
     elif sections == ("generation",) and not args.quick and not gpu and not args.tiny:
         target = ROOT / "BENCHMARKS.md"
         splice(target, report.generation_section(results), report.GENERATION_START, report.GENERATION_END)
@@ -248,7 +254,13 @@ def _pytest_summary(path: Path) -> dict:
     text = path.read_text(errors="replace") if path.is_file() else ""
     lines = [ln.strip("= ").strip() for ln in text.splitlines() if re.search(r"\b(passed|failed|skipped|error|deselected|no tests ran)\b", ln)]
     code = re.findall(r"^PYTEST-EXIT (\d+)$", text, flags=re.M)
-    return {"summary": lines[-1] if lines else "no summary (pytest did not run)", "exit_code": int(code[-1]) if code else None}
+    errors = [ln[len("ERROR "):].strip() for ln in text.splitlines() if ln.startswith("ERROR ")]
+    reasons = sorted({ln[1:].strip() for ln in text.splitlines() if ln.startswith("E   ") and "Error" in ln})
+    return {
+        "summary": lines[-1] if lines else "no summary (pytest did not run)",
+        "exit_code": int(code[-1]) if code else None,
+        "errors": [f"{e} ({'; '.join(reasons)})" if reasons else e for e in errors],
+    }
 
 
 def _routing_threads(bench_routing, threads: int, log) -> list[dict]:

@@ -100,6 +100,13 @@ def test_splice_replaces_between_markers_or_appends(tmp_path):
 
 def test_pytest_summary_line(tmp_path):
     log = tmp_path / "pytest.log"
-    log.write_text("....\nERROR tests/x.py\n4 passed, 1 skipped, 261 deselected, 1 error in 16.63s\nPYTEST-EXIT 1\n")
-    assert run._pytest_summary(log) == {"summary": "4 passed, 1 skipped, 261 deselected, 1 error in 16.63s", "exit_code": 1}
+    log.write_text(
+        "....\nE   ModuleNotFoundError: No module named 'nbformat'\nERROR tests/x.py\n"
+        "4 passed, 1 skipped, 261 deselected, 1 error in 16.63s\nPYTEST-EXIT 1\n"
+    )
+    assert run._pytest_summary(log) == {
+        "summary": "4 passed, 1 skipped, 261 deselected, 1 error in 16.63s",
+        "exit_code": 1,
+        "errors": ["tests/x.py (ModuleNotFoundError: No module named 'nbformat')"],
+    }
     assert run._pytest_summary(tmp_path / "missing.log")["exit_code"] is None
