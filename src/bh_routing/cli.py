@@ -16,6 +16,7 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
 EXIT_BAD_INPUT = 2
+# boolean flags take metavar="": this typer/click pair would otherwise print a misleading "<bool>" after them
 
 
 @app.callback()
@@ -113,7 +114,7 @@ Dtype = typer.Option(None, help="float32, bfloat16 or float16 (default: bf16 on 
 Config = typer.Option(None, "--config", "-c", help="YAML or TOML file of settings (flags override it)")
 Out = typer.Option(Path("runs/default"), "--out", "-o", help="output folder")
 Seed = typer.Option(None, help="random seed (default 42)")
-Quick = typer.Option(None, "--quick/--full", help="smoke run: at most 6 evaluation and 16 calibration sequences of at most "
+Quick = typer.Option(None, "--quick/--full", metavar="", help="smoke run: at most 6 evaluation and 16 calibration sequences of at most "
                      "128 tokens, every other sweep value, 300 bootstrap resamples (the README lists every change)")
 Alphas = typer.Option(None, help="α sweep, comma-separated, e.g. 0.01,0.05,0.1")
 Alpha = typer.Option(None, help="BH level of the single-setting analyses (default 0.05)")
@@ -127,7 +128,7 @@ Calib = typer.Option(None, "--calibration", help="a saved calibration.safetensor
 EvalSeqs = typer.Option(None, "--eval-sequences", help="evaluation sequences (default 32)")
 SeqLen = typer.Option(None, "--seq-len", help="tokens per sequence (default 256)")
 Threads = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
-Force = typer.Option(False, "--force", help="replace another model's results in --out instead of refusing")
+Force = typer.Option(False, "--force", metavar="", help="replace another model's results in --out instead of refusing")
 
 
 def _options(

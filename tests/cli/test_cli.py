@@ -114,3 +114,9 @@ def test_each_command_offers_only_the_options_its_steps_read():
     assert "--alphas" in options("run") and "--prompts" in options("run")
     assert not {"--alphas", "--temperatures", "--prompts", "--strategies", "--calibration"} & options("calibrate")
     assert "--temperatures" not in options("eval") and "--prompts" not in options("sweep")
+
+
+def test_boolean_flags_show_no_bool_metavar():
+    text = runner.invoke(app, ["run", "--help"], terminal_width=200).output
+    flags = [line for line in text.splitlines() if "--quick" in line or "--force" in line]
+    assert len(flags) == 2 and not any("<bool>" in line for line in flags)
