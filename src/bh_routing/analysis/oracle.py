@@ -1,0 +1,348 @@
+"""What alpha bounds: false discoveries and power of a routing against an ablation oracle.
+
+BH's guarantee is about hypotheses H_e "expert e is not needed for this token". The p-values
+are built against other nulls (the calibration's "expert e is not in the model's top-k", or the
+per-token empirical null), so whether alpha bounds anything about *needed* experts is a
+measurement, made here.
+
+**The oracle.** At a token and MoE layer, expert e is *needed* when removing it from the model's
+own top-k changes the routed MoE output by more than ``tau`` in relative L2,
+:math:`\\lVert O - O_{-e}\\rVert / \\lVert O\\rVert > \\tau` (exact, from
+:mod:`bh_routing.models.ablation`). Experts outside the model's top-k are *not needed* by this
+definition: the reference output does not contain them. So any selection outside the top-k is a
+false discovery, and an experts budget beyond k can only add false discoveries. A block-output
+definition (rather than the next-token loss) is local to the layer whose routing is tested,
+exact, and costs one extra MoE pass; a loss-based one would need a forward per (token, layer,
+expert) and mixes in every later layer's response.
+
+**Per family, as BH bounds it.** Each (token, layer) is one family of E hypotheses. Its false
+discovery proportion counts BH's *discoveries* only: the experts BH itself rejected, at most
+``max_k`` of them; experts forced in by ``min_k`` are not discoveries. FDP = V / max(R, 1).
+For the baselines (and for "all selected" with BH) every selected expert counts. Power = needed
+experts selected / needed experts. Per sequence: the mean FDP over its (token, layer) families
+(what the FDR, an expectation per family, is estimated by) and the pooled power. Intervals are
+over sequences (the exchangeable unit), never tokens.
+
+**Matched comparisons.** A baseline at BH's mean experts per token k̄ (over all layers and
+tokens): top-k between the two integers around k̄, top-p and weight-ratio between the two
+parameters (found by bisection) whose mean k brackets k̄, each per-sequence value interpolated
+linearly in mean k - the exact expected value of choosing the two settings at random per token
+in those proportions.
+
+The BH strategies are evaluated on logits recorded once with the model routing by its own top-k
+(every layer's hidden states as the model makes them); :func:`record` also works inside
+:func:`bh_routing.models.patched`, for the selection as deployed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core import BH, Strategy, TopK, TopP, WeightRatio, bh_count
+from ..models import get_adapter
+from ..models.ablation import LayerAblation, concat_layer, recording_ablation
+from ..models.adapters import text_config
+from .stats import bootstrap_ci, mean_ci
+
+TAU = 0.1  # default relative-L2 threshold of "needed" (see docs/fdr_oracle.md for the choice)
+TAUS = (0.02, 0.05, 0.1, 0.2, 0.3)  # the sensitivity grid
+LEVELS = (0.001, 0.01, 0.05)  # levels a of the null rejection rates P(p <= a | e not in top-k)
+
+
+@dataclass(frozen=True)
+class OracleData:
+    """Ablation records of N sequences of S tokens, every MoE layer (tokens sequence-major)."""
+
+    layers: list[LayerAblation]  # (L,) records of N * S tokens each
+    num_sequences: int  # N
+    seq_len: int  # S
+    num_experts: int  # E
+    top_k: int  # the model's k
+    norm_topk_prob: bool  # the model's weight convention
+
+    def needed(self, tau: float) -> torch.Tensor:
+        """(L, N*S) int64: needed experts per token at threshold ``tau``."""
+        return torch.stack([(r.effect > tau).sum(dim=1) for r in self.layers])
+
+
+@torch.no_grad()
+def record(model, sequences: torch.Tensor, *, batch_size: int = 8) -> OracleData:
+    """Run ``sequences`` (N, S) through ``model`` as it is (patched or not); record every layer."""
+    adapter, config = get_adapter(model), text_config(model)
+    device = next(model.parameters()).device
+    n, s = sequences.shape
+    with recording_ablation(model) as records:
+        for start in range(0, n, batch_size):
+            model(input_ids=sequences[start : start + batch_size].to(device))
+    return OracleData(
+        layers=[concat_layer(r) for r in records],
+        num_sequences=n,
+        seq_len=s,
+        num_experts=adapter.num_experts(config),
+        top_k=adapter.top_k(config),
+        norm_topk_prob=adapter.norm_topk_prob(config),
+    )
+
+
+class OracleRouting(Strategy):
+    """Route with the oracle itself: the model's top-k experts whose ablation effect exceeds tau.
+
+    For checking what "needed" means (patch mode: does dropping every unneeded expert at once
+    keep the model's quality?), not for deployment - it runs every top-k expert to decide.
+    Needs :func:`bh_routing.models.ablation.recording_ablation` active around the forward: its
+    block pre-hook records the effects of the current call before the router runs, and this
+    strategy reads the latest record of its layer. Experts are taken by descending effect;
+    at least ``min_k``.
+    """
+
+    name = "oracle"
+
+    def __init__(self, records: list[list[LayerAblation]], tau: float, *, min_k: int = 1) -> None:
+        self.records, self.tau, self.min_k = records, float(tau), min_k
+
+    def describe(self) -> dict:
+        return {"name": self.name, "tau": self.tau, "min_k": self.min_k}
+
+    def _choose(self, logits, probs, *, layer, model_top_k):
+        recs = self.records[layer]
+        if not recs or recs[-1].effect.shape[0] != logits.shape[0]:  # patched()'s dry run
+            return torch.topk(probs, model_top_k, dim=-1).indices, torch.full((len(probs),), model_top_k), model_top_k
+        rec = recs[-1]
+        ranked = rec.effect.argsort(dim=1, descending=True, stable=True)  # (T, k)
+        order = rec.model_indices.gather(1, ranked).to(logits.device)  # (T, k), most needed first
+        counts = (rec.effect > self.tau).sum(dim=1).clamp(self.min_k, model_top_k).to(logits.device)  # (T,)
+        return order, counts, model_top_k
+
+
+# ---------------------------------------------------------------------------- selections
+@dataclass(frozen=True)
+class Selection:
+    """One strategy's choice on every layer, seen by the oracle."""
+
+    effect: torch.Tensor  # (L, T, W) float32: ablation effect of the expert in each used slot, 0 outside the top-k, -1 unused
+    discovery: torch.Tensor  # (L, T, W) bool: the slot is one of the strategy's discoveries (not forced by min_k)
+
+    @property
+    def mean_k(self) -> float:
+        return float((self.effect >= 0).sum(dim=-1).double().mean())
+
+
+def _slot_effects(record: LayerAblation, indices: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(T, W): the ablation effect of each chosen expert (0 outside the model's top-k, -1 unused)."""
+    t = record.effect.shape[0]
+    full = torch.zeros(t, num_experts + 1)  # (T, E + 1), column E = the sentinel
+    full.scatter_(1, record.model_indices, record.effect)
+    full[:, num_experts] = -1.0
+    return full.gather(1, indices)  # (T, W)
+
+
+def select(data: OracleData, strategy: Strategy, *, pvalue_cache: dict | None = None) -> Selection:
+    """Route every layer's recorded logits with ``strategy``.
+
+    For :class:`BH` the discoveries are the first ``min(k̂, count)`` slots, with k̂ BH's own
+    rejection count before the ``min_k`` clamp; for any other strategy every selected slot.
+    ``pvalue_cache``: a dict to keep BH's p-values in across calls that share them (same
+    p-value settings, other alpha).
+    """
+    effects, discoveries = [], []
+    for layer, rec in enumerate(data.layers):
+        r = strategy.route(rec.logits, layer=layer, model_top_k=data.top_k, norm_topk_prob=data.norm_topk_prob)
+        counts = r.counts
+        if isinstance(strategy, BH):
+            key = (layer, repr({k: v for k, v in strategy.describe().items() if k != "alpha"}), id(strategy.calibration))
+            cache = {} if pvalue_cache is None else pvalue_cache
+            if key not in cache:
+                cache[key] = strategy.p_values(rec.logits, layer=layer)  # (T, E)
+            rejected, _ = bh_count(cache[key], strategy.alpha)  # (T,), before the min_k/max_k clamp
+            counts = torch.minimum(rejected, counts)
+        effects.append(_slot_effects(rec, r.indices, data.num_experts))  # (T, W)
+        discoveries.append(torch.arange(r.indices.shape[1]) < counts.unsqueeze(1))  # (T, W)
+    return _stack(effects, discoveries)
+
+
+def _stack(effects: list[torch.Tensor], discoveries: list[torch.Tensor]) -> Selection:
+    width = max(e.shape[1] for e in effects)
+
+    def pad(x: torch.Tensor, value) -> torch.Tensor:  # (T, w) -> (T, width)
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    return Selection(
+        effect=torch.stack([pad(e, -1.0) for e in effects]),  # (L, T, W)
+        discovery=torch.stack([pad(d, False) for d in discoveries]),  # (L, T, W)
+    )
+
+
+def per_sequence(data: OracleData, sel: Selection, tau: float) -> dict[str, np.ndarray]:
+    """Per-sequence FDP (discoveries), FDP (all selected), power and mean k, each (N,)."""
+    n, s = data.num_sequences, data.seq_len
+    used = sel.effect >= 0  # (L, T, W)
+    needed_sel = sel.effect > tau  # (L, T, W)
+    r = sel.discovery.sum(-1).double()  # (L, T)
+    v = (sel.discovery & ~needed_sel).sum(-1).double()
+    c = used.sum(-1).double()
+    v_all = (used & ~needed_sel).sum(-1).double()
+    hits = needed_sel.sum(-1).double()
+    needed = data.needed(tau).double()  # (L, T)
+
+    def by_seq(x: torch.Tensor) -> torch.Tensor:  # (L, N*S) -> (N, L*S)
+        return x.reshape(-1, n, s).transpose(0, 1).reshape(n, -1)
+
+    out = {
+        "fdp": by_seq(v / r.clamp(min=1)).mean(dim=1),
+        "fdp_all": by_seq(v_all / c.clamp(min=1)).mean(dim=1),
+        "power": by_seq(hits).sum(dim=1) / by_seq(needed).sum(dim=1).clamp(min=1),
+        "mean_k": by_seq(c).mean(dim=1),
+        "discoveries": by_seq(r).mean(dim=1),
+    }
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def per_layer(data: OracleData, sel: Selection, tau: float) -> dict[str, list[float]]:
+    """FDP (discoveries), power and mean k per MoE layer, pooled over all tokens."""
+    needed_sel = sel.effect > tau
+    r = sel.discovery.sum(-1).double()  # (L, T)
+    v = (sel.discovery & ~needed_sel).sum(-1).double()
+    return {
+        "fdp": (v / r.clamp(min=1)).mean(dim=1).tolist(),
+        "power": (needed_sel.sum(dim=(1, 2)).double() / data.needed(tau).sum(dim=1).clamp(min=1)).tolist(),
+        "mean_k": (sel.effect >= 0).sum(-1).double().mean(dim=1).tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------- matched baselines
+class Ranking:
+    """Each layer's experts by descending router probability: the order top-k, top-p and
+    weight-ratio all take their first k from, so one sort serves every setting of the three.
+
+    ``counts(family, param)`` applies each strategy's own count rule (:class:`TopK`,
+    :class:`TopP`: experts before the sorted mass reaches p; :class:`WeightRatio`: experts within
+    a factor beta of the top one; both clamped to [min_k, max_k]); the tests check the selections
+    against the strategies' ``route``.
+    """
+
+    def __init__(self, data: OracleData, *, min_k: int, max_k: int) -> None:
+        self.data, self.min_k, self.max_k = data, min_k, max_k
+        width = max(max_k, data.top_k)  # top-k runs up to the model's k, the others up to max_k
+        ranked = [torch.softmax(r.logits, dim=-1).sort(dim=-1, descending=True, stable=True) for r in data.layers]
+        probs = [v[:, :width] for v, _ in ranked]  # (T, W) per layer
+        # the quantities the two count rules threshold, first max_k columns
+        self._mass_before = [(p.cumsum(-1) - p)[:, :max_k].contiguous() for p in probs]  # (T, max_k)
+        self._ratio = [(p[:, :max_k] / p[:, :1]).contiguous() for p in probs]  # (T, max_k)
+        self.effects = [_slot_effects(r, i[:, :width], data.num_experts) for r, (_, i) in zip(data.layers, ranked)]
+        self._cache: dict = {}
+
+    def counts(self, family: str, param: float) -> list[torch.Tensor]:
+        """(T,) experts per token on each layer."""
+        t = self.data.layers[0].logits.shape[0]
+        if family == "topk":
+            return [torch.full((t,), int(param)) for _ in self.data.layers]
+        if family == "topp":  # experts before the sorted mass reaches p
+            return [(m < param).sum(-1).clamp(self.min_k, self.max_k) for m in self._mass_before]
+        if family == "weight_ratio":  # experts within a factor beta of the top one
+            return [(r >= param).sum(-1).clamp(self.min_k, self.max_k) for r in self._ratio]
+        raise ValueError(f"unknown baseline family {family!r}")
+
+    def mean_k(self, family: str, param: float) -> float:
+        return float(torch.stack([c.double().mean() for c in self.counts(family, param)]).mean())
+
+    def selection(self, family: str, param: float) -> Selection:
+        effects, used = [], []
+        for eff, c in zip(self.effects, self.counts(family, param)):
+            u = torch.arange(eff.shape[1]) < c.unsqueeze(1)  # (T, W)
+            effects.append(torch.where(u, eff, torch.full_like(eff, -1.0)))
+            used.append(u)
+        return _stack(effects, used)
+
+    def values(self, family: str, param: float, tau: float) -> dict[str, np.ndarray]:
+        key = (family, param, tau)
+        if key not in self._cache:
+            self._cache[key] = per_sequence(self.data, self.selection(family, param), tau)
+        return self._cache[key]
+
+
+def bracket(count: Callable[[float], float], target: float, *, increasing: bool, steps: int = 30) -> tuple[float, float]:
+    """Parameters (a, b) in (0, 1] with count(a) <= target <= count(b), by bisection."""
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        if (count(mid) <= target) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    return (max(lo, 1e-12), hi) if increasing else (hi, max(lo, 1e-12))
+
+
+def _interpolate(a: dict, b: dict, target: float) -> dict[str, np.ndarray]:
+    """Per-sequence values of the random mix of two settings whose mean k brackets ``target``."""
+    ka, kb = float(a["mean_k"].mean()), float(b["mean_k"].mean())
+    lam = 0.0 if kb == ka else min(max((target - ka) / (kb - ka), 0.0), 1.0)
+    return {k: (1 - lam) * a[k] + lam * b[k] for k in a}
+
+
+def matched(ranking: Ranking, family: str, target: float, *, tau: float) -> dict | None:
+    """A baseline family at overall mean k ``target``: per-sequence values and its two settings.
+
+    None when the family cannot reach ``target`` (top-k: outside [1, k]; the others: outside the
+    mean k of their extreme settings).
+    """
+    if family == "topk":
+        top = ranking.data.top_k
+        if not 1 - 1e-9 <= target <= top + 1e-9:
+            return None
+        ka = min(max(int(math.floor(target)), 1), top)
+        a, b = (ka, min(ka + 1, top))
+    else:
+        count = lambda param: ranking.mean_k(family, param)  # noqa: E731
+        ends = (count(1e-12), count(1.0))
+        if not min(ends) - 1e-9 <= target <= max(ends) + 1e-9:
+            return None
+        a, b = bracket(count, target, increasing=family == "topp")
+    values = _interpolate(ranking.values(family, a, tau), ranking.values(family, b, tau), target)
+    return {"settings": [a, b], **values}
+
+
+# ---------------------------------------------------------------------------- null rejection rates
+def null_rejection_rates(
+    data: OracleData, pvalues: Callable[[int, torch.Tensor], torch.Tensor], *, levels=LEVELS, seed: int = 0,
+    n_resamples: int = 1000,
+) -> list[dict]:
+    """Per layer: P(p_e <= a | e not in the model's top-k at that layer) for each level a.
+
+    The nominal value is a (conformal p-values: at most a). Intervals: bootstrap over sequences
+    of the pooled rate (rejections / null pairs, per sequence summed).
+    """
+    n, s = data.num_sequences, data.seq_len
+    out = []
+    for layer, rec in enumerate(data.layers):
+        p = pvalues(layer, rec.logits)  # (T, E)
+        null = torch.ones_like(p, dtype=torch.bool).scatter(1, rec.model_indices, False)  # (T, E)
+        pairs = null.sum(1).reshape(n, s).sum(1).double().numpy()  # (N,)
+        row = {"layer": layer, "null_pairs": int(pairs.sum())}
+        for a in levels:
+            hits = ((p <= a) & null).sum(1).reshape(n, s).sum(1).double().numpy()  # (N,)
+
+            def ratio(h, m, axis=-1):
+                return h.sum(axis=axis) / m.sum(axis=axis)
+
+            lo, hi = bootstrap_ci((hits, pairs), ratio, seed=seed, n_resamples=n_resamples)
+            row[str(a)] = {"rate": float(hits.sum() / pairs.sum()), "ci_low": lo, "ci_high": hi, "ratio_to_nominal": float(hits.sum() / pairs.sum() / a)}
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------- summaries
+def summarize(values: dict[str, np.ndarray], *, seed: int, n_resamples: int) -> dict:
+    """Mean and bootstrap CI over sequences of each per-sequence quantity."""
+    return {k: mean_ci(v, seed=seed, n_resamples=n_resamples) for k, v in values.items()}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, *, seed: int, n_resamples: int) -> dict:
+    """Mean of a - b over sequences with a paired bootstrap CI."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    lo, hi = bootstrap_ci((d,), lambda x, axis=-1: x.mean(axis=axis), seed=seed, n_resamples=n_resamples)
+    return {"mean_diff": float(d.mean()), "ci_low": lo, "ci_high": hi}
