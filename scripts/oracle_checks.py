@@ -93,6 +93,15 @@ def main() -> None:
     ]
     kw = {"seed": cfg.seed, "n_resamples": 1000}
     covered = {"ordinary": [], "sequential": []}  # per (alpha, layer, level) under BH: CI covers nominal?
+    def add_rows(alpha: str, name: str, routing: str, data, cal, mean_k: list[float]) -> None:
+        rates = oracle.null_rejection_rates(data, lambda layer, z: cal.pvalues(z, layer), levels=LEVELS, **kw)
+        for row in rates:
+            if routing == "BH (patch)":
+                covered[name] += [row[str(a)]["ci_low"] <= a <= row[str(a)]["ci_high"] for a in LEVELS]
+            cells = " | ".join(rates_cell(row, a) for a in LEVELS)
+            seq_lines.append(f"| {alpha} | {name} | {routing} | {row['layer']} | {fmt(mean_k[row['layer']])} | {cells} |")
+
+    add_rows("–", "ordinary", "top-k (model)", unpatched, ordinary, [top_k] * len(unpatched.layers))
     for alpha in ALPHAS:
         def make(cal, alpha=alpha):
             return bh_strategy(cfg, "calibrated", cal, alpha=alpha)
@@ -103,18 +112,9 @@ def main() -> None:
         for name, cal in (("ordinary", ordinary), ("sequential", sequential)):
             with patched(model, make(cal), mode="patch"):
                 deployed = oracle.record(model, seqs)
-            cases = [("BH (patch)", deployed)]
-            if name == "ordinary":
-                cases.insert(0, ("top-k (model)", unpatched))
-            for routing, data in cases:
-                rates = oracle.null_rejection_rates(data, lambda layer, z, cal=cal: cal.pvalues(z, layer), levels=LEVELS, **kw)
-                k = oracle.per_layer(data, oracle.select(data, make(cal)), tau)["mean_k"] if routing != "top-k (model)" else [top_k] * len(rates)
-                for row in rates:
-                    if routing == "BH (patch)":
-                        covered[name] += [row[str(a)]["ci_low"] <= a <= row[str(a)]["ci_high"] for a in LEVELS]
-                    cells = " | ".join(rates_cell(row, a) for a in LEVELS)
-                    seq_lines.append(f"| {fmt(alpha)} | {name} | {routing} | {row['layer']} | {fmt(k[row['layer']])} | {cells} |")
-            values = oracle.summarize(oracle.per_sequence(deployed, oracle.select(deployed, make(cal)), tau), **kw)
+            sel = oracle.select(deployed, make(cal))
+            add_rows(fmt(alpha), name, "BH (patch)", deployed, cal, oracle.per_layer(deployed, sel, tau)["mean_k"])
+            values = oracle.summarize(oracle.per_sequence(deployed, sel, tau), **kw)
             fdp, power, mk = values["fdp"], values["power"], values["mean_k"]
             fdp_lines.append(
                 f"| {fmt(alpha)} | {name} | {fmt(mk['mean'])} | {fmt(fdp['mean'])} | {fmt(fdp['ci_low'])}–{fmt(fdp['ci_high'])} "

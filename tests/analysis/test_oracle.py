@@ -117,3 +117,30 @@ def test_null_rejection_rates_against_a_direct_count(data):
             row = rates[layer][str(a)]
             assert row["rate"] == pytest.approx(float((p[null] <= a).double().mean()))
             assert row["ci_low"] <= row["rate"] <= row["ci_high"]
+
+
+def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
+    from bh_routing.analysis.experiments import fit_calibration
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    seqs = torch.randint(3, 200, (4, 32), generator=torch.Generator().manual_seed(2))
+    cal = fit_calibration(model, seqs.flip(0), null="unrouted", reservoir_size=256, seed=0, model_name="tiny")
+    cfg = small_config
+    out = oracle.fdr_oracle(model, seqs, cfg, cal)
+    assert out["tau"] == oracle.TAU and out["num_sequences"] == 4 and out["top_k"] == 4
+    labels = [r["label"] for r in out["bh"]]
+    assert labels == [f"BH-{m}(α={a:g})" for m in ("empirical", "calibrated") for a in (0.05, 0.3)]
+    data = oracle.record(model, seqs)
+    for row in out["bh"]:
+        for key in ("fdp", "fdp_all", "power"):
+            assert row[key]["ci_low"] <= row[key]["mean"] <= row[key]["ci_high"]
+        strategy = BH(row["alpha"], pvalues=row["method"], calibration=cal if row["method"] == "calibrated" else None)
+        v = oracle.per_sequence(data, oracle.select(data, strategy), oracle.TAU)
+        assert row["fdp"]["mean"] == pytest.approx(v["fdp"].mean()) and row["mean_k"] == pytest.approx(v["mean_k"].mean())
+        assert set(row["tau_sensitivity"]) == {f"{t:g}" for t in oracle.TAUS}
+        assert set(row["baselines"]) == {"topk", "topp", "weight_ratio"}
+        for b in row["baselines"].values():
+            if b is not None:
+                assert b["fdp_diff"]["ci_low"] <= b["fdp_diff"]["mean_diff"] <= b["fdp_diff"]["ci_high"]
+        assert row["verdict"].startswith(row["label"])
+    assert [r["layer"] for r in out["null_rejection"]["calibrated"]] == [0, 1]

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,12 +49,12 @@ from ..models.ablation import LayerAblation, concat_layer, recording_ablation
 from ..models.adapters import text_config
 from .stats import bootstrap_ci, mean_ci
 
-TAU = 0.1  # default relative-L2 threshold of "needed" (see docs/fdr_oracle.md for the choice)
+TAU = 0.05  # default relative-L2 threshold of "needed": dropping every expert under it costs < 1% ppl (docs/fdr_oracle.md)
 TAUS = (0.02, 0.05, 0.1, 0.2, 0.3)  # the sensitivity grid
 LEVELS = (0.001, 0.01, 0.05)  # levels a of the null rejection rates P(p <= a | e not in top-k)
 
 
-@dataclass(frozen=True)
+@dataclass
 class OracleData:
     """Ablation records of N sequences of S tokens, every MoE layer (tokens sequence-major)."""
 
@@ -64,10 +64,13 @@ class OracleData:
     num_experts: int  # E
     top_k: int  # the model's k
     norm_topk_prob: bool  # the model's weight convention
+    _needed: dict = field(default_factory=dict, repr=False, compare=False)  # tau -> (L, N*S)
 
     def needed(self, tau: float) -> torch.Tensor:
         """(L, N*S) int64: needed experts per token at threshold ``tau``."""
-        return torch.stack([(r.effect > tau).sum(dim=1) for r in self.layers])
+        if tau not in self._needed:
+            self._needed[tau] = torch.stack([(r.effect > tau).sum(dim=1) for r in self.layers])
+        return self._needed[tau]
 
 
 @torch.no_grad()
@@ -139,6 +142,23 @@ def _slot_effects(record: LayerAblation, indices: torch.Tensor, num_experts: int
     full.scatter_(1, record.model_indices, record.effect)
     full[:, num_experts] = -1.0
     return full.gather(1, indices)  # (T, W)
+
+
+class _MemoCalibration:
+    """A calibration whose p-values of one logits tensor and layer are computed once (the BH
+    settings of a sweep differ in alpha only, and the recorded logits stay the same objects)."""
+
+    def __init__(self, calibration) -> None:
+        self._calibration, self._memo = calibration, {}
+
+    def __getattr__(self, name):
+        return getattr(self._calibration, name)
+
+    def pvalues(self, logits: torch.Tensor, layer: int, *, temperature: float = 1.0) -> torch.Tensor:
+        key = (id(logits), layer, temperature)
+        if key not in self._memo:
+            self._memo[key] = (logits, self._calibration.pvalues(logits, layer, temperature=temperature))
+        return self._memo[key][1]  # the logits are kept with the entry, so their id stays theirs
 
 
 def select(data: OracleData, strategy: Strategy, *, pvalue_cache: dict | None = None) -> Selection:
@@ -233,6 +253,14 @@ class Ranking:
         # the quantities the two count rules threshold, first max_k columns
         self._mass_before = [(p.cumsum(-1) - p)[:, :max_k].contiguous() for p in probs]  # (T, max_k)
         self._ratio = [(p[:, :max_k] / p[:, :1]).contiguous() for p in probs]  # (T, max_k)
+        # mean k as a function of the parameter, exactly: both thresholded quantities are monotone
+        # along the ranking, so a clamped count is min_k + #{j in [min_k, max_k): value passes};
+        # pooled over layers and tokens and sorted once, a mean k is one binary search
+        self._pooled = {
+            family: np.sort(torch.cat([v[:, min_k:].reshape(-1) for v in values]).numpy())
+            for family, values in (("topp", self._mass_before), ("weight_ratio", self._ratio))
+        }
+        self._cells = sum(len(p) for p in probs)  # tokens x layers
         self.effects = [_slot_effects(r, i[:, :width], data.num_experts) for r, (_, i) in zip(data.layers, ranked)]
         self._cache: dict = {}
 
@@ -248,7 +276,17 @@ class Ranking:
         raise ValueError(f"unknown baseline family {family!r}")
 
     def mean_k(self, family: str, param: float) -> float:
-        return float(torch.stack([c.double().mean() for c in self.counts(family, param)]).mean())
+        """Mean experts per (token, layer) of a setting, from the pooled sorted values."""
+        if family == "topk":
+            return float(param)
+        if family == "topp":  # values < p pass
+            passing = np.searchsorted(self._pooled["topp"], np.float32(param), side="left")
+        elif family == "weight_ratio":  # values >= beta pass
+            values = self._pooled["weight_ratio"]
+            passing = len(values) - np.searchsorted(values, np.float32(param), side="left")
+        else:
+            raise ValueError(f"unknown baseline family {family!r}")
+        return self.min_k + passing / self._cells
 
     def selection(self, family: str, param: float) -> Selection:
         effects, used = [], []
@@ -265,7 +303,7 @@ class Ranking:
         return self._cache[key]
 
 
-def bracket(count: Callable[[float], float], target: float, *, increasing: bool, steps: int = 30) -> tuple[float, float]:
+def bracket(count: Callable[[float], float], target: float, *, increasing: bool, steps: int = 40) -> tuple[float, float]:
     """Parameters (a, b) in (0, 1] with count(a) <= target <= count(b), by bisection."""
     lo, hi = 0.0, 1.0
     for _ in range(steps):
@@ -346,3 +384,106 @@ def paired_difference(a: np.ndarray, b: np.ndarray, *, seed: int, n_resamples: i
     d = np.asarray(a, float) - np.asarray(b, float)
     lo, hi = bootstrap_ci((d,), lambda x, axis=-1: x.mean(axis=axis), seed=seed, n_resamples=n_resamples)
     return {"mean_diff": float(d.mean()), "ci_low": lo, "ci_high": hi}
+
+
+# ---------------------------------------------------------------------------- the run's step
+BASELINES = ("topk", "topp", "weight_ratio")
+
+
+def _verdict(row: dict) -> str:
+    """One plain sentence: is FDP <= alpha, and is BH cleaner than the matched baselines?"""
+    fdp, a = row["fdp"], row["alpha"]
+    if fdp["ci_high"] <= a:
+        head = f"FDP {fdp['mean']:.3g} ≤ α = {a:g} (95% CI up to {fdp['ci_high']:.3g})"
+    elif fdp["ci_low"] > a:
+        head = f"FDP {fdp['mean']:.3g} > α = {a:g} (95% CI from {fdp['ci_low']:.3g}): α does not bound it"
+    else:
+        head = f"FDP {fdp['mean']:.3g} vs α = {a:g}: the 95% CI [{fdp['ci_low']:.3g}, {fdp['ci_high']:.3g}] contains α"
+    parts = []
+    for fam, b in row["baselines"].items():
+        if b is None:
+            parts.append(f"{fam}: cannot reach mean k {row['mean_k']:.2f}")
+            continue
+        d = b["fdp_diff"]
+        word = "cleaner" if d["ci_high"] < 0 else "less clean" if d["ci_low"] > 0 else "no different"
+        parts.append(f"{word} than {fam} (ΔFDP {d['mean_diff']:+.3g}, CI [{d['ci_low']:.3g}, {d['ci_high']:.3g}])")
+    return f"{row['label']}: {head}; at matched mean k {row['mean_k']:.2f} its selections are " + "; ".join(parts) + "."
+
+
+def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, tau: float = TAU, taus=TAUS,
+             baselines=BASELINES, min_k: int = 1, max_k: int | None = None, seed: int = 0, n_resamples: int = 2000,
+             null_pvalues: dict[str, Callable[[int, torch.Tensor], torch.Tensor]] | None = None) -> dict:
+    """The ``fdr_oracle`` results: per BH setting FDP and power with CIs, baselines at matched k.
+
+    Parameters
+    ----------
+    data : OracleData
+        From :func:`record` (the model routing by its own top-k).
+    strategies : list of (p-value method, alpha, BH)
+    tau, taus : float, sequence of float
+        The threshold of "needed" and the sensitivity grid (point estimates only).
+    baselines : families compared at BH's mean k; min_k, max_k: their clamps (max_k None: the model's k)
+    null_pvalues : {method: (layer, logits) -> p-values}, optional
+        Methods whose null rejection rates P(p <= a | e not in top-k) to report.
+    """
+    kw = {"seed": seed, "n_resamples": n_resamples}
+    ranking = Ranking(data, min_k=min_k, max_k=max_k or data.top_k)
+    cache: dict = {}
+    rows = []
+    for method, alpha, strategy in strategies:
+        sel = select(data, strategy, pvalue_cache=cache)
+        values = per_sequence(data, sel, tau)
+        row = {"method": method, "alpha": alpha, "label": f"BH-{method}(α={alpha:g})", **summarize(values, **kw)}
+        row["mean_k"] = row["mean_k"]["mean"]
+        row["per_layer"] = per_layer(data, sel, tau)
+        row["tau_sensitivity"] = {
+            f"{t:g}": {k: float(v.mean()) for k, v in per_sequence(data, sel, t).items() if k in ("fdp", "fdp_all", "power")}
+            for t in taus
+        }
+        row["baselines"] = {}
+        for fam in baselines:
+            m = matched(ranking, fam, row["mean_k"], tau=tau)
+            if m is None:
+                row["baselines"][fam] = None
+                continue
+            row["baselines"][fam] = {
+                "settings": m["settings"],
+                "fdp": mean_ci(m["fdp_all"], **kw),
+                "power": mean_ci(m["power"], **kw),
+                "fdp_diff": paired_difference(values["fdp_all"], m["fdp_all"], **kw),  # BH minus baseline
+                "power_diff": paired_difference(values["power"], m["power"], **kw),
+            }
+        row["verdict"] = _verdict(row)
+        rows.append(row)
+    needed = {f"{t:g}": data.needed(t).double().mean(dim=1).tolist() for t in taus}  # (L,) per tau
+    out = {
+        "tau": tau,
+        "taus": list(taus),
+        "num_sequences": data.num_sequences,
+        "seq_len": data.seq_len,
+        "top_k": data.top_k,
+        "needed_per_token": needed,
+        "bh": rows,
+    }
+    if null_pvalues:
+        out["null_rejection"] = {m: null_rejection_rates(data, f, seed=seed, n_resamples=min(n_resamples, 1000)) for m, f in null_pvalues.items()}
+    return out
+
+
+def fdr_oracle(model, sequences: torch.Tensor, cfg, calibration) -> dict:
+    """The run's ``fdr_oracle`` step: :func:`record` the evaluation sequences once (the model
+    routing by its own top-k), then every BH setting of the α sweep and the baselines offline."""
+    from .experiments import bh_strategy
+
+    data = record(model, sequences)
+    calibration = None if calibration is None else _MemoCalibration(calibration)
+    methods = [m for m in cfg.pvalues if m != "calibrated" or calibration is not None]
+    alphas = sorted(set(cfg.alphas))
+    strategies = [(m, a, bh_strategy(cfg, m, calibration, alpha=a)) for m in methods for a in alphas]
+    first = {m: bh_strategy(cfg, m, calibration) for m in methods}
+    nulls = {m: (lambda layer, z, s=s: s.p_values(z, layer=layer)) for m, s in first.items()}
+    baselines = tuple(f for f in BASELINES if f == "topk" or f in cfg.strategies)
+    return fdr_step(
+        data, strategies, baselines=baselines, min_k=cfg.min_k, max_k=cfg.max_k, seed=cfg.seed,
+        n_resamples=cfg.n_resamples, null_pvalues=nulls,
+    )
