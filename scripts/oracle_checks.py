@@ -28,7 +28,8 @@ import torch
 from bh_routing.analysis import RunConfig, oracle
 from bh_routing.analysis.evaluate import evaluate_strategy
 from bh_routing.analysis.experiments import bh_strategy, fit_calibration
-from bh_routing.analysis.pipeline import prepare
+from bh_routing.analysis.data import split_by_document
+from bh_routing.analysis.pipeline import _texts, prepare
 from bh_routing.analysis.sequential import fit_sequential_calibration
 from bh_routing.core import TopK
 from bh_routing.models import patched
@@ -74,7 +75,12 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = RunConfig(model=args.model)
     inputs = prepare(cfg, Path(args.out))
-    model, seqs, calib = inputs.model, inputs.eval_seqs, inputs.calib_seqs
+    split = split_by_document(
+        inputs.tokenizer, _texts(cfg), seq_len=cfg.seq_len, eval_sequences=cfg.eval_sequences,
+        calib_sequences=cfg.calib_sequences,
+    )
+    model, seqs, calib = inputs.model, split.evaluation.ids, split.calibration.ids
+    docs = split.evaluation.documents
     started = time.time()
     top_k = oracle.record(model, seqs[:1]).top_k
     tau_lines, tau = tau_table(model, seqs, top_k)
@@ -91,7 +97,7 @@ def main() -> None:
         f"| α | calibration | mean k | FDP (τ = {fmt(tau)}) | 95% CI | power | 95% CI |",
         "|---|---|---|---|---|---|---|",
     ]
-    kw = {"seed": cfg.seed, "n_resamples": 1000}
+    kw = {"documents": docs}
     covered = {"ordinary": [], "sequential": []}  # per (alpha, layer, level) under BH: CI covers nominal?
     def add_rows(alpha: str, name: str, routing: str, data, cal, mean_k: list[float]) -> None:
         rates = oracle.null_rejection_rates(data, lambda layer, z: cal.pvalues(z, layer), levels=LEVELS, **kw)
@@ -114,7 +120,7 @@ def main() -> None:
                 deployed = oracle.record(model, seqs)
             sel = oracle.select(deployed, make(cal))
             add_rows(fmt(alpha), name, "BH (patch)", deployed, cal, oracle.per_layer(deployed, sel, tau)["mean_k"])
-            values = oracle.summarize(oracle.per_sequence(deployed, sel, tau), **kw)
+            values = oracle.summarize(oracle.per_doc(oracle.per_sequence(deployed, sel, tau), docs))
             fdp, power, mk = values["fdp"], values["power"], values["mean_k"]
             fdp_lines.append(
                 f"| {fmt(alpha)} | {name} | {fmt(mk['mean'])} | {fmt(fdp['mean'])} | {fmt(fdp['ci_low'])}–{fmt(fdp['ci_high'])} "
@@ -133,7 +139,8 @@ def main() -> None:
         "# The FDR oracle: the threshold τ and sequential calibration",
         "",
         f"Model: {inputs.model_name}. Command: `{cmd}` ({time.time() - started:.0f} s). Evaluation: "
-        f"{cfg.eval_sequences} sequences of {cfg.seq_len} tokens; calibration: {cfg.calib_sequences} other sequences, "
+        f"{cfg.eval_sequences} windows of {cfg.seq_len} tokens from {split.evaluation.num_documents} documents; "
+        f"calibration: {cfg.calib_sequences} windows from {split.calibration.num_documents} other documents, "
         f"null \"{cfg.null}\", reservoir {cfg.reservoir_size}. What the oracle is: `bh_routing.analysis.oracle`.",
         "",
         "## τ: when is an expert \"not needed\"?",
@@ -152,7 +159,7 @@ def main() -> None:
         "",
         "Null rejection rate: P(p ≤ a | e not in the model's top-k at that layer), over all (token, expert) pairs of the "
         "evaluation text, divided by the nominal a (1 = valid and exact; conformal p-values are at most a when "
-        "calibration and evaluation are exchangeable). CI: bootstrap over sequences. \"top-k (model)\": the model routes "
+        "calibration and evaluation are exchangeable). CI: t-interval over evaluation documents. \"top-k (model)\": the model routes "
         "as usual (the distribution the ordinary calibration was recorded under); \"BH (patch)\": BH-calibrated routes "
         "every layer, as deployed.",
         "",
@@ -161,7 +168,7 @@ def main() -> None:
         verdict,
         "",
         "Oracle FDP and power of the same BH routing as deployed (patch mode), per calibration "
-        "(per-sequence means, 95% bootstrap CI over sequences):",
+        "(means over documents, 95% t-intervals):",
         "",
         *fdp_lines,
         "",

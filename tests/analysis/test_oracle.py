@@ -107,7 +107,8 @@ def test_null_rejection_rates_against_a_direct_count(data):
     for layer, rec in enumerate(data.layers):
         b.update(layer, rec.logits[:60])
     cal = b.finalize(model_name="m", model_fingerprint="f")
-    rates = oracle.null_rejection_rates(data, lambda l, z: cal.pvalues(z, l), levels=(0.05, 0.2), n_resamples=50)
+    documents = ["a", "a", "b", "c", "c"]  # per-document rates: windows of one document pooled
+    rates = oracle.null_rejection_rates(data, lambda l, z: cal.pvalues(z, l), levels=(0.05, 0.2), documents=documents)
     for layer, rec in enumerate(data.layers):
         p = cal.pvalues(rec.logits, layer)
         null = torch.ones(120, 16, dtype=torch.bool)
@@ -115,8 +116,11 @@ def test_null_rejection_rates_against_a_direct_count(data):
         assert rates[layer]["null_pairs"] == 120 * 12
         for a in (0.05, 0.2):
             row = rates[layer][str(a)]
-            assert row["rate"] == pytest.approx(float((p[null] <= a).double().mean()))
-            assert row["ci_low"] <= row["rate"] <= row["ci_high"]
+            assert row["pooled"] == pytest.approx(float((p[null] <= a).double().mean()))
+            hit = ((p <= a) & null).reshape(5, 24, 16)
+            per_doc = [float(hit[d].sum() / (len(d) * 24 * 12)) for d in ([0, 1], [2], [3, 4])]
+            assert row["mean"] == pytest.approx(np.mean(per_doc)) and row["n"] == 3
+            assert row["ci_low"] <= row["mean"] <= row["ci_high"]
 
 
 def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
@@ -126,8 +130,9 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
     seqs = torch.randint(3, 200, (4, 32), generator=torch.Generator().manual_seed(2))
     cal = fit_calibration(model, seqs.flip(0), null="unrouted", reservoir_size=256, seed=0, model_name="tiny")
     cfg = small_config
-    out = oracle.fdr_oracle(model, seqs, cfg, cal)
+    out = oracle.fdr_oracle(model, seqs, cfg, cal, documents=["x", "y", "y", "z"])
     assert out["tau"] == oracle.TAU and out["num_sequences"] == 4 and out["top_k"] == 4
+    assert out["num_documents"] == 3
     labels = [r["label"] for r in out["bh"]]
     assert labels == [f"BH-{m}(α={a:g})" for m in ("empirical", "calibrated") for a in (0.05, 0.3)]
     data = oracle.record(model, seqs)
@@ -136,11 +141,14 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
             assert row[key]["ci_low"] <= row[key]["mean"] <= row[key]["ci_high"]
         strategy = BH(row["alpha"], pvalues=row["method"], calibration=cal if row["method"] == "calibrated" else None)
         v = oracle.per_sequence(data, oracle.select(data, strategy), oracle.TAU)
-        assert row["fdp"]["mean"] == pytest.approx(v["fdp"].mean()) and row["mean_k"] == pytest.approx(v["mean_k"].mean())
+        by_doc = [v["fdp"][0], v["fdp"][1:3].mean(), v["fdp"][3]]
+        assert row["fdp"]["mean"] == pytest.approx(np.mean(by_doc)) and row["fdp"]["n"] == 3
+        assert row["fdp_vs_alpha"]["decision"] == "too few documents"
         assert set(row["tau_sensitivity"]) == {f"{t:g}" for t in oracle.TAUS}
         assert set(row["baselines"]) == {"topk", "topp", "weight_ratio"}
         for b in row["baselines"].values():
             if b is not None:
                 assert b["fdp_diff"]["ci_low"] <= b["fdp_diff"]["mean_diff"] <= b["fdp_diff"]["ci_high"]
+                assert b["fdp_diff"]["correction"] in ("holm", "none")
         assert row["verdict"].startswith(row["label"])
     assert [r["layer"] for r in out["null_rejection"]["calibrated"]] == [0, 1]

@@ -47,7 +47,8 @@ from ..core import BH, Strategy, TopK, TopP, WeightRatio, bh_count
 from ..models import get_adapter
 from ..models.ablation import LayerAblation, concat_layer, recording_ablation
 from ..models.adapters import text_config
-from .stats import bootstrap_ci, mean_ci
+from .evaluate import per_document
+from .stats import adjust_family, mean_ci, paired_comparison
 
 TAU = 0.05  # default relative-L2 threshold of "needed": dropping every expert under it costs < 1% ppl (docs/fdr_oracle.md)
 TAUS = (0.02, 0.05, 0.1, 0.2, 0.3)  # the sensitivity grid
@@ -218,8 +219,18 @@ def per_sequence(data: OracleData, sel: Selection, tau: float) -> dict[str, np.n
         "power": by_seq(hits).sum(dim=1) / by_seq(needed).sum(dim=1).clamp(min=1),
         "mean_k": by_seq(c).mean(dim=1),
         "discoveries": by_seq(r).mean(dim=1),
+        "needed": by_seq(needed).mean(dim=1),  # needed experts per (token, layer): the weight of power
     }
     return {k: v.numpy() for k, v in out.items()}
+
+
+def per_doc(values: dict[str, np.ndarray], documents: list[str] | None) -> dict[str, np.ndarray]:
+    """Per-sequence values reduced to one per document (the unit of every interval): means over the
+    document's windows, power weighted by the window's needed experts (so it stays pooled)."""
+    return {
+        k: per_document(v, documents, weights=values["needed"] if k == "power" else None)[1]
+        for k, v in values.items()
+    }
 
 
 def per_layer(data: OracleData, sel: Selection, tau: float) -> dict[str, list[float]]:
@@ -346,95 +357,99 @@ def matched(ranking: Ranking, family: str, target: float, *, tau: float) -> dict
 
 # ---------------------------------------------------------------------------- null rejection rates
 def null_rejection_rates(
-    data: OracleData, pvalues: Callable[[int, torch.Tensor], torch.Tensor], *, levels=LEVELS, seed: int = 0,
-    n_resamples: int = 1000,
+    data: OracleData, pvalues: Callable[[int, torch.Tensor], torch.Tensor], *, levels=LEVELS,
+    documents: list[str] | None = None,
 ) -> list[dict]:
     """Per layer: P(p_e <= a | e not in the model's top-k at that layer) for each level a.
 
-    The nominal value is a (conformal p-values: at most a). Intervals: bootstrap over sequences
-    of the pooled rate (rejections / null pairs, per sequence summed).
+    The nominal value is a (conformal p-values: at most a, when calibration and evaluation tokens
+    are exchangeable). Interval: the t-interval over documents of the per-document rate (each
+    document's rejections over its null pairs; documents weigh the same).
     """
     n, s = data.num_sequences, data.seq_len
     out = []
     for layer, rec in enumerate(data.layers):
         p = pvalues(layer, rec.logits)  # (T, E)
         null = torch.ones_like(p, dtype=torch.bool).scatter(1, rec.model_indices, False)  # (T, E)
-        pairs = null.sum(1).reshape(n, s).sum(1).double().numpy()  # (N,)
+        pairs = null.sum(1).reshape(n, s).sum(1).double().numpy()  # (N,) per sequence
         row = {"layer": layer, "null_pairs": int(pairs.sum())}
         for a in levels:
             hits = ((p <= a) & null).sum(1).reshape(n, s).sum(1).double().numpy()  # (N,)
-
-            def ratio(h, m, axis=-1):
-                return h.sum(axis=axis) / m.sum(axis=axis)
-
-            lo, hi = bootstrap_ci((hits, pairs), ratio, seed=seed, n_resamples=n_resamples)
-            row[str(a)] = {"rate": float(hits.sum() / pairs.sum()), "ci_low": lo, "ci_high": hi, "ratio_to_nominal": float(hits.sum() / pairs.sum() / a)}
+            rate = per_document(hits / pairs, documents, weights=pairs)[1]  # (D,)
+            ci = mean_ci(rate)
+            row[str(a)] = {**ci, "pooled": float(hits.sum() / pairs.sum()), "ratio_to_nominal": ci["mean"] / a}
         out.append(row)
     return out
 
 
 # ---------------------------------------------------------------------------- summaries
-def summarize(values: dict[str, np.ndarray], *, seed: int, n_resamples: int) -> dict:
-    """Mean and bootstrap CI over sequences of each per-sequence quantity."""
-    return {k: mean_ci(v, seed=seed, n_resamples=n_resamples) for k, v in values.items()}
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, *, seed: int, n_resamples: int) -> dict:
-    """Mean of a - b over sequences with a paired bootstrap CI."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    lo, hi = bootstrap_ci((d,), lambda x, axis=-1: x.mean(axis=axis), seed=seed, n_resamples=n_resamples)
-    return {"mean_diff": float(d.mean()), "ci_low": lo, "ci_high": hi}
+def summarize(values: dict[str, np.ndarray]) -> dict:
+    """Mean and t-interval over documents of each per-document quantity."""
+    return {k: mean_ci(v) for k, v in values.items()}
 
 
 # ---------------------------------------------------------------------------- the run's step
 BASELINES = ("topk", "topp", "weight_ratio")
 
 
+_WORDS = {"lower": "cleaner than", "higher": "less clean than", "no significant difference": "no cleaner than",
+          "too few documents": "not compared with (too few documents)"}
+_ALPHA_WORDS = {"lower": "below", "higher": "above", "no significant difference": "not distinguishable from",
+                "too few documents": "not tested against (too few documents)"}
+
+
 def _verdict(row: dict) -> str:
-    """One plain sentence: is FDP <= alpha, and is BH cleaner than the matched baselines?"""
-    fdp, a = row["fdp"], row["alpha"]
-    if fdp["ci_high"] <= a:
-        head = f"FDP {fdp['mean']:.3g} ≤ α = {a:g} (95% CI up to {fdp['ci_high']:.3g})"
-    elif fdp["ci_low"] > a:
-        head = f"FDP {fdp['mean']:.3g} > α = {a:g} (95% CI from {fdp['ci_low']:.3g}): α does not bound it"
-    else:
-        head = f"FDP {fdp['mean']:.3g} vs α = {a:g}: the 95% CI [{fdp['ci_low']:.3g}, {fdp['ci_high']:.3g}] contains α"
+    """One plain sentence: is FDP <= alpha, and are BH's selections cleaner than the matched baselines'?"""
+    fdp, vs = row["fdp"], row["fdp_vs_alpha"]
+    head = (f"{row['label']}: FDP {fdp['mean']:.3g} (95% CI {fdp['ci_low']:.3g} to {fdp['ci_high']:.3g}) is "
+            f"{_ALPHA_WORDS[vs['decision']]} α = {row['alpha']:g}")
     parts = []
     for fam, b in row["baselines"].items():
         if b is None:
-            parts.append(f"{fam}: cannot reach mean k {row['mean_k']:.2f}")
+            parts.append(f"{fam} cannot reach that mean k")
             continue
         d = b["fdp_diff"]
-        word = "cleaner" if d["ci_high"] < 0 else "less clean" if d["ci_low"] > 0 else "no different"
-        parts.append(f"{word} than {fam} (ΔFDP {d['mean_diff']:+.3g}, CI [{d['ci_low']:.3g}, {d['ci_high']:.3g}])")
-    return f"{row['label']}: {head}; at matched mean k {row['mean_k']:.2f} its selections are " + "; ".join(parts) + "."
+        parts.append(f"{_WORDS[d['decision']]} {fam} (ΔFDP {d['mean_diff']:+.3g}, 95% CI {d['ci_low']:.3g} to {d['ci_high']:.3g})")
+    return f"{head}; at its mean k {row['mean_k']:.2f} its selections are " + "; ".join(parts) + "."
 
 
-def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, tau: float = TAU, taus=TAUS,
-             baselines=BASELINES, min_k: int = 1, max_k: int | None = None, seed: int = 0, n_resamples: int = 2000,
+def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, documents: list[str] | None = None,
+             tau: float = TAU, taus=TAUS, baselines=BASELINES, min_k: int = 1, max_k: int | None = None,
              null_pvalues: dict[str, Callable[[int, torch.Tensor], torch.Tensor]] | None = None) -> dict:
-    """The ``fdr_oracle`` results: per BH setting FDP and power with CIs, baselines at matched k.
+    """The ``fdr_oracle`` results: per BH setting FDP and power with intervals, baselines at matched k.
 
     Parameters
     ----------
     data : OracleData
         From :func:`record` (the model routing by its own top-k).
     strategies : list of (p-value method, alpha, BH)
+    documents : list of str, optional
+        Each sequence's document id: intervals and tests are over documents
+        (:mod:`bh_routing.analysis.stats`); None means every sequence is its own document.
     tau, taus : float, sequence of float
         The threshold of "needed" and the sensitivity grid (point estimates only).
     baselines : families compared at BH's mean k; min_k, max_k: their clamps (max_k None: the model's k)
     null_pvalues : {method: (layer, logits) -> p-values}, optional
         Methods whose null rejection rates P(p <= a | e not in top-k) to report.
+
+    Notes
+    -----
+    Two families of tests, each Holm-adjusted (:func:`~bh_routing.analysis.stats.adjust_family`):
+    FDP against α (one per BH setting) and BH's FDP (all selected) against each baseline's at the
+    same mean k. Power differences are reported with intervals, without a verdict.
     """
-    kw = {"seed": seed, "n_resamples": n_resamples}
     ranking = Ranking(data, min_k=min_k, max_k=max_k or data.top_k)
     cache: dict = {}
-    rows = []
+    rows, vs_alpha, vs_baselines = [], [], []
     for method, alpha, strategy in strategies:
         sel = select(data, strategy, pvalue_cache=cache)
-        values = per_sequence(data, sel, tau)
-        row = {"method": method, "alpha": alpha, "label": f"BH-{method}(α={alpha:g})", **summarize(values, **kw)}
+        seq = per_sequence(data, sel, tau)
+        doc = per_doc(seq, documents)
+        label = f"BH-{method}(α={alpha:g})"
+        row = {"method": method, "alpha": alpha, "label": label, **summarize(doc)}
         row["mean_k"] = row["mean_k"]["mean"]
+        row["fdp_vs_alpha"] = paired_comparison(doc["fdp"], np.full_like(doc["fdp"], alpha), names=(label, "α"), metric="FDP")
+        vs_alpha.append(row["fdp_vs_alpha"])
         row["per_layer"] = per_layer(data, sel, tau)
         row["tau_sensitivity"] = {
             f"{t:g}": {k: float(v.mean()) for k, v in per_sequence(data, sel, t).items() if k in ("fdp", "fdp_all", "power")}
@@ -446,33 +461,40 @@ def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, tau: 
             if m is None:
                 row["baselines"][fam] = None
                 continue
+            base = per_doc({k: v for k, v in m.items() if k != "settings"}, documents)
+            names = (label, f"{fam} at the same mean k")
             row["baselines"][fam] = {
                 "settings": m["settings"],
-                "fdp": mean_ci(m["fdp_all"], **kw),
-                "power": mean_ci(m["power"], **kw),
-                "fdp_diff": paired_difference(values["fdp_all"], m["fdp_all"], **kw),  # BH minus baseline
-                "power_diff": paired_difference(values["power"], m["power"], **kw),
+                "fdp": mean_ci(base["fdp_all"]),
+                "power": mean_ci(base["power"]),
+                "fdp_diff": paired_comparison(doc["fdp_all"], base["fdp_all"], names=names, metric="FDP (all selected)"),
+                "power_diff": mean_ci(doc["power"] - base["power"]),
             }
-        row["verdict"] = _verdict(row)
+            vs_baselines.append(row["baselines"][fam]["fdp_diff"])
         rows.append(row)
-    needed = {f"{t:g}": data.needed(t).double().mean(dim=1).tolist() for t in taus}  # (L,) per tau
+    adjust_family(vs_alpha)
+    adjust_family(vs_baselines)
+    for row in rows:
+        row["verdict"] = _verdict(row)
     out = {
         "tau": tau,
         "taus": list(taus),
         "num_sequences": data.num_sequences,
+        "num_documents": len(set(documents)) if documents is not None else data.num_sequences,
         "seq_len": data.seq_len,
         "top_k": data.top_k,
-        "needed_per_token": needed,
+        "needed_per_token": {f"{t:g}": data.needed(t).double().mean(dim=1).tolist() for t in taus},  # (L,) per tau
         "bh": rows,
     }
     if null_pvalues:
-        out["null_rejection"] = {m: null_rejection_rates(data, f, seed=seed, n_resamples=min(n_resamples, 1000)) for m, f in null_pvalues.items()}
+        out["null_rejection"] = {m: null_rejection_rates(data, f, documents=documents) for m, f in null_pvalues.items()}
     return out
 
 
-def fdr_oracle(model, sequences: torch.Tensor, cfg, calibration) -> dict:
+def fdr_oracle(model, sequences: torch.Tensor, cfg, calibration, *, documents: list[str] | None = None) -> dict:
     """The run's ``fdr_oracle`` step: :func:`record` the evaluation sequences once (the model
-    routing by its own top-k), then every BH setting of the α sweep and the baselines offline."""
+    routing by its own top-k), then every BH setting of the α sweep and the baselines offline
+    (:func:`fdr_step`); ``documents``: each sequence's document id."""
     from .experiments import bh_strategy
 
     data = record(model, sequences)
@@ -484,6 +506,5 @@ def fdr_oracle(model, sequences: torch.Tensor, cfg, calibration) -> dict:
     nulls = {m: (lambda layer, z, s=s: s.p_values(z, layer=layer)) for m, s in first.items()}
     baselines = tuple(f for f in BASELINES if f == "topk" or f in cfg.strategies)
     return fdr_step(
-        data, strategies, baselines=baselines, min_k=cfg.min_k, max_k=cfg.max_k, seed=cfg.seed,
-        n_resamples=cfg.n_resamples, null_pvalues=nulls,
+        data, strategies, documents=documents, baselines=baselines, min_k=cfg.min_k, max_k=cfg.max_k, null_pvalues=nulls,
     )
