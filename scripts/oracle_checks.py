@@ -29,7 +29,7 @@ from bh_routing.analysis import RunConfig, oracle
 from bh_routing.analysis.evaluate import evaluate_strategy
 from bh_routing.analysis.experiments import bh_strategy, fit_calibration
 from bh_routing.analysis.data import split_by_document
-from bh_routing.analysis.pipeline import _texts, prepare
+from bh_routing.analysis.inputs import _texts, prepare
 from bh_routing.analysis.sequential import fit_sequential_calibration
 from bh_routing.core import TopK
 from bh_routing.models import patched
@@ -86,7 +86,7 @@ def main() -> None:
     tau_lines, tau = tau_table(model, seqs, top_k)
 
     ordinary = fit_calibration(
-        model, calib, null=cfg.null, reservoir_size=cfg.reservoir_size, seed=cfg.seed, model_name=inputs.model_name
+        model, calib, routing=inputs.routing, null=cfg.null, reservoir_size=cfg.reservoir_size, seed=cfg.seed, model_name=inputs.model_name
     )
     unpatched = oracle.record(model, seqs)
     seq_lines = [

@@ -128,7 +128,10 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     seqs = torch.randint(3, 200, (4, 32), generator=torch.Generator().manual_seed(2))
-    cal = fit_calibration(model, seqs.flip(0), null="unrouted", reservoir_size=256, seed=0, model_name="tiny")
+    from bh_routing.models import inspect_model
+
+    cal = fit_calibration(model, seqs.flip(0), routing=inspect_model(model), null="unrouted", reservoir_size=256, seed=0,
+                          model_name="tiny")
     cfg = small_config
     out = oracle.fdr_oracle(model, seqs, cfg, cal, documents=["x", "y", "y", "z"])
     assert out["tau"] == oracle.TAU and out["num_sequences"] == 4 and out["top_k"] == 4

@@ -392,25 +392,27 @@ def summarize(values: dict[str, np.ndarray]) -> dict:
 BASELINES = ("topk", "topp", "weight_ratio")
 
 
-_WORDS = {"lower": "cleaner than", "higher": "less clean than", "no significant difference": "no cleaner than",
-          "too few documents": "not compared with (too few documents)"}
-_ALPHA_WORDS = {"lower": "below", "higher": "above", "no significant difference": "not distinguishable from",
-                "too few documents": "not tested against (too few documents)"}
+_VS_ALPHA = {"lower": "below α", "higher": "above α: α does not bound it",
+             "no significant difference": "not significantly different from α"}
+_VS_BASELINE = {"lower": "cleaner than", "higher": "less clean than", "no significant difference": "no cleaner than"}
 
 
 def _verdict(row: dict) -> str:
     """One plain sentence: is FDP <= alpha, and are BH's selections cleaner than the matched baselines'?"""
     fdp, vs = row["fdp"], row["fdp_vs_alpha"]
-    head = (f"{row['label']}: FDP {fdp['mean']:.3g} (95% CI {fdp['ci_low']:.3g} to {fdp['ci_high']:.3g}) is "
-            f"{_ALPHA_WORDS[vs['decision']]} α = {row['alpha']:g}")
+    head = f"{row['label']}: FDP {fdp['mean']:.3g} (95% CI {fdp['ci_low']:.3g} to {fdp['ci_high']:.3g}), "
+    if vs["decision"] == "too few documents":
+        return head + f"α = {row['alpha']:g}, mean k {row['mean_k']:.2f}: too few documents for a verdict."
     parts = []
     for fam, b in row["baselines"].items():
         if b is None:
             parts.append(f"{fam} cannot reach that mean k")
             continue
         d = b["fdp_diff"]
-        parts.append(f"{_WORDS[d['decision']]} {fam} (ΔFDP {d['mean_diff']:+.3g}, 95% CI {d['ci_low']:.3g} to {d['ci_high']:.3g})")
-    return f"{head}; at its mean k {row['mean_k']:.2f} its selections are " + "; ".join(parts) + "."
+        parts.append(f"{_VS_BASELINE[d['decision']]} {fam} (ΔFDP {d['mean_diff']:+.3g}, 95% CI {d['ci_low']:.3g} to "
+                     f"{d['ci_high']:.3g})")
+    return (head + f"{_VS_ALPHA[vs['decision']]} (α = {row['alpha']:g}); at its mean k {row['mean_k']:.2f} its "
+            "selections are " + "; ".join(parts) + ".")
 
 
 def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, documents: list[str] | None = None,

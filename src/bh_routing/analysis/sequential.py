@@ -9,8 +9,7 @@ import torch
 
 from ..core import Calibration, Strategy, TopK
 from ..core.sequential import fit_sequential
-from ..models import model_fingerprint, patched
-from .experiments import routing_shape
+from ..models import get_adapter, inspect_model, model_fingerprint, patched
 
 
 class _Stop(Exception):
@@ -48,7 +47,9 @@ def fit_sequential_calibration(
     about (L + 1) / 2 full passes in all). Layers at and above the one being fitted route with
     the model's own top-k in patch mode.
     """
-    num_layers, num_experts, top_k = routing_shape(model)
+    routing = inspect_model(model)
+    num_layers, num_experts, top_k = routing.num_moe_layers, routing.num_experts, routing.top_k
+    routers = [layer.router for layer in get_adapter(model).find_layers(model)]
     device = next(model.parameters()).device
 
     def logits_at(layer: int, cal: Calibration) -> Iterator[torch.Tensor]:
@@ -56,14 +57,11 @@ def fit_sequential_calibration(
         mapping = {i: below for i in range(layer)}
         mapping["default"] = TopK(top_k)
         with patched(model, mapping, mode="patch", record_tokens=True) as rec:
-            from ..models import get_adapter
-
-            router = get_adapter(model).find_layers(model)[layer].router
 
             def stop(module, args, output):
                 raise _Stop
 
-            handle = router.register_forward_hook(stop)
+            handle = routers[layer].register_forward_hook(stop)
             try:
                 for start in range(0, len(sequences), batch_size):
                     rec.reset()

@@ -1,0 +1,115 @@
+"""Figure ``fdr_oracle.png`` and the RESULTS.md section "What α bounds" (step ``fdr_oracle``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import fmt, plt, save_figure, table
+from .figures import COLORS, NAMES
+from .registry import Figure, Section, register_figure, register_section
+
+BASELINES = ("topk", "topp", "weight_ratio")
+
+
+def _draw(res: dict, path: Path) -> Path:
+    """FDP and power against α per p-value method, with FDP = α and the baselines at BH's mean k."""
+    step = res["steps"]["fdr_oracle"]
+    methods = list(dict.fromkeys(r["method"] for r in step["bh"]))
+    fig, axes = plt.subplots(2, len(methods), figsize=(6.5 * len(methods), 9), squeeze=False)
+    for col, method in enumerate(methods):
+        rows = [r for r in step["bh"] if r["method"] == method]
+        a = np.array([r["alpha"] for r in rows])
+        color = COLORS[f"bh-{method}"]
+        for row, key in ((0, "fdp"), (1, "power")):
+            ax = axes[row, col]
+            mean = np.array([r[key]["mean"] for r in rows])
+            err = np.array([[r[key]["mean"] - r[key]["ci_low"], r[key]["ci_high"] - r[key]["mean"]] for r in rows]).T
+            label = "BH: share of its discoveries not needed" if key == "fdp" else "BH: needed experts selected"
+            ax.errorbar(a, mean, yerr=np.clip(err, 0, None), marker="o", capsize=3, color=color, lw=2, label=label)
+            if key == "fdp":
+                ax.plot(a, [r["fdp_all"]["mean"] for r in rows], ls=":", marker=".", color=color,
+                        label="BH: share of all selected (min_k's forced experts too)")
+            for fam in BASELINES:
+                pts = [(r["alpha"], r["baselines"][fam][key]["mean"]) for r in rows if r["baselines"].get(fam)]
+                if pts:
+                    x, y = zip(*pts)
+                    ax.plot(x, y, ls="--", marker="s", ms=4, color=COLORS[fam], label=f"{NAMES[fam]} at BH's mean k")
+            if key == "fdp":
+                ax.plot([a.min(), a.max()], [a.min(), a.max()], color="black", lw=1, label="FDP = α")
+                ax.set_yscale("symlog", linthresh=1e-3)
+                ax.set_ylabel(f"false discovery proportion (τ = {step['tau']:g}), 95% CI", fontsize=11)
+                ax.set_title(f"{NAMES['bh-' + method]}: FDP vs α", fontsize=13, fontweight="bold")
+            else:
+                ax.set_ylim(0, 1.02)
+                ax.set_ylabel("power: needed experts selected / needed, 95% CI", fontsize=11)
+                ax.set_title(f"{NAMES['bh-' + method]}: power vs α", fontsize=13, fontweight="bold")
+            ax.set_xscale("log")
+            ax.set_xlabel("α (log scale)", fontsize=11)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    m = res["model"]
+    fig.suptitle(
+        f"{m['name']} · needed = removing the expert from the model's top-{step['top_k']} changes the MoE output by "
+        f"more than τ = {step['tau']:g} (relative L2); experts outside the top-k are never needed · means over "
+        f"{step['num_documents']} documents",
+        fontsize=9, y=1.0,
+    )
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _section(res: dict, figures: list[str]) -> list[str]:
+    step = res["steps"]["fdr_oracle"]
+    tau, k = step["tau"], step["top_k"]
+    rows = []
+    for r in step["bh"]:
+        base = [r["baselines"].get(f) for f in BASELINES]
+        rows.append([
+            r["label"], r["mean_k"], f"{fmt(r['fdp']['mean'])} ({fmt(r['fdp']['ci_low'])}–{fmt(r['fdp']['ci_high'])})",
+            r["fdp_all"]["mean"], f"{fmt(r['power']['mean'])} ({fmt(r['power']['ci_low'])}–{fmt(r['power']['ci_high'])})",
+            *[("n/a" if b is None else f"{fmt(b['fdp']['mean'])} / {fmt(b['power']['mean'])}") for b in base],
+        ])
+    above = [r for r in step["bh"] if r["fdp_vs_alpha"]["decision"] == "higher"]
+    below = [r for r in step["bh"] if r["fdp_vs_alpha"]["decision"] == "lower"]
+    out = [
+        "## What α bounds: false discoveries against an ablation oracle",
+        "",
+        f"An expert is *needed* by a token at a layer when removing it from the model's own top-{k} changes the MoE "
+        f"block's output by more than τ = {fmt(tau)} in relative L2 (exact ablation; `docs/fdr_oracle.md` explains "
+        "τ: dropping every expert under it at once costs under 1% perplexity). Experts outside the top-k are not "
+        "needed by this definition. FDP = share of BH's own discoveries (not min_k's forced experts) that are not "
+        "needed, per (token, layer), averaged per document; power = share of the needed experts selected. BH runs on "
+        "the logits of the model's own routing (every layer as the model computes it). Baselines at BH's mean k "
+        "(FDP of all their selections / power); 95% t-intervals over documents.",
+        "",
+    ]
+    if "fdr_oracle.png" in figures:
+        out += ["![fdr_oracle](fdr_oracle.png)", ""]
+    out += [
+        table(["setting", "mean k", "FDP (95% CI)", "FDP, all selected", "power (95% CI)",
+               "top-k FDP / power", "top-p FDP / power", "weight ratio FDP / power"], rows),
+        "",
+        f"Verdict (tests Holm-adjusted within each family): FDP is significantly above α for {len(above)} and below α "
+        f"for {len(below)} of {len(step['bh'])} BH settings.",
+        "",
+        *[f"- {r['verdict']}" for r in step["bh"]],
+        "",
+    ]
+    nulls = step.get("null_rejection", {})
+    if nulls:
+        out += [
+            "Null rejection rates P(p ≤ a | expert not in the model's top-k), mean over documents / nominal a "
+            "(1 = what a valid p-value for \"not in the top-k\" gives):",
+            "",
+            table(["p-values", "layer", "a = 0.001", "a = 0.01", "a = 0.05"],
+                  [[m, row["layer"], *[row[a]["ratio_to_nominal"] for a in ("0.001", "0.01", "0.05")]]
+                   for m, rs in nulls.items() for row in rs]),
+            "",
+        ]
+    return out
+
+
+register_figure(Figure("fdr_oracle.png", _draw, needs=("fdr_oracle",)))
+register_section(Section("fdr_oracle", _section, needs=("fdr_oracle",), order=85))
