@@ -101,3 +101,13 @@ def test_study_runs_single_steps(small_config, tmp_path):
     assert study.figure("alpha_sensitivity.png").is_file()
     with pytest.raises(ValueError, match="unknown steps"):
         study.run("alphas")
+
+
+def test_fdr_oracle_step_figure_and_section(finished):
+    _, out, res = finished
+    step = res["steps"]["fdr_oracle"]
+    md = (out / REPORT_MD).read_text()
+    assert (out / "fdr_oracle.png").is_file() and "![fdr_oracle](fdr_oracle.png)" in md
+    assert [r["alpha"] for r in step["bh"]] == [0.05, 0.3, 0.05, 0.3]  # each method at every α of the sweep
+    for row in step["bh"]:
+        assert fmt(row["fdp"]["mean"]) in md and row["verdict"] in md

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from .base import fmt
+from .fdr_oracle import fdr_oracle_summary
 from .registry import available, sections_in_order
 from .sections import verdict_summary
 
@@ -104,6 +105,9 @@ def conclusions(res: dict) -> str:
             f"{fmt(u['topk']['mean_cv'])} with top-{k} (normalised entropy {fmt(u['bh']['mean_normalized_entropy'])} "
             f"against {fmt(u['topk']['mean_normalized_entropy'])})."
         )
+    fo = steps.get("fdr_oracle")
+    if fo:
+        found.append("- **What α bounds** (ablation oracle, τ = " + fmt(fo["tau"]) + "): " + fdr_oracle_summary(fo))
     out += found or ["- This run holds no finished analysis steps yet."]
     out += [
         "",
