@@ -179,8 +179,12 @@ def select(data: OracleData, strategy: Strategy, *, pvalue_cache: dict | None = 
             cache = {} if pvalue_cache is None else pvalue_cache
             if key not in cache:
                 cache[key] = strategy.p_values(rec.logits, layer=layer)  # (T, E)
-            rejected, _ = bh_count(cache[key], strategy.alpha)  # (T,), before the min_k/max_k clamp
-            counts = torch.minimum(rejected, counts)
+            # BH's own count k̂ differs from the clamped count only where the clamp to min_k acted
+            at_min = counts <= strategy.min_k  # (T,)
+            if bool(at_min.any()):
+                rejected, _ = bh_count(cache[key][at_min], strategy.alpha)  # (t,), unclamped
+                counts = counts.clone()
+                counts[at_min] = torch.minimum(rejected, counts[at_min])
         effects.append(_slot_effects(rec, r.indices, data.num_experts))  # (T, W)
         discoveries.append(torch.arange(r.indices.shape[1]) < counts.unsqueeze(1))  # (T, W)
     return _stack(effects, discoveries)
@@ -200,28 +204,36 @@ def _stack(effects: list[torch.Tensor], discoveries: list[torch.Tensor]) -> Sele
 
 def per_sequence(data: OracleData, sel: Selection, tau: float) -> dict[str, np.ndarray]:
     """Per-sequence FDP (discoveries), FDP (all selected), power and mean k, each (N,)."""
+    return per_sequence_taus(data, sel, (tau,))[0]
+
+
+def per_sequence_taus(data: OracleData, sel: Selection, taus) -> list[dict[str, np.ndarray]]:
+    """:func:`per_sequence` at each threshold of ``taus`` (one pass over the selection)."""
     n, s = data.num_sequences, data.seq_len
+    t = torch.tensor([float(x) for x in taus], dtype=sel.effect.dtype)  # (K,)
     used = sel.effect >= 0  # (L, T, W)
-    needed_sel = sel.effect > tau  # (L, T, W)
-    r = sel.discovery.sum(-1).double()  # (L, T)
-    v = (sel.discovery & ~needed_sel).sum(-1).double()
-    c = used.sum(-1).double()
-    v_all = (used & ~needed_sel).sum(-1).double()
-    hits = needed_sel.sum(-1).double()
-    needed = data.needed(tau).double()  # (L, T)
+    needed_sel = sel.effect.unsqueeze(0) > t[:, None, None, None]  # (K, L, T, W)
+    r = sel.discovery.sum(-1).float()  # (L, T)
+    c = used.sum(-1).float()
+    hits = needed_sel.sum(-1).float()  # (K, L, T): needed among the selected
+    v = r - (needed_sel & sel.discovery).sum(-1).float()  # (K, L, T): discoveries not needed
+    v_all = c - hits  # every selected slot is used
+    needed = torch.stack([data.needed(x) for x in taus]).float()  # (K, L, T)
 
-    def by_seq(x: torch.Tensor) -> torch.Tensor:  # (L, N*S) -> (N, L*S)
-        return x.reshape(-1, n, s).transpose(0, 1).reshape(n, -1)
+    def by_seq(x: torch.Tensor) -> torch.Tensor:  # (..., L, N*S) -> (..., N, L*S)
+        lead = x.shape[:-2]
+        return x.reshape(*lead, -1, n, s).transpose(-3, -2).reshape(*lead, n, -1)
 
-    out = {
-        "fdp": by_seq(v / r.clamp(min=1)).mean(dim=1),
-        "fdp_all": by_seq(v_all / c.clamp(min=1)).mean(dim=1),
-        "power": by_seq(hits).sum(dim=1) / by_seq(needed).sum(dim=1).clamp(min=1),
-        "mean_k": by_seq(c).mean(dim=1),
-        "discoveries": by_seq(r).mean(dim=1),
-        "needed": by_seq(needed).mean(dim=1),  # needed experts per (token, layer): the weight of power
-    }
-    return {k: v.numpy() for k, v in out.items()}
+    fdp = by_seq(v / r.clamp(min=1)).double().mean(dim=-1)  # (K, N)
+    fdp_all = by_seq(v_all / c.clamp(min=1)).double().mean(dim=-1)
+    power = by_seq(hits).double().sum(dim=-1) / by_seq(needed).double().sum(dim=-1).clamp(min=1)
+    mean_k, discoveries = by_seq(c).double().mean(dim=-1).numpy(), by_seq(r).double().mean(dim=-1).numpy()  # (N,)
+    needed_mean = by_seq(needed).double().mean(dim=-1)  # (K, N): needed experts per (token, layer), power's weight
+    return [
+        {"fdp": fdp[i].numpy(), "fdp_all": fdp_all[i].numpy(), "power": power[i].numpy(), "mean_k": mean_k,
+         "discoveries": discoveries, "needed": needed_mean[i].numpy()}
+        for i in range(len(t))
+    ]
 
 
 def per_doc(values: dict[str, np.ndarray], documents: list[str] | None) -> dict[str, np.ndarray]:
@@ -454,8 +466,8 @@ def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, docum
         vs_alpha.append(row["fdp_vs_alpha"])
         row["per_layer"] = per_layer(data, sel, tau)
         row["tau_sensitivity"] = {
-            f"{t:g}": {k: float(v.mean()) for k, v in per_sequence(data, sel, t).items() if k in ("fdp", "fdp_all", "power")}
-            for t in taus
+            f"{t:g}": {k: float(v.mean()) for k, v in values.items() if k in ("fdp", "fdp_all", "power")}
+            for t, values in zip(taus, per_sequence_taus(data, sel, taus))
         }
         row["baselines"] = {}
         for fam in baselines:

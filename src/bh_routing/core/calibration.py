@@ -8,10 +8,13 @@ length: each update keeps the values with the smallest random keys (bottom-R sam
 mergeable form of reservoir sampling), so the kept values are a uniform sample of those seen.
 
 Which null is the default, and why: ``"unrouted"``. The ``"all"`` sample mixes in the logits of
-tokens that do need the expert (the signal), which fattens the null's upper tail, so every
-p-value grows and BH selects fewer experts at the same alpha (conservative, valid). The
-"unrouted" sample is the logit distribution when the model itself judged the expert unneeded;
-it is the closer estimate of the null H_e, so p-values are smaller where they should be. The
+tokens the model routed to the expert, which fattens the null's upper tail, so every p-value grows
+and BH selects fewer experts at the same alpha. The "unrouted" sample is the logit distribution
+when the expert was not in the model's top-k: p-values against it are valid for "e is not in
+this token's top-k" (``"all"`` is conservative for that), not for "e is not needed" - what alpha
+then bounds for needed experts is measured by :mod:`bh_routing.analysis.oracle`. Both need the
+calibration tokens to be exchangeable with the routed ones, including the routing of the layers
+below (:mod:`bh_routing.core.sequential`). The
 measured difference on the embedded model is in ``docs/calibration_nulls.md``, written by
 ``scripts/compare_nulls.py``: at equal mean experts per token the "unrouted" null's held-out
 loss was lower (by 0.23-0.27 nats/token where the two α sweeps overlap), and at equal α "all"

@@ -1,12 +1,24 @@
-"""p-values for the hypotheses H_e: "expert e is not needed for this token".
+"""p-values for routing: each says how unusual expert e's router logit is for this token.
 
-BH is only as good as its p-values. Three constructions that are valid under a stated null:
+The hypothesis the project cares about is H_e "expert e is not needed for this token". None of the
+constructions here tests it directly; each is valid for a narrower null, stated below, and what
+BH's alpha then bounds for "not needed" is measured, not assumed (an ablation oracle:
+:mod:`bh_routing.analysis.oracle`, the run's ``fdr_oracle`` step; ``docs/fdr_oracle.md``).
 
-* :func:`empirical_null_pvalues` - a per-token empirical null (Efron 2004): needs no calibration.
 * :func:`conformal_pvalues` - a calibrated (conformal) null per layer and expert, from logits
-  recorded on a calibration text (see :class:`bh_routing.core.calibration.Calibration`).
+  recorded on a calibration text (see :class:`bh_routing.core.calibration.Calibration`). With the
+  default "unrouted" null it is super-uniform for H'_e "e is not in the model's top-k for this
+  token" - a fact of the router, not "not needed" - when the calibration tokens are exchangeable
+  with the routed ones. Routing the layers below differently from the calibration run breaks that
+  from layer 1 on (sequential calibration, :mod:`bh_routing.core.sequential`, repairs most of it;
+  measured in ``docs/fdr_oracle.md``), and so does calibration text unlike the evaluated text.
 * :func:`standardized_pvalues` - the empirical null's per-token standardisation with a
-  calibrated (conformal) tail: one pooled null per layer of standardised scores.
+  calibrated (conformal) tail: one pooled null per layer of standardised scores. With the
+  "unrouted" null it is, like the per-expert one, a test of "e is not in the top-k", and it
+  further assumes one null distribution for every expert of a layer.
+* :func:`empirical_null_pvalues` - a per-token empirical null (Efron 2004): needs no calibration;
+  approximate, and liberal for tokens without several clearly separated experts (simulated in
+  ``tests/core/test_fdr_simulations.py``).
 
 Rank consistency. The empirical and the standardised p-values are decreasing functions of the
 logit within a token, so the experts with the k smallest p-values are the router's top k (up
@@ -86,10 +98,13 @@ def empirical_null_pvalues(logits: torch.Tensor, *, temperature: float = 1.0) ->
 
     .. math:: p_e = 1 - \\Phi\\big((z_e - \\hat\\mu)/\\hat\\sigma\\big).
 
-    Valid (approximately) when most experts are null for each token - true for a router that
-    activates 8 of 64 - and their logits are roughly normal; the median and MAD resist the few
-    large "signal" logits. No calibration is needed. Scale-free: the temperature has no effect.
-    A token whose logits are all equal (MAD 0) gets p = 0.5 everywhere.
+    The null it tests: expert e's logit is a typical draw from the normal fitted to its own token's
+    logits. Approximate: the median and MAD of E = 64 values are noisy enough that BH's thresholds
+    (z of about 3 and more) see too light a tail. With several clearly separated "signal" logits per
+    token the noise in the centre and scale errs on the conservative side and BH holds
+    alpha * E0 / E; with none, BH selects something in far more than alpha of pure-noise tokens
+    (``tests/core/test_fdr_simulations.py``). No calibration is needed. Scale-free: the
+    temperature has no effect. A token whose logits are all equal (MAD 0) gets p = 0.5 everywhere.
 
     Parameters
     ----------
@@ -157,11 +172,13 @@ def standardized_pvalues(
 
     .. math:: p_e = \\frac{1 + \\#\\{i : u_i \\ge u_e\\}}{n + 1}.
 
-    The null assumed: when expert e is not needed for a token, its standardised score is
-    exchangeable with the pooled calibration scores. Then p_e is super-uniform under H_e
-    (Vovk et al. 2005) and BH over these p-values controls the FDR as for conformal p-values
-    (Bates, Candes, Lei, Romano & Sesia 2023). Validity conditions, which are stronger than the
-    per-expert calibrated null's: (i) the calibration text comes from the distribution of the
+    The null: expert e's standardised score is exchangeable with the layer's pooled calibration
+    scores (the scores of the calibration's null: experts outside the model's top-k with
+    ``null="unrouted"``, every expert with ``"all"``). Then p_e is super-uniform for that null
+    (Vovk et al. 2005) - with "unrouted", H'_e "e is not in this token's top-k", not "e is not
+    needed" (what alpha bounds for needed experts is measured by :mod:`bh_routing.analysis.oracle`);
+    as for :func:`conformal_pvalues`, no FDR result for the E dependent p-values of one token is
+    claimed. Validity conditions, which are stronger than the per-expert calibrated null's: (i) the calibration text comes from the distribution of the
     routed tokens; (ii) pooling needs the unneeded experts' standardised scores to share one
     distribution across experts (an expert whose null sits higher than the others' gets
     too-small p-values; the per-expert null does not assume this); (iii) the sample holds
@@ -216,15 +233,21 @@ def conformal_pvalues(
 ) -> torch.Tensor:
     """Conformal p-values against a per-expert calibration null.
 
-    The null assumed: when expert e is not needed, its logit on a new token is exchangeable with
-    the calibration sample :math:`z^{(e)}_1..z^{(e)}_{n_e}` of that layer and expert. Then
+    The null: expert e's logit on the new token is exchangeable with the calibration sample
+    :math:`z^{(e)}_1..z^{(e)}_{n_e}` of that layer and expert. Then
 
     .. math:: p_e = \\frac{1 + \\#\\{i : z^{(e)}_i \\ge z_e\\}}{n_e + 1}
 
-    is super-uniform under H_e (Vovk et al. 2005), and BH over such p-values controls the FDR
-    (Bates, Candes, Lei, Romano & Sesia 2023, Ann. Statist. 51(1)). Valid when the calibration
-    text comes from the same distribution as the tokens routed; the smallest attainable p-value
-    is :math:`1/(n_e+1)`, so BH at level alpha needs :math:`n_e + 1 \\ge E/\\alpha` to select
+    is super-uniform (Vovk et al. 2005). Which hypothesis that is depends on the sample: with the
+    "unrouted" null (e's logits on calibration tokens whose top-k did not contain e) it is H'_e
+    "e is not in this token's top-k", not "e is not needed"; with "all" it is conservative for
+    H'_e. Exchangeability needs the calibration text to come from the distribution of the routed
+    tokens *and* the layers below to be routed as in the calibration run (see the module notes).
+    Bates, Candes, Lei, Romano & Sesia (2023, Ann. Statist. 51(1)) show FDR control for BH over
+    many test points against one calibration set; the E p-values of one token are a different,
+    dependent family, for which no such result is claimed here (simulations:
+    ``tests/core/test_fdr_simulations.py``). The smallest attainable p-value is
+    :math:`1/(n_e+1)`, so BH at level alpha needs :math:`n_e + 1 \\ge E/\\alpha` to select
     anything beyond ``min_k``.
 
     Parameters

@@ -236,9 +236,10 @@ class WeightRatio(Strategy):
 
 
 class BH(Strategy):
-    """Benjamini-Hochberg routing: a variable number of experts per token at FDR level alpha.
+    """Benjamini-Hochberg routing: a variable number of experts per token, set by alpha.
 
-    p-values for H_e "expert e is not needed" come from ``pvalues``; BH at level alpha gives
+    Each token's E p-values come from ``pvalues`` (tests of narrower nulls than "expert e is not
+    needed", see "What alpha bounds"); BH at level alpha gives
     the count :math:`\\hat k = \\max\\{k : p_{(k)} \\le k\\alpha/E\\}` (Benjamini & Hochberg
     1995), clamped to [min_k, max_k]. ``selection`` says which :math:`\\hat k` experts run.
 
@@ -263,10 +264,20 @@ class BH(Strategy):
       hold. The count is computed without sorting the p-values (see
       :mod:`bh_routing.core.router_count`), exactly equal to BH's.
 
+    What alpha bounds. BH bounds the expected share of its own rejections that are null *for the
+    hypothesis the p-values test* by alpha * E0 / E when a token's p-values are independent or
+    positively dependent: for ``pvalues="calibrated"`` with the "unrouted" null, the share of BH's
+    discoveries outside the model's top-k (given exchangeable calibration; see
+    :mod:`bh_routing.core.pvalues`); ``min_k``'s forced experts are not discoveries. It does not
+    bound the share of selected experts that are *not needed*: that is measured against an
+    ablation oracle by the run's ``fdr_oracle`` step (:mod:`bh_routing.analysis.oracle`); on the
+    embedded model, with the calibrated null, it exceeds alpha at the small alpha that save
+    compute (RESULTS.md).
+
     Parameters
     ----------
     alpha : float in (0, 1], default 0.05
-        FDR level: larger alpha, more experts.
+        BH's level: larger alpha, more experts (see "What alpha bounds").
     temperature : float > 0, default 1.0
         Spreads each token's logits about their median by 1/temperature (softmax temperature);
         no effect with ``pvalues="empirical"`` or ``"standardized"`` (scale-free), fewer experts

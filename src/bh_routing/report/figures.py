@@ -63,7 +63,7 @@ def alpha_sensitivity(res: dict, path: Path) -> Path:
     axes[0].axhline(res["config"]["min_k"], ls=":", color="gray", lw=1, label=f"min_k = {res['config']['min_k']}")
     for ax in axes[:2]:
         ax.set_xscale("log")
-        ax.set_xlabel("α (FDR level, log scale)", fontsize=12)
+        ax.set_xlabel("α (BH level, log scale)", fontsize=12)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
     axes[0].set_ylabel("experts per token (mean; bars: 10th–90th percentile)", fontsize=11)
