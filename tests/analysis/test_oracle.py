@@ -137,12 +137,14 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
     assert out["tau"] == oracle.TAU and out["num_sequences"] == 4 and out["top_k"] == 4
     assert out["num_documents"] == 3
     labels = [r["label"] for r in out["bh"]]
-    assert labels == [f"BH-{m}(α={a:g})" for m in ("empirical", "calibrated") for a in (0.05, 0.3)]
+    variants = ("empirical", "calibrated", "calibrated-router", "standardized")
+    assert labels == [f"BH-{m}(α={a:g})" for m in variants for a in (0.05, 0.3)]
     data = oracle.record(model, seqs)
     for row in out["bh"]:
         for key in ("fdp", "fdp_all", "power"):
             assert row[key]["ci_low"] <= row[key]["mean"] <= row[key]["ci_high"]
-        strategy = BH(row["alpha"], pvalues=row["method"], calibration=cal if row["method"] == "calibrated" else None)
+        strategy = BH(row["alpha"], pvalues=row["pvalues"], calibration=None if row["pvalues"] == "empirical" else cal,
+                      selection=row["selection"])
         v = oracle.per_sequence(data, oracle.select(data, strategy), oracle.TAU)
         by_doc = [v["fdp"][0], v["fdp"][1:3].mean(), v["fdp"][3]]
         assert row["fdp"]["mean"] == pytest.approx(np.mean(by_doc)) and row["fdp"]["n"] == 3
@@ -154,4 +156,5 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
                 assert b["fdp_diff"]["ci_low"] <= b["fdp_diff"]["mean_diff"] <= b["fdp_diff"]["ci_high"]
                 assert b["fdp_diff"]["correction"] in ("holm", "none")
         assert row["verdict"].startswith(row["label"])
+    assert set(out["null_rejection"]) == {"empirical", "calibrated", "standardized"}
     assert [r["layer"] for r in out["null_rejection"]["calibrated"]] == [0, 1]

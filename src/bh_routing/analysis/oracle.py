@@ -155,11 +155,18 @@ class _MemoCalibration:
     def __getattr__(self, name):
         return getattr(self._calibration, name)
 
-    def pvalues(self, logits: torch.Tensor, layer: int, *, temperature: float = 1.0) -> torch.Tensor:
-        key = (id(logits), layer, temperature)
+    def _memoized(self, kind: str, logits: torch.Tensor, layer: int, temperature: float) -> torch.Tensor:
+        key = (kind, id(logits), layer, temperature)
         if key not in self._memo:
-            self._memo[key] = (logits, self._calibration.pvalues(logits, layer, temperature=temperature))
+            fn = getattr(self._calibration, kind)
+            self._memo[key] = (logits, fn(logits, layer, temperature=temperature))
         return self._memo[key][1]  # the logits are kept with the entry, so their id stays theirs
+
+    def pvalues(self, logits: torch.Tensor, layer: int, *, temperature: float = 1.0) -> torch.Tensor:
+        return self._memoized("pvalues", logits, layer, temperature)
+
+    def standardized_pvalues(self, logits: torch.Tensor, layer: int, *, temperature: float = 1.0) -> torch.Tensor:
+        return self._memoized("standardized_pvalues", logits, layer, temperature)
 
 
 def select(data: OracleData, strategy: Strategy, *, pvalue_cache: dict | None = None) -> Selection:
@@ -436,7 +443,7 @@ def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, docum
     ----------
     data : OracleData
         From :func:`record` (the model routing by its own top-k).
-    strategies : list of (p-value method, alpha, BH)
+    strategies : list of (variant name, alpha, BH), e.g. from :func:`bh_variants`
     documents : list of str, optional
         Each sequence's document id: intervals and tests are over documents
         (:mod:`bh_routing.analysis.stats`); None means every sequence is its own document.
@@ -455,12 +462,13 @@ def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, docum
     ranking = Ranking(data, min_k=min_k, max_k=max_k or data.top_k)
     cache: dict = {}
     rows, vs_alpha, vs_baselines = [], [], []
-    for method, alpha, strategy in strategies:
+    for variant, alpha, strategy in strategies:
         sel = select(data, strategy, pvalue_cache=cache)
         seq = per_sequence(data, sel, tau)
         doc = per_doc(seq, documents)
-        label = f"BH-{method}(α={alpha:g})"
-        row = {"method": method, "alpha": alpha, "label": label, **summarize(doc)}
+        label = f"BH-{variant}(α={alpha:g})"
+        row = {"method": variant, "pvalues": strategy.pvalues, "selection": getattr(strategy, "selection", "pvalue"),
+               "alpha": alpha, "label": label, **summarize(doc)}
         row["mean_k"] = row["mean_k"]["mean"]
         row["fdp_vs_alpha"] = paired_comparison(doc["fdp"], np.full_like(doc["fdp"], alpha), names=(label, "α"), metric="FDP")
         vs_alpha.append(row["fdp_vs_alpha"])
@@ -505,18 +513,37 @@ def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, docum
     return out
 
 
+CALIBRATED = ("calibrated", "standardized")  # the p-value methods that need a calibration
+
+
+def bh_variants(cfg, calibration) -> list[tuple[str, float, BH]]:
+    """(variant, alpha, BH) for every p-value method of ``cfg.pvalues`` and α of the sweep, in
+    p-value order; and, for the per-expert calibrated null (whose p-value order is not the
+    router's), with ``selection="router"`` too, as variant ``"calibrated-router"``. Methods that
+    need a calibration are left out without one."""
+    out = []
+    for method in cfg.pvalues:
+        if method in CALIBRATED and calibration is None:
+            continue
+        cal = calibration if method in CALIBRATED else None
+        selections = ("pvalue", "router") if method == "calibrated" else ("pvalue",)
+        for selection in selections:
+            variant = method if selection == "pvalue" else f"{method}-router"
+            for alpha in sorted(set(cfg.alphas)):
+                strategy = BH(alpha, min_k=cfg.min_k, max_k=cfg.max_k, pvalues=method, calibration=cal, selection=selection)
+                out.append((variant, alpha, strategy))
+    return out
+
+
 def fdr_oracle(model, sequences: torch.Tensor, cfg, calibration, *, documents: list[str] | None = None) -> dict:
     """The run's ``fdr_oracle`` step: :func:`record` the evaluation sequences once (the model
-    routing by its own top-k), then every BH setting of the α sweep and the baselines offline
-    (:func:`fdr_step`); ``documents``: each sequence's document id."""
-    from .experiments import bh_strategy
-
+    routing by its own top-k), then every BH variant (:func:`bh_variants`) and the baselines
+    offline (:func:`fdr_step`); ``documents``: each sequence's document id."""
     data = record(model, sequences)
-    calibration = None if calibration is None else _MemoCalibration(calibration)
-    methods = [m for m in cfg.pvalues if m != "calibrated" or calibration is not None]
-    alphas = sorted(set(cfg.alphas))
-    strategies = [(m, a, bh_strategy(cfg, m, calibration, alpha=a)) for m in methods for a in alphas]
-    first = {m: bh_strategy(cfg, m, calibration) for m in methods}
+    strategies = bh_variants(cfg, None if calibration is None else _MemoCalibration(calibration))
+    first = {}  # one strategy per p-value method, for its null rejection rates
+    for _, _, s in strategies:
+        first.setdefault(s.pvalues, s)
     nulls = {m: (lambda layer, z, s=s: s.p_values(z, layer=layer)) for m, s in first.items()}
     baselines = tuple(f for f in BASELINES if f == "topk" or f in cfg.strategies)
     return fdr_step(

@@ -27,9 +27,9 @@ from .calibration import Calibration, CalibrationBuilder
 
 def empty_calibration(
     *, num_layers: int, num_experts: int, top_k: int, null: str, reservoir_size: int, model_name: str,
-    model_fingerprint: str,
+    model_fingerprint: str, pooled_size: int = 65536,
 ) -> Calibration:
-    """A calibration with no null values: every conformal p-value is 1 (``(1 + 0) / (0 + 1)``)."""
+    """A calibration with no null values: every p-value is 1 (``(1 + 0) / (0 + 1)``)."""
     return Calibration(
         model_name=model_name,
         model_fingerprint=model_fingerprint,
@@ -40,6 +40,8 @@ def empty_calibration(
         null_sorted=torch.full((num_layers, num_experts, reservoir_size), float("-inf")),
         null_count=torch.zeros(num_layers, num_experts, dtype=torch.int64),
         num_tokens=0,
+        std_sorted=torch.full((num_layers, pooled_size), float("-inf")),
+        std_count=torch.zeros(num_layers, dtype=torch.int64),
     )
 
 
@@ -51,8 +53,11 @@ def with_layer(calibration: Calibration, layer: int, fitted: Calibration) -> Cal
     null_count = calibration.null_count.clone()  # (L, E)
     null_sorted[layer] = fitted.null_sorted[0]
     null_count[layer] = fitted.null_count[0]
+    std_sorted, std_count = calibration.std_sorted.clone(), calibration.std_count.clone()  # (L, Rp), (L,)
+    std_sorted[layer], std_count[layer] = fitted.std_sorted[0], fitted.std_count[0]
     seen = fitted.num_tokens if calibration.num_tokens == 0 else min(calibration.num_tokens, fitted.num_tokens)
-    return replace(calibration, null_sorted=null_sorted, null_count=null_count, num_tokens=seen)
+    return replace(calibration, null_sorted=null_sorted, null_count=null_count, std_sorted=std_sorted,
+                   std_count=std_count, num_tokens=seen)
 
 
 def fit_sequential(
@@ -63,6 +68,7 @@ def fit_sequential(
     top_k: int,
     null: str = "unrouted",
     reservoir_size: int = 4096,
+    pooled_size: int = 65536,
     seed: int = 0,
     model_name: str,
     model_fingerprint: str,
@@ -75,7 +81,7 @@ def fit_sequential(
         The router logits that reach MoE layer ``layer`` on the calibration text when layers
         ``0..layer-1`` are routed by the evaluated strategy built on ``calibration``. Its layers
         below ``layer`` are final; the others are empty (p = 1) and must not be used.
-    num_layers, num_experts, top_k, null, reservoir_size, seed
+    num_layers, num_experts, top_k, null, reservoir_size, pooled_size, seed
         As for :class:`~bh_routing.core.calibration.CalibrationBuilder`; layer l's sample is
         drawn with seed ``seed + l``.
     model_name, model_fingerprint : str
@@ -87,12 +93,11 @@ def fit_sequential(
         Same format as an ordinary calibration.
     """
     ident = {"model_name": model_name, "model_fingerprint": model_fingerprint}
-    cal = empty_calibration(
-        num_layers=num_layers, num_experts=num_experts, top_k=top_k, null=null, reservoir_size=reservoir_size, **ident
-    )
+    sizes = {"reservoir_size": reservoir_size, "pooled_size": pooled_size}
+    cal = empty_calibration(num_layers=num_layers, num_experts=num_experts, top_k=top_k, null=null, **sizes, **ident)
     for layer in range(num_layers):
         builder = CalibrationBuilder(
-            num_layers=1, num_experts=num_experts, top_k=top_k, null=null, reservoir_size=reservoir_size, seed=seed + layer
+            num_layers=1, num_experts=num_experts, top_k=top_k, null=null, **sizes, seed=seed + layer
         )
         for logits in logits_at(layer, cal):
             builder.update(0, logits)

@@ -11,17 +11,27 @@ from .figures import COLORS, NAMES
 from .registry import Figure, Section, register_figure, register_section
 
 BASELINES = ("topk", "topp", "weight_ratio")
+VARIANT_COLORS = {"standardized": "#8c564b", "calibrated-router": "#e377c2"}
+VARIANT_NAMES = {"standardized": "BH, standardised null", "calibrated-router": "BH, calibrated null, router order"}
+
+
+def _color(variant: str) -> str:
+    return COLORS.get(f"bh-{variant}") or VARIANT_COLORS.get(variant, "#17becf")
+
+
+def _name(variant: str) -> str:
+    return NAMES.get(f"bh-{variant}") or VARIANT_NAMES.get(variant, f"BH, {variant}")
 
 
 def _draw(res: dict, path: Path) -> Path:
     """FDP and power against α per p-value method, with FDP = α and the baselines at BH's mean k."""
     step = res["steps"]["fdr_oracle"]
     methods = list(dict.fromkeys(r["method"] for r in step["bh"]))
-    fig, axes = plt.subplots(2, len(methods), figsize=(6.5 * len(methods), 9), squeeze=False)
+    fig, axes = plt.subplots(2, len(methods), figsize=(5.6 * len(methods), 9), squeeze=False)
     for col, method in enumerate(methods):
         rows = [r for r in step["bh"] if r["method"] == method]
         a = np.array([r["alpha"] for r in rows])
-        color = COLORS[f"bh-{method}"]
+        color = _color(method)
         for row, key in ((0, "fdp"), (1, "power")):
             ax = axes[row, col]
             mean = np.array([r[key]["mean"] for r in rows])
@@ -40,11 +50,11 @@ def _draw(res: dict, path: Path) -> Path:
                 ax.plot([a.min(), a.max()], [a.min(), a.max()], color="black", lw=1, label="FDP = α")
                 ax.set_yscale("symlog", linthresh=1e-3)
                 ax.set_ylabel(f"false discovery proportion (τ = {step['tau']:g}), 95% CI", fontsize=11)
-                ax.set_title(f"{NAMES['bh-' + method]}: FDP vs α", fontsize=13, fontweight="bold")
+                ax.set_title(f"{_name(method)}: FDP vs α", fontsize=12, fontweight="bold")
             else:
                 ax.set_ylim(0, 1.02)
                 ax.set_ylabel("power: needed experts selected / needed, 95% CI", fontsize=11)
-                ax.set_title(f"{NAMES['bh-' + method]}: power vs α", fontsize=13, fontweight="bold")
+                ax.set_title(f"{_name(method)}: power vs α", fontsize=12, fontweight="bold")
             ax.set_xscale("log")
             ax.set_xlabel("α (log scale)", fontsize=11)
             ax.grid(alpha=0.3)
