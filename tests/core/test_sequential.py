@@ -102,11 +102,14 @@ def test_fit_sequential_hands_each_layer_the_final_nulls_below():
         yield torch.randn(50, E, generator=torch.Generator().manual_seed(layer))
 
     cal = fit_sequential(
-        logits_at, num_layers=L, num_experts=E, top_k=K, reservoir_size=64, model_name="m", model_fingerprint="f"
+        logits_at, num_layers=L, num_experts=E, top_k=K, reservoir_size=64, pooled_size=1024, model_name="m",
+        model_fingerprint="f",
     )
     filled = 50 * (E - K)
     assert seen == [(0, [0, 0, 0]), (1, [filled, 0, 0]), (2, [filled, filled, 0])]
     assert cal.null_count.sum().item() == L * filled and cal.num_tokens == 50
+    assert cal.std_count.tolist() == [filled] * L  # the pooled standardised null is fitted per layer too
+    assert cal.standardized_pvalues(torch.randn(5, E), L - 1).shape == (5, E)
     # an empty layer gives p = 1 everywhere
     empty = empty_calibration(
         num_layers=1, num_experts=E, top_k=K, null="unrouted", reservoir_size=8, model_name="m", model_fingerprint="f"
