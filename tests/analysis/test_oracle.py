@@ -158,3 +158,11 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
         assert row["verdict"].startswith(row["label"])
     assert set(out["null_rejection"]) == {"empirical", "calibrated", "standardized"}
     assert [r["layer"] for r in out["null_rejection"]["calibrated"]] == [0, 1]
+
+
+def test_oracle_alphas_thin_a_long_sweep_and_keep_the_reports_alpha():
+    from bh_routing import RunConfig
+
+    assert oracle.oracle_alphas(RunConfig()) == [0.001, 0.01, 0.05, 0.2]
+    assert oracle.oracle_alphas(RunConfig(alphas=[0.3, 0.05], alpha=0.1)) == [0.05, 0.1, 0.3]
+    assert len(oracle.oracle_alphas(RunConfig(quick=True).effective())) >= 3

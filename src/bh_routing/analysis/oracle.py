@@ -516,11 +516,20 @@ def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, docum
 CALIBRATED = ("calibrated", "standardized")  # the p-value methods that need a calibration
 
 
+def oracle_alphas(cfg) -> list[float]:
+    """The α of the oracle step: the sweep's, every other one when it has more than 4 (the run's
+    time), always with the report's α; at least 3 whenever the sweep has 3."""
+    alphas = sorted(set(cfg.alphas))
+    if len(alphas) > 4:
+        alphas = alphas[::2]
+    return sorted(set(alphas) | {cfg.alpha})
+
+
 def bh_variants(cfg, calibration) -> list[tuple[str, float, BH]]:
-    """(variant, alpha, BH) for every p-value method of ``cfg.pvalues`` and α of the sweep, in
-    p-value order; and, for the per-expert calibrated null (whose p-value order is not the
-    router's), with ``selection="router"`` too, as variant ``"calibrated-router"``. Methods that
-    need a calibration are left out without one."""
+    """(variant, alpha, BH) for every p-value method of ``cfg.pvalues`` and α of
+    :func:`oracle_alphas`, in p-value order; and, for the per-expert calibrated null (whose p-value
+    order is not the router's), with ``selection="router"`` too, as variant
+    ``"calibrated-router"``. Methods that need a calibration are left out without one."""
     out = []
     for method in cfg.pvalues:
         if method in CALIBRATED and calibration is None:
@@ -529,7 +538,7 @@ def bh_variants(cfg, calibration) -> list[tuple[str, float, BH]]:
         selections = ("pvalue", "router") if method == "calibrated" else ("pvalue",)
         for selection in selections:
             variant = method if selection == "pvalue" else f"{method}-router"
-            for alpha in sorted(set(cfg.alphas)):
+            for alpha in oracle_alphas(cfg):
                 strategy = BH(alpha, min_k=cfg.min_k, max_k=cfg.max_k, pvalues=method, calibration=cal, selection=selection)
                 out.append((variant, alpha, strategy))
     return out
