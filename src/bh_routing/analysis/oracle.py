@@ -32,6 +32,14 @@ in those proportions.
 The BH strategies are evaluated on logits recorded once with the model routing by its own top-k
 (every layer's hidden states as the model makes them); :func:`record` also works inside
 :func:`bh_routing.models.patched`, for the selection as deployed.
+
+**On a big model** (OLMoE-1B-7B: 16 MoE layers, 64 experts, top-8, hidden size 2048) the record
+costs one forward pass plus the model's k routed (token, expert) pairs once more per layer (the
+ablation needs each expert's output separately; the k ablated outputs then follow by arithmetic),
+i.e. about twice the MoE compute of a plain forward, batch by batch on the accelerator, with a
+transient of tokens x k x hidden per layer call. What is kept, on the CPU, is the logits, the
+model's top-k indices, weights and effects: tokens x layers x (E + 4k) x 4 bytes (32 x 256
+tokens: about 50 MB). Every BH setting and baseline is then evaluated from it without the model.
 """
 
 from __future__ import annotations

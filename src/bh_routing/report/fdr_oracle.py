@@ -35,7 +35,8 @@ def _draw(res: dict, path: Path) -> Path:
         for row, key in ((0, "fdp"), (1, "power")):
             ax = axes[row, col]
             mean = np.array([r[key]["mean"] for r in rows])
-            err = np.array([[r[key]["mean"] - r[key]["ci_low"], r[key]["ci_high"] - r[key]["mean"]] for r in rows]).T
+            # a share is never below 0: the t-interval's lower end is drawn clipped there
+            err = np.array([[r[key]["mean"] - max(r[key]["ci_low"], 0.0), r[key]["ci_high"] - r[key]["mean"]] for r in rows]).T
             label = "BH: share of its discoveries not needed" if key == "fdp" else "BH: needed experts selected"
             ax.errorbar(a, mean, yerr=np.clip(err, 0, None), marker="o", capsize=3, color=color, lw=2, label=label)
             if key == "fdp":
@@ -49,6 +50,7 @@ def _draw(res: dict, path: Path) -> Path:
             if key == "fdp":
                 ax.plot([a.min(), a.max()], [a.min(), a.max()], color="black", lw=1, label="FDP = α")
                 ax.set_yscale("symlog", linthresh=1e-3)
+                ax.set_ylim(bottom=0)
                 ax.set_ylabel(f"false discovery proportion (τ = {step['tau']:g}), 95% CI", fontsize=11)
                 ax.set_title(f"{_name(method)}: FDP vs α", fontsize=12, fontweight="bold")
             else:
