@@ -1,9 +1,13 @@
 # The two commands of the README. Both set everything up first (scripts/setup.sh, idempotent).
-.PHONY: setup run test
+.PHONY: setup setup-vllm run test
 OUT ?= runs/default
 
 setup:
 	bash scripts/setup.sh
+
+# vLLM (CPU build) in the same .venv: bh_routing.vllm and its tests (tests/vllm) use it
+setup-vllm:
+	bash scripts/setup_vllm.sh
 
 run: setup
 	.venv/bin/bh-routing run --out $(OUT)

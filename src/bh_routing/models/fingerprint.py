@@ -24,8 +24,14 @@ def model_fingerprint(model: nn.Module) -> str:
     """
     adapter = get_adapter(model)
     router = adapter.find_layers(model)[0].router
-    weight = router.weight.detach()
+    return router_weight_fingerprint(adapter.family, router.weight)
+
+
+def router_weight_fingerprint(family: str, weight: torch.Tensor) -> str:
+    """The fingerprint of :func:`model_fingerprint` from a family name and the first router's
+    weight (E, H): also usable where the model is not a transformers model (vLLM)."""
+    weight = weight.detach()
     h = hashlib.sha256()
-    h.update(f"{adapter.family}:{tuple(weight.shape)}".encode())
+    h.update(f"{family}:{tuple(weight.shape)}".encode())
     h.update(weight.to(device="cpu", dtype=torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes())
     return "sha256:" + h.hexdigest()

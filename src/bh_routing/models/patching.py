@@ -80,19 +80,52 @@ def _prepare_strategies(model, adapter: MoEAdapter, layers: list[MoELayer], stra
 
     Returns the strategies to use (copies where a calibration had to move device).
     """
+    return prepare_strategies(
+        adapter,
+        layers,
+        strategies,
+        config,
+        fingerprint=lambda: model_fingerprint(model),
+        model_name=getattr(config, "_name_or_path", "") or type(model).__name__,
+        device_of=lambda layer: _compute_device(layer.router),
+    )
+
+
+def prepare_strategies(
+    adapter: MoEAdapter,
+    layers: list,
+    strategies: list[Strategy],
+    config,
+    *,
+    fingerprint,
+    model_name: str,
+    device_of,
+    num_layers: int | None = None,
+) -> list[Strategy]:
+    """Check calibrations, put their tables on each layer's device, dry-run each strategy.
+
+    Shared by :func:`patched` and :func:`bh_routing.vllm.patched`. ``layers`` are objects with an
+    ``ordinal``; ``strategies[i]`` belongs to ``layers[i]``; ``fingerprint()`` gives the model's
+    :func:`~bh_routing.models.model_fingerprint` (called only when a calibration is used);
+    ``device_of(layer)`` the device the layer routes on; ``num_layers`` the model's MoE layers
+    (default ``len(layers)``).
+    A bad setting (k > E, ...) raises here, before anything is patched.
+    """
     num_experts = adapter.num_experts(config)
     calibrated = [s for s in strategies if getattr(s, "calibration", None) is not None]
     if calibrated:
-        fingerprint = model_fingerprint(model)
-        name = getattr(config, "_name_or_path", "") or type(model).__name__
+        have = fingerprint()
         for s in {id(s): s for s in calibrated}.values():
             s.calibration.check_matches(
-                model_fingerprint=fingerprint, num_layers=len(layers), num_experts=num_experts, model_name=name
+                model_fingerprint=have,
+                num_layers=len(layers) if num_layers is None else num_layers,
+                num_experts=num_experts,
+                model_name=model_name,
             )
     moved: dict[tuple[int, torch.device], Strategy] = {}
     out = []
     for layer, s in zip(layers, strategies):
-        device = _compute_device(layer.router)  # layers may sit on different devices (device_map)
+        device = device_of(layer)  # layers may sit on different devices (device_map)
         cal = getattr(s, "calibration", None)
         if cal is not None and cal.null_sorted.device != device:
             key = (id(s), device)
@@ -100,7 +133,6 @@ def _prepare_strategies(model, adapter: MoEAdapter, layers: list[MoELayer], stra
                 moved[key] = copy.copy(s)
                 moved[key].calibration = cal.to(device)
             s = moved[key]
-        # a bad setting (k > E, ...) raises here, before anything is patched
         adapter.route(s, torch.zeros(1, num_experts, device=device), layer, config)
         out.append(s)
     return out

@@ -1,0 +1,151 @@
+"""Tokens per second under vLLM (CPU build) on the embedded model: top-8 against BH, with and
+without skipping the unused slots.
+
+    python benchmarks/bench_vllm.py                         # prints the table (markdown)
+    python benchmarks/bench_vllm.py --markdown out.md --json out.json
+
+One in-process vLLM engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), greedy sampling, prefix
+caching off. Two workloads: *prefill* (prompts of the held-out text, one new token each: prompt
+tokens per second) and *decode* (short prompts, many new tokens: generated tokens per second).
+Variants, timed in rotating rounds against the unpatched engine (vLLM's own top-8 router) as in
+benchmarks/common.py (the median of per-round ratios):
+
+- ``TopK(8)`` through bh_routing.vllm.patched (the cost of the strategy router itself);
+- ``BH`` with padded slots (``skip_unused=False``: every slot of width 8 computed, pads weight 0);
+- ``BH`` skipping unused slots (``skip_unused=True``: only the chosen pairs computed);
+- ``TopK(2)``: a fixed small k, for comparison at a similar number of experts.
+
+The numbers are ratios measured side by side on a shared, noisy machine; see the printed machine
+line. The embedded model is tiny (hidden 128, 64 experts of intermediate 64), so the MoE share of
+the time is small and the routing step comparatively large: the unfavourable case for BH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+from common import machine, rounds  # noqa: E402
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", default="bfloat16", help="vLLM dtype (default bfloat16, the model's own)")
+    ap.add_argument("--alpha", type=float, default=0.05, help="BH level (empirical null)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prefill-prompts", type=int, default=16)
+    ap.add_argument("--prefill-len", type=int, default=256)
+    ap.add_argument("--decode-prompts", type=int, default=8)
+    ap.add_argument("--decode-new", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="let vLLM torch.compile the model (default: eager)")
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--json", type=Path)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    import torch
+    from vllm import LLM, SamplingParams
+
+    import bh_routing.vllm as bv
+    from bh_routing import BH, TopK
+    from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    llm = LLM(
+        model=str(EMBEDDED_MODEL_DIR), dtype=args.dtype, enforce_eager=not args.compile, max_model_len=1024,
+        seed=0, enable_prefix_caching=False, max_num_seqs=max(args.prefill_prompts, args.decode_prompts),
+    )
+    engine_s = time.perf_counter() - started
+    tok = llm.get_tokenizer()
+    ids = tok(default_eval_text())["input_ids"]
+    n = args.prefill_len
+    prefill_prompts = [{"prompt_token_ids": ids[i * n : (i + 1) * n]} for i in range(args.prefill_prompts)]
+    decode_prompts = [{"prompt_token_ids": ids[i * 32 + 7 : i * 32 + 39]} for i in range(args.decode_prompts)]
+    prefill_params = SamplingParams(temperature=0.0, max_tokens=1)
+    decode_params = SamplingParams(temperature=0.0, max_tokens=args.decode_new, ignore_eos=True)
+    workloads = {
+        "prefill": (prefill_prompts, prefill_params, args.prefill_prompts * n),
+        "decode": (decode_prompts, decode_params, args.decode_prompts * args.decode_new),
+    }
+    variants = {
+        "TopK(8) via patched": dict(strategy=TopK(8), skip_unused=True),
+        f"BH(α={args.alpha:g}), padded slots": dict(strategy=BH(args.alpha), skip_unused=False),
+        f"BH(α={args.alpha:g}), unused slots skipped": dict(strategy=BH(args.alpha), skip_unused=True),
+        "TopK(2)": dict(strategy=TopK(2), skip_unused=True),
+    }
+
+    results = {"machine": machine(), "vllm": bv.check_vllm(), "dtype": args.dtype, "compile": args.compile,
+               "engine_start_s": engine_s, "workloads": {}}
+    for wname, (prompts, params, tokens) in workloads.items():
+        def run(prompts=prompts, params=params):
+            llm.generate(prompts, params, use_tqdm=False)
+
+        def patched_run(spec, prompts=prompts, params=params):
+            with bv.patched(llm, spec["strategy"], skip_unused=spec["skip_unused"]):
+                llm.generate(prompts, params, use_tqdm=False)
+
+        timed = rounds(run, {v: (lambda s=s: patched_run(s)) for v, s in variants.items()}, repeats=args.repeats)
+        rows = {"unpatched (vLLM top-8)": {"tokens_per_s": tokens / next(iter(timed.values()))["topk_s"],
+                                            "ratio_time": 1.0, "mean_k": 8.0, "compute_fraction": 1.0}}
+        for v, spec in variants.items():
+            with bv.patched(llm, spec["strategy"], skip_unused=spec["skip_unused"]) as rec:
+                run()
+            rows[v] = {
+                "tokens_per_s": tokens / timed[v]["bh_s"],
+                "ratio_time": timed[v]["ratio"],
+                "mean_k": rec.mean_experts_per_token(),
+                "compute_fraction": rec.compute_fraction(),
+            }
+        results["workloads"][wname] = {"tokens": tokens, "repeats": args.repeats, "rows": rows}
+
+    text = markdown(results, args)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def markdown(results: dict, args) -> str:
+    m = results["machine"]
+    lines = [
+        f"vLLM {results['vllm']} (CPU build), {results['dtype']}, "
+        f"{'torch.compile' if results['compile'] else 'eager'}; {m['cpu']}, {m['cpus_usable']} usable CPUs, "
+        f"1 torch thread, load average at start {m['load_average_at_start']}; {m['date_utc']}, commit {m['git_commit']}.",
+        f"Command: `python benchmarks/bench_vllm.py --dtype {results['dtype']} --alpha {args.alpha:g} "
+        f"--repeats {args.repeats}{' --compile' if results['compile'] else ''}`",
+        "",
+    ]
+    for wname, w in results["workloads"].items():
+        what = "prompt" if wname == "prefill" else "generated"
+        lines += [
+            f"**{wname}** ({w['tokens']} {what} tokens per run, median of {w['repeats']} rounds)",
+            "",
+            f"| routing | {what} tokens/s | time ÷ unpatched | experts per token | pairs computed ÷ top-8 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, r in w["rows"].items():
+            lines.append(
+                f"| {name} | {r['tokens_per_s']:.0f} | {r['ratio_time']:.2f} | {r['mean_k']:.2f} | {r['compute_fraction']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
