@@ -3,6 +3,7 @@ without skipping the unused slots.
 
     python benchmarks/bench_vllm.py                         # prints the table (markdown)
     python benchmarks/bench_vllm.py --markdown out.md --json out.json
+    python benchmarks/bench_vllm.py --agreement             # vLLM vs transformers, float32
 
 One in-process vLLM engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), greedy sampling, prefix
 caching off. Two workloads: *prefill* (prompts of the held-out text, one new token each: prompt
@@ -49,6 +50,11 @@ def parse(argv=None):
     ap.add_argument("--decode-prompts", type=int, default=8)
     ap.add_argument("--decode-new", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="let vLLM torch.compile the model (default: eager)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: this process's CPU time (default; the engine runs in this process); wall: elapsed time")
+    ap.add_argument("--agreement", action="store_true",
+                    help="instead of timing: greedy continuations and log-probabilities of vLLM against "
+                         "transformers' patched() on the test prompts (float32), per strategy")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", type=Path)
     return ap.parse_args(argv)
@@ -56,6 +62,8 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.agreement:
+        return agreement()
     import torch
     from vllm import LLM, SamplingParams
 
@@ -89,6 +97,7 @@ def main(argv=None) -> int:
     }
 
     results = {"machine": machine(), "vllm": bv.check_vllm(), "dtype": args.dtype, "compile": args.compile,
+               "clock": args.clock,
                "engine_start_s": engine_s, "workloads": {}}
     for wname, (prompts, params, tokens) in workloads.items():
         def run(prompts=prompts, params=params):
@@ -98,14 +107,17 @@ def main(argv=None) -> int:
             with bv.patched(llm, spec["strategy"], skip_unused=spec["skip_unused"]):
                 llm.generate(prompts, params, use_tqdm=False)
 
-        timed = rounds(run, {v: (lambda s=s: patched_run(s)) for v, s in variants.items()}, repeats=args.repeats)
-        rows = {"unpatched (vLLM top-8)": {"tokens_per_s": tokens / next(iter(timed.values()))["topk_s"],
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        timed = rounds(run, {v: (lambda s=s: patched_run(s)) for v, s in variants.items()}, repeats=args.repeats,
+                       clock=clock)
+        base_s = next(iter(timed.values()))["topk_s"]  # median time of the unpatched runs
+        rows = {"unpatched (vLLM top-8)": {"tokens_per_s": tokens / base_s,
                                             "ratio_time": 1.0, "mean_k": 8.0, "compute_fraction": 1.0}}
         for v, spec in variants.items():
             with bv.patched(llm, spec["strategy"], skip_unused=spec["skip_unused"]) as rec:
                 run()
             rows[v] = {
-                "tokens_per_s": tokens / timed[v]["bh_s"],
+                "tokens_per_s": tokens / (base_s * timed[v]["ratio"]),  # from the same-round ratio
                 "ratio_time": timed[v]["ratio"],
                 "mean_k": rec.mean_experts_per_token(),
                 "compute_fraction": rec.compute_fraction(),
@@ -121,14 +133,84 @@ def main(argv=None) -> int:
     return 0
 
 
+PROMPTS = [  # the prompts of tests/vllm/test_vllm.py
+    "def fibonacci(n):",
+    "The Python standard library",
+    "import os\nimport sys\n",
+    "class Parser:\n    def __init__(self, text):\n",
+    "The following functions are available",
+    "for key, value in sorted(items):\n",
+]
+
+
+def agreement(max_new: int = 12) -> int:
+    """vLLM (float32, eager) under bh_routing.vllm.patched against transformers under
+    bh_routing.models.patched: same greedy tokens?, largest log-probability gap of the generated
+    tokens, mean experts per token of each."""
+    import torch
+    from vllm import LLM, SamplingParams
+
+    import bh_routing.vllm as bv
+    from bh_routing import BH, TopK, TopP
+    from bh_routing.analysis.data import chunk_text
+    from bh_routing.analysis.experiments import fit_calibration
+    from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text
+    from bh_routing.models import load_model, patched
+
+    torch.set_num_threads(1)
+    llm = LLM(model=str(EMBEDDED_MODEL_DIR), dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
+              enable_prefix_caching=False, max_num_seqs=8)
+    model, tok = load_model(None, device="cpu", dtype=torch.float32)
+    seqs = chunk_text(tok, default_eval_text(), seq_len=128, max_sequences=12)  # (12, 128)
+    cal = fit_calibration(model, seqs, null="unrouted", reservoir_size=1024, seed=0, model_name="embedded")
+    params = SamplingParams(temperature=0.0, max_tokens=max_new, logprobs=5)
+
+    def vllm_run():
+        outs = llm.generate(PROMPTS, params, use_tqdm=False)
+        return [(list(o.outputs[0].token_ids), [{t: lp.logprob for t, lp in s.items()} for s in o.outputs[0].logprobs])
+                for o in outs]
+
+    def hf_run(strategy):
+        outs = []
+        with patched(model, strategy) as rec, torch.no_grad():
+            for prompt in PROMPTS:
+                ids = tok(prompt, return_tensors="pt").input_ids
+                g = model.generate(ids, max_new_tokens=max_new, do_sample=False, output_scores=True,
+                                   return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+                lp = torch.log_softmax(torch.stack(g.scores, dim=1)[0].float(), dim=-1)  # (steps, V)
+                outs.append((g.sequences[0, ids.shape[1]:].tolist(), lp))
+        return outs, rec.mean_experts_per_token()
+
+    base = vllm_run()
+    print("| strategy | same greedy tokens as transformers | max abs log-prob gap | mean k vLLM | mean k transformers |")
+    print("|---|---|---:|---:|---:|")
+    strategies = {"TopK(8)": TopK(8), "BH(α=0.05) empirical": BH(0.05),
+                  "BH(α=0.1) calibrated": BH(0.1, pvalues="calibrated", calibration=cal), "TopP(0.5)": TopP(0.5)}
+    for name, strategy in strategies.items():
+        ref, ref_k = hf_run(strategy)
+        with bv.patched(llm, strategy) as rec:
+            got = vllm_run()
+        gap = max(abs(steps[i][t] - lp[i, t].item()) for (ids, steps), (_, lp) in zip(got, ref) for i, t in enumerate(ids))
+        same = [ids for ids, _ in got] == [ids for ids, _ in ref]
+        print(f"| {name} | {same} | {gap:.1e} | {rec.mean_experts_per_token():.4f} | {ref_k:.4f} |")
+        if name == "TopK(8)":
+            unpatched_gap = max(abs(a[t] - b[t]) for (_, sa), (_, sb) in zip(got, base) for a, b in zip(sa, sb) for t in a)
+            same_u = [ids for ids, _ in got] == [ids for ids, _ in base]
+            print(f"| TopK(8) vs vLLM's own router (top-5 log-probs) | {same_u} | {unpatched_gap:.1e} | | |")
+    return 0
+
+
 def markdown(results: dict, args) -> str:
     m = results["machine"]
     lines = [
         f"vLLM {results['vllm']} (CPU build), {results['dtype']}, "
         f"{'torch.compile' if results['compile'] else 'eager'}; {m['cpu']}, {m['cpus_usable']} usable CPUs, "
+        f"{'CPU time of the process' if results['clock'] == 'cpu' else 'wall time'}, "
         f"1 torch thread, load average at start {m['load_average_at_start']}; {m['date_utc']}, commit {m['git_commit']}.",
         f"Command: `python benchmarks/bench_vllm.py --dtype {results['dtype']} --alpha {args.alpha:g} "
-        f"--repeats {args.repeats}{' --compile' if results['compile'] else ''}`",
+        f"--repeats {args.repeats} --clock {results['clock']}{' --compile' if results['compile'] else ''}`",
+        "Tokens per second: the unpatched engine's median, and for each variant that divided by its median "
+        "time ratio to the unpatched run of the same round.",
         "",
     ]
     for wname, w in results["workloads"].items():
@@ -136,7 +218,7 @@ def markdown(results: dict, args) -> str:
         lines += [
             f"**{wname}** ({w['tokens']} {what} tokens per run, median of {w['repeats']} rounds)",
             "",
-            f"| routing | {what} tokens/s | time ÷ unpatched | experts per token | pairs computed ÷ top-8 |",
+            f"| routing | {what} tokens per {'CPU ' if results['clock'] == 'cpu' else ''}s | time ÷ unpatched | experts per token | pairs computed ÷ top-8 |",
             "|---|---:|---:|---:|---:|",
         ]
         for name, r in w["rows"].items():

@@ -66,12 +66,12 @@ class Paired:
         }
 
 
-def _once(fn) -> float:
+def _once(fn, clock=time.perf_counter) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     fn()
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def paired(fa, fb, *, repeats: int, warmup: int = 1) -> Paired:
@@ -91,12 +91,14 @@ def paired(fa, fb, *, repeats: int, warmup: int = 1) -> Paired:
     return Paired(ta, tb)
 
 
-def rounds(baseline, variants: dict, *, repeats: int) -> dict:
+def rounds(baseline, variants: dict, *, repeats: int, clock=time.perf_counter) -> dict:
     """Time ``baseline()`` and each ``variants[name]()`` in rounds; ratios to the same round's baseline.
 
     Every round runs the baseline and every variant once, in an order rotated from round to
     round (so neither always runs first); the first round is a warm-up and is not counted. Each
     variant's ``ratio`` is the median over rounds of t(variant) / t(baseline, same round).
+    ``clock`` is wall time by default; ``time.process_time`` counts this process's CPU time only
+    (all its threads), which other processes on a loaded machine disturb less.
     """
     fns = {"baseline": baseline, **variants}
     names = list(fns)
@@ -105,7 +107,7 @@ def rounds(baseline, variants: dict, *, repeats: int) -> dict:
     for r in range(repeats + 1):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            t = _once(fns[name])
+            t = _once(fns[name], clock)
             if r > 0:
                 times[name].append(t)
     base = times["baseline"]
