@@ -5,7 +5,7 @@ OUT ?= runs/default
 setup:
 	bash scripts/setup.sh
 
-# vLLM (CPU build) in the same .venv: bh_routing.vllm and its tests (tests/vllm) use it
+# vLLM (CPU build) in the same .venv: bh_routing.vllm and its tests (tests/serving) use it
 setup-vllm:
 	bash scripts/setup_vllm.sh
 

@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     return 0
 
 
-PROMPTS = [  # the prompts of tests/vllm/test_vllm.py
+PROMPTS = [  # the prompts of tests/serving/test_vllm.py
     "def fibonacci(n):",
     "The Python standard library",
     "import os\nimport sys\n",
@@ -155,14 +155,16 @@ def agreement(max_new: int = 12) -> int:
     from bh_routing.analysis.data import chunk_text
     from bh_routing.analysis.experiments import fit_calibration
     from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text
-    from bh_routing.models import load_model, patched
+    from bh_routing.models import inspect_model, load_model, patched
 
     torch.set_num_threads(1)
     llm = LLM(model=str(EMBEDDED_MODEL_DIR), dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
               enable_prefix_caching=False, max_num_seqs=8)
     model, tok = load_model(None, device="cpu", dtype=torch.float32)
     seqs = chunk_text(tok, default_eval_text(), seq_len=128, max_sequences=12)  # (12, 128)
-    cal = fit_calibration(model, seqs, null="unrouted", reservoir_size=1024, seed=0, model_name="embedded")
+    cal = fit_calibration(
+        model, seqs, routing=inspect_model(model), null="unrouted", reservoir_size=1024, seed=0, model_name="embedded"
+    )
     params = SamplingParams(temperature=0.0, max_tokens=max_new, logprobs=5)
 
     def vllm_run():

@@ -1,7 +1,8 @@
 """The layers of the package: imports point one way, and no module imports itself back.
 
 core (numpy/torch/scipy only) <- models <- analysis <- report <- study <- cli. ``embedded`` (the
-shipped model and texts) sits beside core. Every import counts, also those inside functions and
+shipped model and texts) sits beside core; ``vllm`` (the vLLM integration) sits on models and
+imports only core and models (analysis may use it: ``bh-routing lm-eval --backend vllm``). Every import counts, also those inside functions and
 under ``TYPE_CHECKING``: hiding an import in a function does not remove the dependency.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import bh_routing
 
 SRC = Path(bh_routing.__file__).resolve().parent
-LAYERS = {"core": 0, "embedded": 0, "models": 1, "analysis": 2, "report": 3, "study": 4, "cli": 5}
+LAYERS = {"core": 0, "embedded": 0, "models": 1, "vllm": 2, "analysis": 2, "report": 3, "study": 4, "cli": 5}
 
 
 def _modules() -> dict[str, Path]:
@@ -92,6 +93,15 @@ def test_no_upward_imports():
         if _layer(a) is not None and _layer(b) is not None and _layer(b) > _layer(a)
     ]
     assert not bad, "imports that point up the layers:\n" + "\n".join(sorted(bad))
+
+
+def test_vllm_integration_imports_only_core_and_models():
+    """bh_routing.vllm is an integration beside models: never imported by core or models (the
+    layer order), and itself built on core and models only (no analysis, report, cli)."""
+    vllm_modules = [n for n in GRAPH if n.startswith("bh_routing.vllm")]
+    assert "bh_routing.vllm.plugin" in vllm_modules
+    used = {t.split(".")[1] for n in vllm_modules for t in GRAPH[n] if t.count(".")}
+    assert used <= {"core", "models", "vllm"}, used
 
 
 def test_root_package_imports_only_core():

@@ -219,6 +219,8 @@ def lm_eval_command(
     seed: int = typer.Option(42, help="random seed"),
     shard: Optional[str] = typer.Option(None, help="RANK/WORLD: evaluate every WORLD-th document from RANK "
                                         "(one process per GPU; merge with analysis.downstream.merge_downstream)"),
+    backend: str = typer.Option("hf", "--backend", help="lm-eval model: hf (transformers) or vllm "
+                                "(vLLM engine in this process, routed by bh_routing.vllm; needs make setup-vllm)"),
     out: Path = Out, force: bool = Force,
 ) -> None:
     """Downstream benchmarks (lm-evaluation-harness) under top-k and BH, paired tests; added to the run's report."""
@@ -228,6 +230,7 @@ def lm_eval_command(
         "downstream_alphas": _floats("alpha", alpha), "downstream_pvalues": pvalues, "pvalues": [pvalues],
         "bh_pvalues": pvalues, "downstream_include_path": None if include_path is None else str(include_path),
         "downstream_limit": limit, "downstream_batch_size": batch_size, "downstream_shard": _shard(shard),
+        "downstream_backend": backend,
     }
     opts["alpha"] = opts["downstream_alphas"][0]
     _print_downstream(_study("lm-eval", opts, out, force), out)

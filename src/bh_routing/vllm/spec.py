@@ -3,7 +3,7 @@
 Grammar: ``NAME[:KEY=VALUE[,KEY=VALUE...]]`` with NAME one of ``topk``, ``topp``,
 ``weight_ratio``, ``bh``; the keys are the strategy's constructor arguments. Values are read as
 int, float, ``true``/``false``, ``none`` or text. ``calibration=PATH`` loads a calibration file
-(``bh-routing calibrate``) for ``bh:pvalues=calibrated``. Examples::
+(``OUT/calibration.safetensors`` of ``bh-routing run``) for ``bh:pvalues=calibrated``. Examples::
 
     bh:alpha=0.05,pvalues=empirical
     bh:alpha=0.1,pvalues=calibrated,calibration=runs/cal/calibration.safetensors

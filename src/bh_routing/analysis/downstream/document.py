@@ -5,7 +5,9 @@ from __future__ import annotations
 from .pairing import add_paired
 
 #: The settings a document carries, in this order, before ``shard``, ``tasks`` and ``groups``.
-SETTINGS = ("lm_eval_version", "tasks_requested", "include_path", "limit", "batch_size", "seed", "bootstrap_iters")
+SETTINGS = (
+    "lm_eval_version", "backend", "tasks_requested", "include_path", "limit", "batch_size", "seed", "bootstrap_iters",
+)
 #: What follows ``shard``: the model's k and the strategies.
 STRATEGY_KEYS = ("model_top_k", "strategies", "baseline")
 

@@ -6,7 +6,18 @@ from ...core import Strategy
 from .document import assemble
 from .harness import run_one
 from .pairing import baseline
-from .tasks import check_settings, check_shard, include_paths, leaves, plan, require_lm_eval, task_manager
+from .tasks import (
+    DownstreamError,
+    check_settings,
+    check_shard,
+    include_paths,
+    leaves,
+    plan,
+    require_lm_eval,
+    task_manager,
+)
+
+BACKENDS = ("hf", "vllm")
 
 
 def evaluate_downstream(
@@ -22,6 +33,7 @@ def evaluate_downstream(
     shard: tuple[int, int] | None = None,
     bootstrap_iters: int = 100000,
     top_k: int | None = None,
+    backend: str = "hf",
 ) -> dict:
     """Score ``model`` on lm-eval ``tasks`` under each routing strategy; pair every strategy with top-k.
 
@@ -50,6 +62,11 @@ def evaluate_downstream(
         lm-eval's bootstrap iterations for the standard errors it bootstraps (not needed for acc).
     top_k : int, optional
         The model's own top-k (computed from the model when not given).
+    backend : {"hf", "vllm"}, default "hf"
+        ``"hf"``: lm-eval's HFLM on ``model``, routed by :func:`bh_routing.models.patched`.
+        ``"vllm"``: lm-eval's ``vllm`` model on the same checkpoint (``model.config._name_or_path``)
+        in ``model``'s dtype, engine in this process, routed by :func:`bh_routing.vllm.patched`
+        (needs vLLM, ``make setup-vllm``). The paired tests are the same.
 
     Returns
     -------
@@ -76,9 +93,26 @@ def evaluate_downstream(
         from ...models import inspect_model
 
         top_k = inspect_model(model).top_k
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if backend not in BACKENDS:
+        raise DownstreamError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "vllm":
+        from ...vllm import patched as vllm_patched
+        from ...vllm.harness import lm_eval_vllm
+
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        lm = lm_eval_vllm(model.config._name_or_path, dtype=dtype, batch_size=batch_size, seed=seed)
+
+        def routing(strategy):
+            return vllm_patched(lm.model, strategy)
+    else:
+        from ...models import patched
+
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+        def routing(strategy):
+            return patched(model, strategy, mode="patch")
     runs = {
-        s: {spec: run_one(lm, model, strategy, spec, plans[spec], tm, limit=limit, seed=seed, bootstrap_iters=bootstrap_iters)
+        s: {spec: run_one(lm, routing, strategy, spec, plans[spec], tm, limit=limit, seed=seed, bootstrap_iters=bootstrap_iters)
             for spec in tasks}
         for s, strategy in strategies.items()
     }
@@ -99,7 +133,7 @@ def evaluate_downstream(
     settings = {
         "lm_eval_version": getattr(lm_eval, "__version__", None), "tasks_requested": list(tasks),
         "include_path": [str(p) for p in include_paths(include_path)[1:]], "limit": limit, "batch_size": batch_size,
-        "seed": seed, "bootstrap_iters": bootstrap_iters, "model_top_k": top_k,
+        "seed": seed, "bootstrap_iters": bootstrap_iters, "model_top_k": top_k, "backend": backend,
         "strategies": {s: strategy.describe() for s, strategy in strategies.items()},
         "baseline": baseline(strategies, top_k),
     }

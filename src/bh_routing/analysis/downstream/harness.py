@@ -1,7 +1,9 @@
 """Running lm-eval on the model under one routing strategy: metrics, expert counts, per-document results.
 
-The model sits inside ``patched(model, strategy, mode="patch")`` while ``lm_eval.simple_evaluate``
-scores the task, so every MoE layer routes with the strategy; the Recorder counts the experts.
+The model sits inside a routing context (``patched(model, strategy, mode="patch")`` for the
+transformers backend, :func:`bh_routing.vllm.patched` for the vLLM one) while
+``lm_eval.simple_evaluate`` scores the task, so every MoE layer routes with the strategy; the
+Recorder counts the experts.
 Mean experts per token: lm-eval calls the model without an attention mask; with ``batch_size > 1``
 the right-padding positions of a batch are routed and counted too (they do not change the scores).
 """
@@ -73,16 +75,18 @@ def _samples(rows: list[dict], output_type: str, flt: str) -> dict:
     return out
 
 
-def run_one(lm, model, strategy: Strategy, spec: str, plan: dict, tm, *, limit, seed, bootstrap_iters) -> dict:
-    """lm-eval's scores of task/group ``spec`` with every MoE layer routing with ``strategy``."""
-    from lm_eval import simple_evaluate
+def run_one(lm, routing, strategy: Strategy, spec: str, plan: dict, tm, *, limit, seed, bootstrap_iters) -> dict:
+    """lm-eval's scores of task/group ``spec`` with every MoE layer routing with ``strategy``.
 
-    from ...models import patched
+    ``routing(strategy)`` is the context manager that routes the model lm-eval calls and yields a
+    Recorder.
+    """
+    from lm_eval import simple_evaluate
 
     samples = None
     if any(leaf["docs"] is not None for leaf in plan["leaves"].values()):
         samples = {name: leaf["docs"] for name, leaf in plan["leaves"].items()}
-    with patched(model, strategy, mode="patch") as rec:
+    with routing(strategy) as rec:
         res = simple_evaluate(
             model=lm, tasks=[spec], limit=None if samples else limit, samples=samples, log_samples=True,
             task_manager=tm, bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,

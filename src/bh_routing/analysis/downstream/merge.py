@@ -41,8 +41,8 @@ def _check_parts(parts: list[dict]) -> int:
     ranks = sorted(p["shard"]["rank"] for p in parts)
     if ranks != list(range(world)) or any(p["shard"]["world_size"] != world for p in parts):
         raise ValueError(f"need exactly one part per rank 0..{world - 1}, got ranks {ranks}")
-    for key in ("tasks_requested", "strategies", "limit", "seed", "baseline"):
-        if any(p[key] != parts[0][key] for p in parts):
+    for key in ("tasks_requested", "strategies", "limit", "seed", "baseline", "backend"):
+        if any(p.get(key) != parts[0].get(key) for p in parts):
             raise ValueError(f"the parts differ in {key!r}: not shards of one run")
     return world
 
@@ -112,5 +112,5 @@ def merge_downstream(parts: Sequence[dict]) -> dict:
     strategies = parts[0]["strategies"]
     tasks = {name: _merge_task(name, parts, strategies) for name in parts[0]["tasks"]}
     groups = {g: _merge_group(g, parts, tasks, strategies) for g in parts[0]["groups"]}
-    settings = {k: parts[0][k] for k in (*SETTINGS, *STRATEGY_KEYS)}
+    settings = {k: parts[0].get(k) for k in (*SETTINGS, *STRATEGY_KEYS)}  # "backend": None in older parts
     return assemble(settings, shard=None, tasks=tasks, groups=groups, merged_from=world)

@@ -16,9 +16,16 @@ from ..registry import Context, Step, register_step
 def _check(cfg: RunConfig) -> None:
     """Unknown task or folder: refused before the model loads."""
     if cfg.downstream_tasks:
-        from ..downstream import task_manager
+        from ..downstream import DownstreamError, task_manager
 
         task_manager(cfg.downstream_tasks, cfg.downstream_include_path)
+        if cfg.downstream_backend == "vllm":
+            from ...vllm import VLLMIntegrationError, check_vllm
+
+            try:
+                check_vllm()
+            except VLLMIntegrationError as exc:
+                raise DownstreamError(f"--backend vllm: {exc}") from None
 
 
 def _downstream(ctx: Context):
@@ -38,6 +45,7 @@ def _downstream(ctx: Context):
         ctx.model, ctx.tokenizer, strategies, list(cfg.downstream_tasks), include_path=cfg.downstream_include_path,
         limit=limit, batch_size=cfg.downstream_batch_size, seed=cfg.seed,
         shard=None if cfg.downstream_shard is None else tuple(cfg.downstream_shard), top_k=ctx.routing.top_k,
+        backend=cfg.downstream_backend,
     )
 
 

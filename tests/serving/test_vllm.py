@@ -22,7 +22,7 @@ from bh_routing import BH, CalibrationMismatchError, TopK, TopP  # noqa: E402
 from bh_routing.analysis.data import chunk_text  # noqa: E402
 from bh_routing.analysis.experiments import fit_calibration  # noqa: E402
 from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text  # noqa: E402
-from bh_routing.models import load_model, patched  # noqa: E402
+from bh_routing.models import inspect_model, load_model, patched  # noqa: E402
 
 try:
     bv.check_vllm()
@@ -43,7 +43,7 @@ MAX_NEW = 12
 TOP_LOGPROBS = 5
 # Log-probability tolerance. vLLM's and transformers' float32 kernels differ in summation order
 # (and vLLM's own router computes exp(logit - logsumexp) with unsorted slots where the strategy
-# router uses a softmax with sorted slots); measured on these prompts: at most 4.8e-6 between
+# router uses a softmax with sorted slots); measured on these prompts: at most 6.7e-6 between
 # vLLM and transformers under TopK(8), BH (both nulls) and TopP, and 8.1e-6 between TopK(8)
 # through the strategy router and vLLM's own router: `python benchmarks/bench_vllm.py --agreement`.
 LOGPROB_ATOL = 1e-4
@@ -77,7 +77,9 @@ def hf():
 def calibration(hf):
     model, tok = hf
     seqs = chunk_text(tok, default_eval_text(), seq_len=128, max_sequences=12)  # (12, 128): 1536 tokens
-    return fit_calibration(model, seqs, null="unrouted", reservoir_size=1024, seed=0, model_name="embedded")
+    return fit_calibration(
+        model, seqs, routing=inspect_model(model), null="unrouted", reservoir_size=1024, seed=0, model_name="embedded"
+    )
 
 
 def vllm_generate(llm):
