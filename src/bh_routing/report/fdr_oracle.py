@@ -130,7 +130,9 @@ def _section(res: dict, figures: list[str]) -> list[str]:
     if nulls:
         out += [
             "Null rejection rates P(p ≤ a | expert not in the model's top-k), mean over documents / nominal a "
-            "(1 = what a valid p-value for \"not in the top-k\" gives):",
+            "(1 = what a valid p-value for \"not in the top-k\" gives), with the model routing as usual. Under BH "
+            "routing the rates of layers ≥ 1 rise for the ordinary calibration; calibrating each layer under that "
+            "routing (sequential calibration) is measured in `docs/fdr_oracle.md` (`python scripts/oracle_checks.py`).",
             "",
             table(["p-values", "layer", "a = 0.001", "a = 0.01", "a = 0.05"],
                   [[m, row["layer"], *[row[a]["ratio_to_nominal"] for a in ("0.001", "0.01", "0.05")]]
