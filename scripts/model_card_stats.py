@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from bh_routing.analysis.specialization import tv_distance  # noqa: E402
 from bh_routing.embedded import EMBEDDED_MODEL_DIR, EVAL_DOMAINS, default_eval_texts  # noqa: E402
 
 DOC_SEP = "\n<|endoftext|>\n"
@@ -88,13 +89,6 @@ def measure_domain(model, ids: torch.Tensor, seq_len: int, n_layers: int, n_expe
         "topk_mass_sum": topk_mass_sum,
         "counts_halves": counts_halves,
     }
-
-
-def tv(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Total-variation distance between rows of two (…, E) count tensors, each normalised."""
-    p = p / p.sum(-1, keepdim=True)
-    q = q / q.sum(-1, keepdim=True)
-    return 0.5 * (p - q).abs().sum(-1)
 
 
 def compute(args) -> dict:
@@ -149,7 +143,7 @@ def compute(args) -> dict:
             "router_entropy_mean": float((r["entropy_sum"] / n).mean()),
             "top8_mass_per_layer": (r["topk_mass_sum"] / n).tolist(),
             "top8_mass_mean": float((r["topk_mass_sum"] / n).mean()),
-            "tv_between_halves_per_layer": tv(r["counts_halves"][0], r["counts_halves"][1]).tolist(),
+            "tv_between_halves_per_layer": tv_distance(r["counts_halves"][0], r["counts_halves"][1]).tolist(),
         }
     n_all = sum(per_domain[d]["tokens_predicted"] for d in EVAL_DOMAINS)
     nll_all = sum(res[d]["nll_sum"] for d in EVAL_DOMAINS)
@@ -161,7 +155,7 @@ def compute(args) -> dict:
     code_counts = res["code"]["counts_halves"].sum(0)
     share_p = prose_counts / prose_counts.sum(-1, keepdim=True)
     share_c = code_counts / code_counts.sum(-1, keepdim=True)
-    tv_domains = tv(prose_counts, code_counts)  # (L,)
+    tv_domains = tv_distance(prose_counts, code_counts)  # (L,)
     diff = share_p - share_c  # (L, E)
     order = diff.abs().reshape(-1).argsort(descending=True)[: args.top_experts]
     top = []
@@ -183,7 +177,7 @@ def compute(args) -> dict:
     ref = {d: measure_domain(ref_model, streams[d], args.seq_len, L, E, K) for d in EVAL_DOMAINS}
     ref_ent = sum(ref[d]["entropy_sum"] for d in EVAL_DOMAINS) / n_all
     ref_mass = sum(ref[d]["topk_mass_sum"] for d in EVAL_DOMAINS) / n_all
-    ref_tv = tv(ref["prose"]["counts_halves"].sum(0), ref["code"]["counts_halves"].sum(0))
+    ref_tv = tv_distance(ref["prose"]["counts_halves"].sum(0), ref["code"]["counts_halves"].sum(0))
     reference = {
         "seed": 0,
         "router_entropy_per_layer": ref_ent.tolist(),

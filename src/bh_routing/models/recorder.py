@@ -5,8 +5,8 @@ host-device synchronisation): tokens seen, experts chosen per (layer, expert), a
 per layer, the (token, expert) pairs the experts modules computed against the pairs a dense
 top-k would have computed, and (in analyze mode) how many of the strategy's pairs the model's own
 top-k also chose. With ``record_tokens=True`` it also keeps, per layer and forward call,
-every token's chosen experts, their count and weights, the router logits and a validity flag
-(CPU tensors: memory grows with the number of tokens).
+every token's chosen experts, their count and weights, the router logits, a validity flag and
+(in analyze mode) the model's own choice (CPU tensors: memory grows with the number of tokens).
 
 Padding. When the model is called with a 2-D ``attention_mask``, tokens whose mask is 0 are left
 out of the token, expert and k statistics (they are still routed and computed by the model, so
@@ -129,15 +129,16 @@ class Recorder:
             both &= indices < self.num_experts  # (T, W): chosen by the strategy and by the model
             self._overlap[layer] += (both.sum(dim=1) * ones).sum().to(dev)
         if self.record_tokens:
-            self._token_records[layer].append(
-                {
-                    "indices": indices.cpu(),  # (T, W), sentinel E in unused slots
-                    "counts": counts.cpu(),  # (T,)
-                    "weights": weights.detach().float().cpu(),  # (T, W)
-                    "logits": logits.detach().float().cpu(),  # (T, E)
-                    "valid": (valid if valid is not None else ones.bool()).cpu(),  # (T,)
-                }
-            )
+            rec = {
+                "indices": indices.cpu(),  # (T, W), sentinel E in unused slots
+                "counts": counts.cpu(),  # (T,)
+                "weights": weights.detach().float().cpu(),  # (T, W)
+                "logits": logits.detach().float().cpu(),  # (T, E)
+                "valid": (valid if valid is not None else ones.bool()).cpu(),  # (T,)
+            }
+            if model_indices is not None:
+                rec["model_indices"] = model_indices.detach().long().cpu()  # (T, k)
+            self._token_records[layer].append(rec)
 
     def add_pairs(self, layer: int, *, computed: int, dense: int) -> None:
         """Count (token, expert) pairs computed by the experts module, and the dense top-k pairs."""
@@ -201,7 +202,8 @@ class Recorder:
         """Every recorded token of MoE layer ``layer`` (needs ``record_tokens=True``).
 
         Returns ``indices`` (N, W) with sentinel E, ``counts`` (N,), ``weights`` (N, W),
-        ``logits`` (N, E), ``probs`` (N, E) and ``valid`` (N,) bool, calls concatenated in order.
+        ``logits`` (N, E), ``probs`` (N, E) and ``valid`` (N,) bool, calls concatenated in order;
+        in analyze mode also ``model_indices`` (N, k), the model's own choice.
         """
         if not self.record_tokens:
             raise ValueError("per-token records need record_tokens=True")
@@ -225,7 +227,11 @@ class Recorder:
 
         logits = torch.cat([r["logits"] for r in recs])  # (N, E)
         probs = torch.sigmoid(logits) if self.score == "sigmoid" else torch.softmax(logits, dim=-1)
+        extra = {}
+        if all("model_indices" in r for r in recs):
+            extra["model_indices"] = torch.cat([r["model_indices"] for r in recs])  # (N, k)
         return {
+            **extra,
             "indices": torch.cat([pad(r["indices"], e) for r in recs]),
             "counts": torch.cat([r["counts"] for r in recs]),
             "weights": torch.cat([pad(r["weights"], 0.0) for r in recs]),
