@@ -68,8 +68,7 @@ def test_premise_study_end_to_end(tiny, tmp_path):
     assert st["bh"]["strategy"]["alpha"] == 0.2 and st["bh"]["strategy"]["pvalues"] == "empirical"  # the config's BH
     assert st["topp"]["param"] in (0.5, 0.9) and st["weight_ratio"]["param"] in (0.5, 0.1)
     d = res["difficulty"]
-    assert d["tokens"] == 6 * 31 and d["clusters"] == 6
-    assert d["verdict"] in ("supported", "not supported", "inconclusive")
+    assert d["tokens"] == 6 * 31 and d["documents"] == 6 and d["verdict"] == "too few documents"
     assert {r["strategy"] for r in d["spearman"]} == {"bh", "topp", "weight_ratio", "bh_patched"}
     assert res["coactivation"]["rules"] == ["topk", "bh"]
     assert res["domain_specialization"]["domains"] == ["a", "b"]
@@ -81,7 +80,7 @@ def test_premise_study_end_to_end(tiny, tmp_path):
 
 def test_premise_study_documents_and_skipped_parts(tiny, tmp_path):
     # documents as the resampling unit (pairs of sequences); no domains; ids too rare for vocabulary
-    res = premise_study(tiny, seqs(n=4, s=16), CFG, None, clusters=[0, 0, 1, 1])
-    assert res["difficulty"]["clusters"] == 2 and "skipped" in res["domain_specialization"]
+    res = premise_study(tiny, seqs(n=4, s=16), CFG, None, documents=["x", "x", "y", "y"])
+    assert res["difficulty"]["documents"] == 2 and res["documents"] == 2 and "skipped" in res["domain_specialization"]
     assert "skipped" in res["vocabulary_specialization"]
     assert all(p.stat().st_size > 10_000 for p in draw_all(res, tmp_path))

@@ -11,7 +11,7 @@ than in fixed teams. Summary number: the mean over experts i (that were chosen a
 :math:`\\max_{j \\ne i} P(j \\mid i)`. Choosing fewer experts per token lowers every
 :math:`P(j \\mid i)` by itself, so the same summary is given for independent choice at the
 observed rates, :math:`\\max_{j \\ne i} N_{jj} / T`, and the excess over it is what compares
-across routing rules. Intervals: delete-one-sequence jackknife (a maximum is biased upwards
+across routing rules. Intervals: delete-one-document jackknife (a maximum is biased upwards
 under the bootstrap, which adds noise to every P(j | i)).
 """
 
@@ -21,19 +21,19 @@ import math
 
 import numpy as np
 
-from .resampling import cluster_jackknife
+from .resampling import jackknife
 
 
-def cooccurrence(chosen: np.ndarray, token_cluster: np.ndarray, n_clusters: int) -> np.ndarray:
-    """(C, E, E) tokens per cluster that chose both i and j (diagonal: tokens that chose i).
+def cooccurrence(chosen: np.ndarray, token_doc: np.ndarray, n_docs: int) -> np.ndarray:
+    """(D, E, E) tokens per document that chose both i and j (diagonal: tokens that chose i).
 
-    ``chosen`` (T, E) bool, one MoE layer; ``token_cluster`` (T,) cluster ids 0..C-1.
+    ``chosen`` (T, E) bool, one MoE layer; ``token_doc`` (T,) document index 0..D-1.
     """
     chosen = np.asarray(chosen, dtype=np.float32)
     e = chosen.shape[1]
-    out = np.zeros((n_clusters, e, e))
-    for c in range(n_clusters):
-        x = chosen[token_cluster == c]  # (T_c, E)
+    out = np.zeros((n_docs, e, e))
+    for c in range(n_docs):
+        x = chosen[token_doc == c]  # (T_c, E)
         out[c] = x.T @ x
     return out
 
@@ -66,18 +66,18 @@ def _summaries(counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
 
 def coactivation_analysis(
     chosen: dict[str, np.ndarray],
-    token_cluster: np.ndarray,
+    token_doc: np.ndarray,
     *,
     matrix_layers: list[int] | None = None,
 ) -> dict:
-    """Co-activation per layer under several routing rules, with jackknife intervals over clusters.
+    """Co-activation per layer under several routing rules, with jackknife intervals over documents.
 
     Parameters
     ----------
     chosen : mapping rule name -> array (L, T, E) bool
         The experts each rule chose per layer and token (e.g. ``{"topk": ..., "bh": ...}``).
-    token_cluster : array (T,)
-        Cluster (sequence or document) id of every token.
+    token_doc : array (T,)
+        Document index 0..D-1 of every token.
     matrix_layers : list of int, keyword-only
         Layers whose full P(j | i) matrices are returned (default: first, middle, last).
 
@@ -89,30 +89,30 @@ def coactivation_analysis(
         (CI from the same resamples); ``matrices``: P(j | i) (NaN on the diagonal) of the chosen
         layers per rule.
     """
-    token_cluster = np.asarray(token_cluster, dtype=np.int64)
-    n_clusters = int(token_cluster.max()) + 1
+    token_doc = np.asarray(token_doc, dtype=np.int64)
+    n_docs = int(token_doc.max()) + 1
     names = list(chosen)
     num_layers = next(iter(chosen.values())).shape[0]
     if matrix_layers is None:
         matrix_layers = sorted({0, num_layers // 2, num_layers - 1})
-    tok = np.bincount(token_cluster, minlength=n_clusters).astype(float)  # (C,)
+    tok = np.bincount(token_doc, minlength=n_docs).astype(float)  # (D,)
     per_layer: dict[str, list[dict]] = {n: [] for n in names}
     differences = []
     matrices: dict[str, dict[str, list]] = {n: {} for n in names}
     for layer in range(num_layers):
-        co = {n: cooccurrence(chosen[n][layer], token_cluster, n_clusters) for n in names}  # (C, E, E) each
+        co = {n: cooccurrence(chosen[n][layer], token_doc, n_docs) for n in names}  # (D, E, E) each
         e = co[names[0]].shape[-1]
 
-        def statistic(w):  # (R, C) -> (3 * rules + 1, R)
+        def statistic(w):  # (R, D) -> (3 * rules + 1, R)
             out = []
             for n in names:
-                counts = (w @ co[n].reshape(n_clusters, -1)).reshape(-1, e, e)  # (R, E, E)
+                counts = (w @ co[n].reshape(n_docs, -1)).reshape(-1, e, e)  # (R, E, E)
                 out.append(_summaries(counts, w @ tok))
             rows = np.concatenate(out)  # (3 * rules, R)
             extra = rows[5:6] - rows[2:3] if len(names) > 1 else np.full((1, w.shape[0]), math.nan)
             return np.concatenate([rows, extra])
 
-        value, low, high = cluster_jackknife(statistic, n_clusters)
+        value, low, high = jackknife(statistic, n_docs)
         for i, n in enumerate(names):
             sl = slice(3 * i, 3 * i + 3)
             v, lo, hi = value[sl], low[sl], high[sl]

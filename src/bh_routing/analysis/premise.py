@@ -12,7 +12,7 @@ From these: :func:`~bh_routing.analysis.difficulty.difficulty_analysis` (does k 
 difficulty? with the verdict), :func:`~bh_routing.analysis.difficulty.loss_attribution` (where
 the loss goes), :func:`~bh_routing.analysis.coactivation.coactivation_analysis` and
 :mod:`~bh_routing.analysis.specialization` (domain and vocabulary), top-k against BH.
-The unit of resampling is the sequence (or the document, when ``clusters`` says so).
+The statistical unit is the document (``documents``; by default each sequence is its own).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from . import experiments
 from .coactivation import coactivation_analysis
 from .config import RunConfig
 from .difficulty import difficulty_analysis, loss_attribution
-from .resampling import cluster_ids
+from .resampling import document_index
 from .specialization import domain_specialization, routed_counts, vocabulary_specialization
 from .token_detail import TokenDetail, record_detail, route_recorded
 
@@ -62,7 +62,7 @@ def premise_study(
     calibration,
     *,
     domains: list[str] | None = None,
-    clusters: list | None = None,
+    documents: list | None = None,
 ) -> dict:
     """All analyses of the module notes on ``sequences`` (N, S); JSON-able.
 
@@ -72,13 +72,13 @@ def premise_study(
     sequences : LongTensor (N, S)
     cfg : RunConfig
         The run's configuration: its BH (``bh_pvalues``, ``alpha``, ``min_k``, ``max_k``), the
-        top-p and weight-ratio grids, ``n_resamples`` and ``seed``.
+        top-p and weight-ratio grids.
     calibration : Calibration or None
         Needed when the run's BH uses the calibrated null.
     domains : list of str, optional
         The domain of each sequence (domain specialisation needs two or more).
-    clusters : list, optional
-        The resampling unit of each sequence (e.g. its document); default: the sequence itself.
+    documents : list, optional
+        The document of each sequence (the statistical unit); default: each sequence its own.
     """
     n, s = sequences.shape
     clock = {"start": time.perf_counter()}
@@ -97,44 +97,42 @@ def premise_study(
         model, base, lambda b: WeightRatio(b, min_k=cfg.min_k, max_k=cfg.max_k), cfg.ratio_values, bh_mean)
 
     clock["matched"] = time.perf_counter()
-    seq_cluster, n_clusters = cluster_ids(clusters if clusters is not None else range(n))  # (N,)
-    kw = {"n_resamples": cfg.n_resamples, "seed": cfg.seed}
+    seq_doc, n_docs = document_index(documents if documents is not None else range(n))  # (N,)
 
     # --- difficulty: positions 0..S-2 (each has a next token), tokens flattened sequence-major
     def per_token(chosen: np.ndarray) -> np.ndarray:  # (L, N, S, E) -> (L, N * (S - 1)) experts
         return chosen[:, :, :-1].sum(axis=-1).reshape(num_layers, -1)
 
-    pos_cluster = np.repeat(seq_cluster, s - 1)  # (N * (S - 1),)
+    pos_doc = np.repeat(seq_doc, s - 1)  # (N * (S - 1),)
     k = {"bh": per_token(base.chosen), "topp": per_token(tp_chosen), "weight_ratio": per_token(wr_chosen),
          "bh_patched": per_token(routed.chosen)}
     router_entropy = _entropy(base.probs[:, :, :-1]).reshape(num_layers, -1)  # (L, N * (S - 1))
     difficulty = difficulty_analysis(
-        k, {"loss": base.loss.reshape(-1), "entropy": base.entropy.reshape(-1)}, router_entropy, pos_cluster,
-        primary="bh", compare=("topp", "weight_ratio"), point_only=("bh_patched",), **kw)
+        k, {"loss": base.loss.reshape(-1), "entropy": base.entropy.reshape(-1)}, router_entropy, pos_doc,
+        primary="bh", compare=("topp", "weight_ratio"))
 
     clock["difficulty"] = time.perf_counter()
     # --- where the loss goes: BH-routed forward against the model's own
     top_mass = np.sort(routed.probs, axis=-1)[..., -k_model:].sum(axis=-1)  # (L, N, S)
     bh_mass = (routed.probs * routed.chosen).sum(axis=-1)  # (L, N, S)
     dropped = (top_mass - bh_mass)[:, :, :-1].mean(axis=0).reshape(-1)  # (N * (S - 1),)
-    attribution = loss_attribution(dropped, (routed.loss - base.loss).reshape(-1), pos_cluster, **kw)
+    attribution = loss_attribution(dropped, (routed.loss - base.loss).reshape(-1), pos_doc)
 
     clock["loss_attribution"] = time.perf_counter()
     # --- co-activation and specialisation: every position, same hidden states, top-k vs BH
-    tok_cluster = np.repeat(seq_cluster, s)  # (N * S,)
+    tok_doc = np.repeat(seq_doc, s)  # (N * S,)
     flat = {"topk": base.model_chosen.reshape(num_layers, n * s, e), "bh": base.chosen.reshape(num_layers, n * s, e)}
-    coact = coactivation_analysis(flat, tok_cluster)
+    coact = coactivation_analysis(flat, tok_doc)
     clock["coactivation"] = time.perf_counter()
-    cluster_domain = None
+    doc_domain = None
     if domains is not None:
-        first = {}
-        for c, d in zip(seq_cluster.tolist(), domains):
+        first: dict[int, str] = {}
+        for c, d in zip(seq_doc.tolist(), domains):
             first.setdefault(c, d)
-        cluster_domain = [first[c] for c in range(n_clusters)]
-    domain = (domain_specialization({r: routed_counts(m, tok_cluster, n_clusters) for r, m in flat.items()},
-                                    cluster_domain)
-              if cluster_domain is not None else {"skipped": "no domains given"})
-    vocab = vocabulary_specialization(base.token_ids.reshape(-1), flat, tok_cluster)
+        doc_domain = [first[c] for c in range(n_docs)]
+    domain = (domain_specialization({r: routed_counts(m, tok_doc, n_docs) for r, m in flat.items()}, doc_domain)
+              if doc_domain is not None else {"skipped": "no domains given"})
+    vocab = vocabulary_specialization(base.token_ids.reshape(-1), flat, tok_doc)
     clock["specialization"] = time.perf_counter()
     names = list(clock)
     seconds = {b: round(clock[b] - clock[a], 3) for a, b in zip(names, names[1:])}
@@ -151,7 +149,7 @@ def premise_study(
     return {
         "sequences": n,
         "seq_len": s,
-        "clusters": n_clusters,
+        "documents": n_docs,
         "model_top_k": k_model,
         "strategies": strategies,
         "loss_topk": float(base.loss.mean()),

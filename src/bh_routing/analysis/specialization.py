@@ -4,7 +4,7 @@
 each expert receives; experts specialise when the shares differ between domains. Measured by the
 total-variation distance :func:`tv_distance` between two domains' shares, per layer (the
 embedded model's card, ``scripts/model_card_stats.py``, uses the same function for top-k), next
-to a noise floor: the same distance between two halves of each domain's sequences. Fewer
+to a noise floor: the same distance between two halves of each domain's documents. Fewer
 routed pairs raise the floor, so rules are compared by the distance above their floor.
 
 **Vocabulary.** OLMoE's vocabulary specialisation of expert e for token id x is
@@ -19,7 +19,7 @@ of a layer, :math:`S` (same sums over e too). If the choice did not depend on th
 lower :math:`r_e` and with it the chance level, so rules are compared by the normalised excess
 :math:`(S - S^0) / (1 - S^0)`: 0 = no vocabulary specialisation, 1 = every token id always goes
 to the same experts. Only token ids seen at least ``min_count`` times enter. Intervals:
-delete-one-sequence jackknife for both measures (a bootstrap would pair duplicated tokens with
+delete-one-document jackknife for both measures (a bootstrap would pair duplicated tokens with
 their own copies, and adds noise that biases a distance upwards).
 """
 
@@ -29,7 +29,7 @@ import itertools
 
 import numpy as np
 
-from .resampling import cluster_jackknife
+from .resampling import jackknife
 
 
 def tv_distance(p, q) -> np.ndarray:
@@ -42,12 +42,12 @@ def tv_distance(p, q) -> np.ndarray:
         return 0.5 * np.abs(p / p.sum(-1, keepdims=True) - q / q.sum(-1, keepdims=True)).sum(-1)
 
 
-def routed_counts(chosen: np.ndarray, token_cluster: np.ndarray, n_clusters: int) -> np.ndarray:
-    """(C, L, E) routed (token, expert) pairs per cluster, layer and expert from (L, T, E) bool."""
+def routed_counts(chosen: np.ndarray, token_doc: np.ndarray, n_docs: int) -> np.ndarray:
+    """(D, L, E) routed (token, expert) pairs per document, layer and expert from (L, T, E) bool."""
     num_layers, _, e = chosen.shape
-    out = np.zeros((n_clusters, num_layers, e))
-    for c in range(n_clusters):
-        out[c] = chosen[:, token_cluster == c].sum(axis=1)  # (L, E)
+    out = np.zeros((n_docs, num_layers, e))
+    for c in range(n_docs):
+        out[c] = chosen[:, token_doc == c].sum(axis=1)  # (L, E)
     return out
 
 
@@ -57,38 +57,38 @@ def _halves(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def domain_specialization(
     counts: dict[str, np.ndarray],
-    cluster_domain: list[str],
+    doc_domain: list[str],
 ) -> dict:
     """Per-layer TV distance between domains of the routed-pair shares, per routing rule.
 
     Parameters
     ----------
-    counts : mapping rule name -> array (C, L, E)
-        Routed pairs per cluster (see :func:`routed_counts`).
-    cluster_domain : list of str, length C
-        The domain of every cluster.
+    counts : mapping rule name -> array (D, L, E)
+        Routed pairs per document (see :func:`routed_counts`).
+    doc_domain : list of str, length D
+        The domain of every document.
 
     Returns
     -------
     dict
         Per rule: ``tv_per_layer`` (with CIs), ``tv_mean`` and the noise floor ``floor_mean``
-        (TV between alternate halves of each domain's clusters, averaged over domains), with
+        (TV between alternate halves of each domain's documents, averaged over domains), with
         CIs; ``difference``: the second rule's mean TV above its floor minus the first's. With more than two
         domains the TV is the mean over domain pairs; with one domain there is nothing to compare.
     """
-    domains = sorted(set(cluster_domain), key=list(cluster_domain).index)
+    domains = sorted(set(doc_domain), key=list(doc_domain).index)
     if len(domains) < 2:
         return {"domains": domains, "skipped": f"one domain ({domains[0] if domains else 'none'}): nothing to compare"}
     names = list(counts)
-    labels = np.asarray(cluster_domain)
-    n_clusters, num_layers, _ = counts[names[0]].shape
+    labels = np.asarray(doc_domain)
+    n_docs, num_layers, _ = counts[names[0]].shape
     members = {d: np.flatnonzero(labels == d) for d in domains}
     pairs = list(itertools.combinations(domains, 2))
 
-    def statistic(w):  # (R, C) -> (rules * (L + 2) + 1, R)
+    def statistic(w):  # (R, D) -> (rules * (L + 2) + 1, R)
         out = []
         for n in names:
-            flat = counts[n].reshape(n_clusters, -1)  # (C, L*E)
+            flat = counts[n].reshape(n_docs, -1)  # (D, L*E)
 
             def total(idx):
                 return (w[:, idx] @ flat[idx]).reshape(w.shape[0], num_layers, -1)  # (R, L, E)
@@ -106,7 +106,7 @@ def domain_specialization(
             diff = np.full(w.shape[0], np.nan)
         return np.concatenate([rows, diff[None]])
 
-    value, low, high = cluster_jackknife(statistic, n_clusters)
+    value, low, high = jackknife(statistic, n_docs)
     per = num_layers + 2
     result: dict = {"domains": domains, "rules": names, "per_rule": {}}
     for i, n in enumerate(names):
@@ -150,7 +150,7 @@ def _vocab_stats(nxe: np.ndarray, nx: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def vocabulary_specialization(
     token_ids: np.ndarray,
     chosen: dict[str, np.ndarray],
-    token_cluster: np.ndarray,
+    token_doc: np.ndarray,
     *,
     min_count: int = 10,
 ) -> dict:
@@ -161,7 +161,7 @@ def vocabulary_specialization(
     token_ids : array (T,)
         The token at each routed position.
     chosen : mapping rule name -> array (L, T, E) bool
-    token_cluster : array (T,)
+    token_doc : array (T,)
     min_count : int, keyword-only
         Token ids with fewer occurrences are left out (at least 2).
 
@@ -175,8 +175,8 @@ def vocabulary_specialization(
     if min_count < 2:
         raise ValueError(f"min_count must be >= 2, got {min_count}")
     token_ids = np.asarray(token_ids)
-    token_cluster = np.asarray(token_cluster, dtype=np.int64)
-    n_clusters = int(token_cluster.max()) + 1
+    token_doc = np.asarray(token_doc, dtype=np.int64)
+    n_docs = int(token_doc.max()) + 1
     ids, inverse, freq = np.unique(token_ids, return_inverse=True, return_counts=True)
     keep_id = freq >= min_count  # (X_all,)
     keep = keep_id[inverse]  # (T,)
@@ -186,22 +186,22 @@ def vocabulary_specialization(
         return {"min_count": min_count, "skipped": f"no token id occurs {min_count} times or more"}
     names = list(chosen)
     num_layers, _, e = chosen[names[0]].shape
-    occ = np.zeros((n_clusters, x))  # (C, X)
-    np.add.at(occ, (token_cluster[keep], col[keep]), 1.0)
-    per_cluster = {}
+    occ = np.zeros((n_docs, x))  # (D, X)
+    np.add.at(occ, (token_doc[keep], col[keep]), 1.0)
+    per_doc = {}
     for n in names:
-        arr = np.zeros((num_layers, n_clusters, x, e))  # (L, C, X, E)
+        arr = np.zeros((num_layers, n_docs, x, e))  # (L, D, X, E)
         for layer in range(num_layers):
-            np.add.at(arr[layer], (token_cluster[keep], col[keep]), chosen[n][layer][keep].astype(float))
-        per_cluster[n] = arr
+            np.add.at(arr[layer], (token_doc[keep], col[keep]), chosen[n][layer][keep].astype(float))
+        per_doc[n] = arr
 
-    def statistic(w):  # (R, C) -> (rules * L * 3 + L, R)
+    def statistic(w):  # (R, D) -> (rules * L * 3 + L, R)
         rows = []
         nx = w @ occ  # (R, X)
         norms = {}
         for n in names:
             for layer in range(num_layers):
-                nxe = (w @ per_cluster[n][layer].reshape(n_clusters, -1)).reshape(-1, x, e)  # (R, X, E)
+                nxe = (w @ per_doc[n][layer].reshape(n_docs, -1)).reshape(-1, x, e)  # (R, X, E)
                 s, s0 = _vocab_stats(nxe, nx)
                 norm = (s - s0) / (1 - s0)
                 norms[(n, layer)] = norm
@@ -210,7 +210,7 @@ def vocabulary_specialization(
             rows.append(norms[(names[1], layer)] - norms[(names[0], layer)] if len(names) > 1 else np.full(w.shape[0], np.nan))
         return np.stack(rows)
 
-    value, low, high = cluster_jackknife(statistic, n_clusters)
+    value, low, high = jackknife(statistic, n_docs)
     out: dict = {"min_count": min_count, "token_ids": x, "tokens": int(keep.sum()), "rules": names, "per_rule": {}}
     nx_all = occ.sum(axis=0)  # (X,)
     t_all = nx_all.sum()
@@ -221,7 +221,7 @@ def vocabulary_specialization(
             j = 3 * (i * num_layers + layer)
             layers.append({"layer": layer, "S": float(value[j]), "S0": float(value[j + 1]),
                            "normalized": float(value[j + 2]), "normalized_ci": [float(low[j + 2]), float(high[j + 2])]})
-            nxe = per_cluster[n][layer].sum(axis=0)  # (X, E)
+            nxe = per_doc[n][layer].sum(axis=0)  # (X, E)
             with np.errstate(invalid="ignore", divide="ignore"):
                 spec.append(((nxe * (nxe - 1) / (nx_all[:, None] - 1)).sum(axis=0) / nxe.sum(axis=0)).tolist())
                 chance.append((nxe.sum(axis=0) / t_all).tolist())

@@ -51,7 +51,7 @@ def difficulty(res: dict, path: Path) -> Path:
             _band(ax, x, dec["values"][s], col[s], f"{st[s]['label']} (mean k {st[s]['mean_k']:.2f})")
         ax.axhline(k, ls="--", color=col["topk"], lw=1, label=f"{st['topk']['label']}")
         ax.set_xlabel(f"{DIFFICULTY_NAMES[name]}, mean of each decile", fontsize=11)
-        ax.set_ylabel("experts per token (mean over layers; 95% CI)", fontsize=11)
+        ax.set_ylabel("experts per token (mean over layers)\nmean over documents, 95% t-interval", fontsize=10.5)
         ax.set_title(f"Experts per token by decile of {SHORT[name]}", fontsize=12, fontweight="bold")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8.5, loc="best")
@@ -63,18 +63,18 @@ def difficulty(res: dict, path: Path) -> Path:
     for i, s in enumerate(strategies):
         rows = {r["difficulty"]: r for r in d["spearman"] if r["strategy"] == s}
         xs = np.arange(len(names)) + (i - 1.5) * width
-        rho = _nan([rows[n]["rho"] for n in names])
+        rho = _nan([rows[n]["mean"] for n in names])
         lo, hi = _nan([rows[n]["ci_low"] for n in names]), _nan([rows[n]["ci_high"] for n in names])
         err = np.where(np.isnan(lo), 0, [rho - lo, hi - rho])
-        label = st[s]["label"] + (" (no CI)" if np.isnan(lo).all() else "")
-        ax.bar(xs, rho, width, color=col[s], alpha=0.45 if s == "bh_patched" else 0.9, label=label,
+        ax.bar(xs, rho, width, color=col[s], alpha=0.45 if s == "bh_patched" else 0.9, label=st[s]["label"],
                hatch="//" if s == "bh_patched" else None, edgecolor="white")
         ax.errorbar(xs, rho, yerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
     rmin = d["rho_min"]
     ax.axhspan(-rmin, rmin, color="gray", alpha=0.12, label=f"|ρ| < {rmin:g} (negligible)")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(names)), [SHORT[n] for n in names], fontsize=11)
-    ax.set_ylabel("Spearman ρ(experts per token, difficulty)\n95% cluster-bootstrap CI", fontsize=11)
+    ax.set_ylabel("within-document Spearman ρ(experts per token, difficulty)\nmean over documents, 95% t-interval",
+                  fontsize=10.5)
     ax.set_title(f"Premise (primary: BH vs loss): {d['verdict'].upper()}", fontsize=12, fontweight="bold")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower left")
@@ -83,20 +83,21 @@ def difficulty(res: dict, path: Path) -> Path:
     la = p["loss_attribution"]
     dec = la["deciles"]
     x = _nan(dec["x_mean"])
-    _band(ax, x, dec["values"]["loss_increase"], col["bh"], "mean loss increase per decile (95% CI)")
+    _band(ax, x, dec["values"]["loss_increase"], col["bh"], "mean loss increase per decile (95% t-interval)")
     ax.axhline(0, color="black", lw=0.8)
     ax.axhline(la["mean_loss_increase"], ls=":", color="gray", lw=1, label=f"all tokens: {la['mean_loss_increase']:+.3f}")
     ax.set_xlabel(f"router mass dropped by BH vs {st['topk']['label']} (mean over layers), decile mean", fontsize=11)
     ax.set_ylabel("loss under BH − loss under top-k (nats)", fontsize=11)
     verdict = "concentrated" if la["concentrated"] else "not shown to concentrate"
     ax.set_title("Where the loss goes (BH routing the model)", fontsize=12, fontweight="bold")
-    lo, hi = la["difference_ci"]
-    ax.text(0.02, 0.80, f"top {round(100 * la['top_share'])}% of dropped mass vs the rest: {la['difference']:+.3f} nats\n"
-            f"95% CI [{lo:+.3f}, {hi:+.3f}] → damage {verdict}", transform=ax.transAxes, fontsize=9.5, va="top",
+    diff = la["difference"]
+    ax.text(0.02, 0.80, f"top {round(100 * la['top_share'])}% of dropped mass vs the rest of a document: "
+            f"{diff['mean']:+.3f} nats\n95% CI {diff['ci_low']:+.3f} to {diff['ci_high']:+.3f} ({diff['n']} documents)"
+            f" → damage {verdict}", transform=ax.transAxes, fontsize=9.5, va="top",
             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "lightgray"})
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
-    unit = f"{d['clusters']} sequences, {d['tokens']} tokens"
+    unit = f"{d['documents']} documents, {d['tokens']} tokens"
     fig.suptitle(f"{_model_line(res)} · {unit}", fontsize=10, y=1.0)
     fig.tight_layout()
     return _save(fig, path)
@@ -146,7 +147,7 @@ def specialization(res: dict, path: Path) -> Path:
                        label=f"noise floor (halves of a domain), {st[rule]['label']}")
         ax.set_xticks(range(len(r["tv_per_layer"])))
         ax.set_xlabel("MoE layer", fontsize=11)
-        ax.set_ylabel(f"TV distance, {' vs '.join(dom['domains'])} (95% CI)", fontsize=11)
+        ax.set_ylabel(f"TV distance, {' vs '.join(dom['domains'])} (95% jackknife CI over documents)", fontsize=11)
         ax.set_title("Domain specialisation: routed-pair shares", fontsize=12, fontweight="bold")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -165,7 +166,7 @@ def specialization(res: dict, path: Path) -> Path:
             ax.errorbar(x, v, yerr=[v - lo, hi - v], marker="o", capsize=3, color=col[rule], label=st[rule]["label"])
         ax.set_xticks(range(len(rows)))
         ax.set_xlabel("MoE layer", fontsize=11)
-        ax.set_ylabel("(S − S⁰) / (1 − S⁰)  (95% CI)", fontsize=11)
+        ax.set_ylabel("(S − S⁰) / (1 − S⁰)  (95% jackknife CI over documents)", fontsize=11)
         ax.set_title(f"Vocabulary specialisation above chance\n(token ids seen ≥ {voc['min_count']} times)",
                      fontsize=12, fontweight="bold")
         ax.grid(alpha=0.3)
