@@ -9,6 +9,7 @@ run writes, so that a second run into the same folder is refused instead of mixi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,17 @@ REPORT_MD = "RESULTS.md"
 CALIBRATION_FILE = "calibration.safetensors"
 STEPS_DIR = ".steps"
 LOCK_FILE = ".bh_routing.lock"
+
+
+def json_clean(x):
+    """``x`` with every NaN/inf float replaced by None (JSON has no NaN), in nested dicts and lists."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_clean(v) for v in x]
+    return x
 
 
 class RunError(BHRoutingError, RuntimeError):

@@ -17,8 +17,6 @@ The statistical unit is the document (``documents``; by default each sequence is
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -27,6 +25,7 @@ from . import experiments
 from .coactivation import coactivation_analysis
 from .config import RunConfig
 from .difficulty import difficulty_analysis, loss_attribution
+from .outputs import json_clean
 from .resampling import document_index
 from .specialization import domain_specialization, routed_counts, vocabulary_specialization
 from .token_detail import TokenDetail, record_detail, route_recorded
@@ -61,6 +60,7 @@ def premise_study(
     cfg: RunConfig,
     calibration,
     *,
+    top_k: int,
     domains: list[str] | None = None,
     documents: list | None = None,
 ) -> dict:
@@ -75,28 +75,27 @@ def premise_study(
         top-p and weight-ratio grids.
     calibration : Calibration or None
         Needed when the run's BH uses the calibrated null.
+    top_k : int
+        The model's own k.
     domains : list of str, optional
         The domain of each sequence (domain specialisation needs two or more).
     documents : list, optional
         The document of each sequence (the statistical unit); default: each sequence its own.
     """
     n, s = sequences.shape
-    clock = {"start": time.perf_counter()}
-    topk, bh = experiments.topk_and_bh(model, cfg, calibration)
+    topk, bh = experiments.topk_and_bh(top_k, cfg, calibration)
     k_model = topk.k
     base = record_detail(model, sequences, bh, mode="analyze")
     routed = record_detail(model, sequences, bh, mode="patch")
     if base.model_chosen is None:
         raise RuntimeError("analyze mode did not record the model's own choice")
     num_layers, _, _, e = base.shape
-    clock["forward"] = time.perf_counter()
     bh_mean = float(base.chosen.sum(axis=-1).mean())
     tp, tp_mean, tp_chosen = matched_parameter(
         model, base, lambda p: TopP(p, min_k=cfg.min_k, max_k=cfg.max_k), cfg.topp_values, bh_mean)
     wr, wr_mean, wr_chosen = matched_parameter(
         model, base, lambda b: WeightRatio(b, min_k=cfg.min_k, max_k=cfg.max_k), cfg.ratio_values, bh_mean)
 
-    clock["matched"] = time.perf_counter()
     seq_doc, n_docs = document_index(documents if documents is not None else range(n))  # (N,)
 
     # --- difficulty: positions 0..S-2 (each has a next token), tokens flattened sequence-major
@@ -111,19 +110,16 @@ def premise_study(
         k, {"loss": base.loss.reshape(-1), "entropy": base.entropy.reshape(-1)}, router_entropy, pos_doc,
         primary="bh", compare=("topp", "weight_ratio"))
 
-    clock["difficulty"] = time.perf_counter()
     # --- where the loss goes: BH-routed forward against the model's own
     top_mass = np.sort(routed.probs, axis=-1)[..., -k_model:].sum(axis=-1)  # (L, N, S)
     bh_mass = (routed.probs * routed.chosen).sum(axis=-1)  # (L, N, S)
     dropped = (top_mass - bh_mass)[:, :, :-1].mean(axis=0).reshape(-1)  # (N * (S - 1),)
     attribution = loss_attribution(dropped, (routed.loss - base.loss).reshape(-1), pos_doc)
 
-    clock["loss_attribution"] = time.perf_counter()
     # --- co-activation and specialisation: every position, same hidden states, top-k vs BH
     tok_doc = np.repeat(seq_doc, s)  # (N * S,)
     flat = {"topk": base.model_chosen.reshape(num_layers, n * s, e), "bh": base.chosen.reshape(num_layers, n * s, e)}
     coact = coactivation_analysis(flat, tok_doc)
-    clock["coactivation"] = time.perf_counter()
     doc_domain = None
     if domains is not None:
         first: dict[int, str] = {}
@@ -133,9 +129,6 @@ def premise_study(
     domain = (domain_specialization({r: routed_counts(m, tok_doc, n_docs) for r, m in flat.items()}, doc_domain)
               if doc_domain is not None else {"skipped": "no domains given"})
     vocab = vocabulary_specialization(base.token_ids.reshape(-1), flat, tok_doc)
-    clock["specialization"] = time.perf_counter()
-    names = list(clock)
-    seconds = {b: round(clock[b] - clock[a], 3) for a, b in zip(names, names[1:])}
 
     strategies = {
         "topk": {"label": f"TopK(k={k_model})", "mean_k": float(k_model), "strategy": topk.describe()},
@@ -146,7 +139,7 @@ def premise_study(
         "topp": {"label": f"TopP(p={tp:g})", "param": tp, "mean_k": tp_mean},
         "weight_ratio": {"label": f"WeightRatio(β={wr:g})", "param": wr, "mean_k": wr_mean},
     }
-    return {
+    return json_clean({  # NaN (an undefined ρ, an empty bin) becomes None: cached steps compare equal
         "sequences": n,
         "seq_len": s,
         "documents": n_docs,
@@ -159,5 +152,4 @@ def premise_study(
         "coactivation": coact,
         "domain_specialization": domain,
         "vocabulary_specialization": vocab,
-        "seconds": seconds,  # wall time of each part (this machine, this load)
-    }
+    })

@@ -19,7 +19,8 @@ TEMPERATURE_NOTE = (
 )
 
 
-def _model_line(res: dict) -> str:
+def model_line(res: dict) -> str:
+    """The model in one line, for a figure's title."""
     m = res["model"]
     return f"{m['name']} · {m['num_moe_layers']} MoE layers × {m['num_experts']} experts, top-{m['top_k']}"
 
@@ -87,7 +88,7 @@ def alpha_sensitivity(res: dict, path: Path) -> Path:
     axes[2].set_ylabel("α", fontsize=12)
     axes[2].set_title(f"Distribution of k ({NAMES['bh-' + method]})", fontsize=13, fontweight="bold")
     fig.colorbar(im, ax=axes[2], label="share of (token, layer) pairs")
-    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    fig.suptitle(model_line(res), fontsize=10, y=1.02)
     return save_figure(fig, path)
 
 
@@ -115,7 +116,7 @@ def temperature_sensitivity(res: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
     fig.text(0.5, -0.16, TEMPERATURE_NOTE, ha="center", fontsize=9.5, family="monospace")
-    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    fig.suptitle(model_line(res), fontsize=10, y=1.02)
     return save_figure(fig, path)
 
 
@@ -163,7 +164,7 @@ def _comparative_aggregated(res: dict, path: Path) -> Path:
         ax.legend()
     axes[0].set_title("Expert reduction per prompt", fontsize=13, fontweight="bold")
     axes[1].set_title("Loss change per prompt", fontsize=13, fontweight="bold")
-    fig.suptitle(f"{_model_line(res)}\n{len(rows)} prompts: distributions over prompts "
+    fig.suptitle(f"{model_line(res)}\n{len(rows)} prompts: distributions over prompts "
                  "(each prompt's numbers are in comparative_results.csv)", fontsize=10, y=1.04)
     return save_figure(fig, path)
 
@@ -187,7 +188,7 @@ def comparative(res: dict, path: Path) -> Path:
         ax.set_xticks(x, [r["prompt_label"] for r in rows], rotation=35, ha="right")
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
-    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    fig.suptitle(model_line(res), fontsize=10, y=1.02)
     return save_figure(fig, path)
 
 
@@ -245,7 +246,7 @@ def statistical(res: dict, path: Path) -> Path:
     axes[2].legend(fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(_model_line(res), fontsize=10, y=1.02)
+    fig.suptitle(model_line(res), fontsize=10, y=1.02)
     return save_figure(fig, path)
 
 
@@ -300,7 +301,7 @@ def pareto(res: dict, path: Path) -> Path:
         ax.set_xlabel("mean active experts per token (over tokens and MoE layers)", fontsize=12)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=9)
-    fig.suptitle(_model_line(res), fontsize=10, y=1.0)
+    fig.suptitle(model_line(res), fontsize=10, y=1.0)
     fig.text(0.5, -0.02, "Markers are measured settings; dotted lines only join neighbouring settings of one family "
              "(nothing was measured between them).", ha="center", fontsize=9.5)
     return save_figure(fig, path)

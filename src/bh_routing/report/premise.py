@@ -1,6 +1,5 @@
-"""Figures of the premise step: difficulty.png, coactivation.png, specialization.png.
-
-Each draws from the results dict only (``res["steps"]["premise"]``, written by
+"""The premise step in the report: difficulty.png, coactivation.png, specialization.png and a
+RESULTS.md section per analysis, drawn from ``res["steps"]["premise"]`` only (written by
 :func:`bh_routing.analysis.premise.premise_study`), never from a model.
 """
 
@@ -9,13 +8,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .figures import COLORS, _model_line, _save  # noqa: E402
+from .base import fmt, plt, save_figure, table
+from .figures import COLORS, model_line
+from .registry import Figure, Section, register_figure, register_section
 
 DIFFICULTY_NAMES = {"loss": "next-token loss (nats)", "entropy": "predictive entropy (nats)",
                     "router_entropy": "router entropy, mean over layers (nats)"}
@@ -85,22 +82,22 @@ def difficulty(res: dict, path: Path) -> Path:
     x = _nan(dec["x_mean"])
     _band(ax, x, dec["values"]["loss_increase"], col["bh"], "mean loss increase per decile (95% t-interval)")
     ax.axhline(0, color="black", lw=0.8)
-    ax.axhline(la["mean_loss_increase"], ls=":", color="gray", lw=1, label=f"all tokens: {la['mean_loss_increase']:+.3f}")
+    ax.axhline(la["mean_loss_increase"], ls=":", color="gray", lw=1, label=f"all tokens: {fmt(la['mean_loss_increase'], 3)}")
     ax.set_xlabel(f"router mass dropped by BH vs {st['topk']['label']} (mean over layers), decile mean", fontsize=11)
     ax.set_ylabel("loss under BH − loss under top-k (nats)", fontsize=11)
     verdict = "concentrated" if la["concentrated"] else "not shown to concentrate"
     ax.set_title("Where the loss goes (BH routing the model)", fontsize=12, fontweight="bold")
     diff = la["difference"]
     ax.text(0.02, 0.80, f"top {round(100 * la['top_share'])}% of dropped mass vs the rest of a document: "
-            f"{diff['mean']:+.3f} nats\n95% CI {diff['ci_low']:+.3f} to {diff['ci_high']:+.3f} ({diff['n']} documents)"
+            f"{fmt(diff['mean'], 3)} nats\n95% CI {fmt(diff['ci_low'], 3)} to {fmt(diff['ci_high'], 3)} ({diff['n']} documents)"
             f" → damage {verdict}", transform=ax.transAxes, fontsize=9.5, va="top",
             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "lightgray"})
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     unit = f"{d['documents']} documents, {d['tokens']} tokens"
-    fig.suptitle(f"{_model_line(res)} · {unit}", fontsize=10, y=1.0)
+    fig.suptitle(f"{model_line(res)} · {unit}", fontsize=10, y=1.0)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def coactivation(res: dict, path: Path) -> Path:
@@ -119,13 +116,13 @@ def coactivation(res: dict, path: Path) -> Path:
             m = np.ma.masked_less(m, 0)  # diagonal and never-chosen experts
             im = ax.imshow(m, cmap="magma_r", vmin=0, vmax=1, interpolation="nearest")
             row = rows[layer]
-            ax.set_title(f"{st[rule]['label']} · layer {layer}\nmean max P(j|i) {row['mean_max_p']:.2f} "
-                         f"(independent {row['independent']:.2f})", fontsize=10.5)
+            ax.set_title(f"{st[rule]['label']} · layer {layer}\nmean max P(j|i) {fmt(row['mean_max_p'], 2)} "
+                         f"(independent {fmt(row['independent'], 2)})", fontsize=10.5)
             ax.set_xlabel("expert j", fontsize=10)
             ax.set_ylabel("expert i", fontsize=10)
     fig.colorbar(im, ax=axes, shrink=0.8, label="P(j chosen | i chosen)")
-    fig.suptitle(f"Expert co-activation (OLMoE §5) · {_model_line(res)}", fontsize=11, y=0.96)
-    return _save(fig, path)
+    fig.suptitle(f"Expert co-activation (OLMoE §5) · {model_line(res)}", fontsize=11, y=0.96)
+    return save_figure(fig, path)
 
 
 def specialization(res: dict, path: Path) -> Path:
@@ -176,7 +173,8 @@ def specialization(res: dict, path: Path) -> Path:
 
         def excess(rule):
             spec, chance = _nan(np.ravel(voc["per_rule"][rule]["expert_spec"])), _nan(np.ravel(voc["per_rule"][rule]["expert_chance"]))
-            return (spec - chance) / (1 - chance)
+            with np.errstate(invalid="ignore", divide="ignore"):  # experts never chosen: NaN, not drawn
+                return (spec - chance) / (1 - chance)
 
         pa, pb = (np.ravel(voc["per_rule"][r]["expert_pairs"]) for r in (a, b))
         enough = (pa >= MIN_EXPERT_PAIRS) & (pb >= MIN_EXPERT_PAIRS)
@@ -191,9 +189,139 @@ def specialization(res: dict, path: Path) -> Path:
                      fontsize=12, fontweight="bold")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    fig.suptitle(f"Specialisation (OLMoE §5) · {_model_line(res)}", fontsize=10, y=1.02)
+    fig.suptitle(f"Specialisation (OLMoE §5) · {model_line(res)}", fontsize=10, y=1.02)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+# ---------------------------------------------------------------------------- RESULTS.md sections
+def _ci(r: dict, key: str = "mean") -> str:
+    """'value (low to high)' of an interval row, or the value alone when there is no interval."""
+    v, lo, hi = r.get(key), r.get("ci_low"), r.get("ci_high")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return fmt(v, 3)
+    return f"{fmt(v, 3)} ({fmt(lo, 3)} to {fmt(hi, 3)})"
 
 
-FIGURES = {"difficulty.png": difficulty, "coactivation.png": coactivation, "specialization.png": specialization}
+def _pair(v: float, ci: list) -> str:
+    return _ci({"mean": v, "ci_low": ci[0], "ci_high": ci[1]})
+
+
+def difficulty_section(res: dict, figures: list[str]) -> list[str]:
+    p = res["steps"]["premise"]
+    d, st = p["difficulty"], p["strategies"]
+    rows = []
+    for s in ("bh", "bh_patched", "topp", "weight_ratio"):
+        by = {r["difficulty"]: r for r in d["spearman"] if r["strategy"] == s}
+        rows.append([st[s]["label"], st[s]["mean_k"], *[_ci(by[n]) for n in DIFFICULTY_NAMES],
+                     by["loss"]["pooled_rho"]])
+    layer_rows = {}
+    for r in d["per_layer"]:
+        layer_rows.setdefault(r["layer"], [r["layer"]]).append(_ci(r))
+    out = [
+        "## Does BH give hard tokens more experts?", "",
+        "Per token of the evaluation sequences: the experts each rule chooses (mean over MoE layers) against the "
+        "unrouted model's difficulty at that position (next-token loss, predictive entropy, router entropy). "
+        f"BH, top-p and weight ratio decide on the same router logits of one unrouted forward pass; top-p and "
+        f"weight ratio at the grid value whose mean k is closest to BH's. ρ is the within-document Spearman "
+        f"correlation, mean over {d['documents']} documents with its 95% t-interval (pooled ρ over all "
+        f"{d['tokens']} tokens beside it).", "",
+        f"Rule, fixed in advance: {d['rule']}", "",
+        f"**Verdict: {d['verdict']}.** {d['verdict_text']}", "",
+    ]
+    if "difficulty.png" in figures:
+        out += ["![difficulty](difficulty.png)", ""]
+    out += [table(["rule", "mean k", "ρ with loss", "ρ with predictive entropy", "ρ with router entropy", "pooled ρ with loss"], rows), ""]
+    out += [f"Per layer, {st['bh']['label']}'s k against each difficulty (router entropy: the layer's own):", "",
+            table(["layer", "ρ with loss", "ρ with predictive entropy", "ρ with router entropy"], list(layer_rows.values())), ""]
+    out += [f"- {c['verdict']}" for c in d["comparisons"]]
+    return out + [""]
+
+
+def loss_section(res: dict, figures: list[str]) -> list[str]:
+    p = res["steps"]["premise"]
+    la, st = p["loss_attribution"], p["strategies"]
+    return [
+        "## Where the loss goes", "",
+        f"Per token: the router probability mass that {st['bh_patched']['label']} left out of the model's top-{p['model_top_k']} "
+        f"(mean over layers; mean {fmt(la['mean_mass_dropped'], 3)}) against the token's loss increase under BH "
+        f"(mean {fmt(la['mean_loss_increase'], 3)} nats; mean loss {fmt(p['loss_bh'], 4)} under BH against "
+        f"{fmt(p['loss_topk'], 4)} unrouted). Lower-right panel of difficulty.png.", "",
+        f"**{'Concentrated' if la['concentrated'] else 'Not shown to be concentrated'}.** {la['sentence']}", "",
+    ]
+
+
+def coactivation_section(res: dict, figures: list[str]) -> list[str]:
+    p = res["steps"]["premise"]
+    co, st = p["coactivation"], p["strategies"]
+    a, b = co["rules"][:2]
+    by = {r: {row["layer"]: row for row in co["per_layer"][r]} for r in (a, b)}
+    diffs = {x["layer"]: x for x in co.get("excess_difference", [])}
+    rows = [[layer, _pair(by[a][layer]["mean_max_p"], by[a][layer]["mean_max_p_ci"]), by[a][layer]["independent"],
+             _pair(by[b][layer]["mean_max_p"], by[b][layer]["mean_max_p_ci"]), by[b][layer]["independent"],
+             _pair(diffs[layer]["diff"], diffs[layer]["ci"]) if layer in diffs else "n/a"]
+            for layer in sorted(by[a])]
+    out = [
+        "## Expert co-activation", "",
+        "P(j | i): the share of tokens routed to expert i that are also routed to expert j (OLMoE, Muennighoff et al. "
+        "2024, §5), on the unrouted forward's router logits. Summary: the mean over experts of the largest P(j | i); "
+        "fewer experts per token lower it by themselves, so it is shown next to its value for independent choice at "
+        "the observed rates, and rules are compared by the excess over that (95% delete-one-document jackknife "
+        "intervals).", "",
+        f"**{co['sentence']}**" if "sentence" in co else "", "",
+    ]
+    if "coactivation.png" in figures:
+        out += ["![coactivation](coactivation.png)", ""]
+    out += [table(["layer", f"{st[a]['label']} mean max P(j|i)", "independent", f"{st[b]['label']} mean max P(j|i)",
+                   "independent", "Δ excess (BH − top-k)"], rows), ""]
+    return out
+
+
+def specialization_section(res: dict, figures: list[str]) -> list[str]:
+    p = res["steps"]["premise"]
+    dom, voc, st = p["domain_specialization"], p["vocabulary_specialization"], p["strategies"]
+    out = [
+        "## Domain and vocabulary specialisation", "",
+        "Domain: per layer, the total-variation distance between the domains' shares of routed (token, expert) pairs "
+        "per expert (the embedded model card's measure for top-k), next to its noise floor (two halves of each "
+        "domain). Vocabulary (OLMoE §5): for a routed pair (occurrence of token id x, expert e), the chance that "
+        "another occurrence of x also went to e, against its value if routing ignored the token id, as "
+        "(S − S⁰)/(1 − S⁰). 95% delete-one-document jackknife intervals.", "",
+    ]
+    if "specialization.png" in figures:
+        out += ["![specialization](specialization.png)", ""]
+    if "skipped" in dom:
+        out += [f"Domain specialisation: {dom['skipped']}.", ""]
+    else:
+        a, b = dom["rules"][:2]
+        ra, rb = dom["per_rule"][a], dom["per_rule"][b]
+        rows = [[i, _ci({"mean": ra["tv_per_layer"][i], "ci_low": ra["tv_per_layer_ci_low"][i], "ci_high": ra["tv_per_layer_ci_high"][i]}),
+                 _ci({"mean": rb["tv_per_layer"][i], "ci_low": rb["tv_per_layer_ci_low"][i], "ci_high": rb["tv_per_layer_ci_high"][i]})]
+                for i in range(len(ra["tv_per_layer"]))]
+        rows.append(["noise floor (mean)", _pair(ra["floor_mean"], ra["floor_mean_ci"]), _pair(rb["floor_mean"], rb["floor_mean_ci"])])
+        out += [f"**{dom['sentence']}**", "", table(["layer", f"TV, {st[a]['label']}", f"TV, {st[b]['label']}"], rows), ""]
+    if "skipped" in voc:
+        out += [f"Vocabulary specialisation: {voc['skipped']}.", ""]
+    else:
+        a, b = voc["rules"][:2]
+        la, lb = voc["per_rule"][a]["per_layer"], voc["per_rule"][b]["per_layer"]
+        diffs = {x["layer"]: x for x in voc.get("difference", [])}
+        rows = [[x["layer"], _pair(x["normalized"], x["normalized_ci"]), _pair(y["normalized"], y["normalized_ci"]),
+                 _pair(diffs[x["layer"]]["diff"], diffs[x["layer"]]["ci"]) if x["layer"] in diffs else "n/a"]
+                for x, y in zip(la, lb)]
+        out += [f"**{voc['sentence']}**" if "sentence" in voc else "",
+                f"({voc['token_ids']} token ids seen at least {voc['min_count']} times, {voc['tokens']} tokens.)", "",
+                table(["layer", f"(S − S⁰)/(1 − S⁰), {st[a]['label']}", f"{st[b]['label']}", "difference (BH − top-k)"], rows), ""]
+    return out
+
+
+NEEDS = ("premise",)
+PREMISE_FIGURES = ("difficulty.png", "coactivation.png", "specialization.png")
+for _figure in (Figure("difficulty.png", difficulty, NEEDS), Figure("coactivation.png", coactivation, NEEDS),
+                Figure("specialization.png", specialization, NEEDS)):
+    register_figure(_figure)
+for _section in (Section("premise_difficulty", difficulty_section, NEEDS, 91), Section("premise_loss", loss_section, NEEDS, 92),
+                 Section("premise_coactivation", coactivation_section, NEEDS, 93),
+                 Section("premise_specialization", specialization_section, NEEDS, 94)):
+    register_section(_section)

@@ -5,28 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
 from ..analysis.outputs import (
-    COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, RunError, atomic_write_text, check_writable, read_results,
+    COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, RunError, atomic_write_text, check_writable, json_clean, read_results,
 )
 from .markdown import render
 from .registry import FIGURES, available
 
 CSV_FIELDS = ["prompt_label", "prompt", "tokens", "topk_mean_experts", "bh_mean_experts", "expert_reduction_pct",
               "topk_loss", "bh_loss", "loss_change"]
-
-
-def _clean(x):
-    """JSON without NaN/inf (they become null)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def comparative_csv(rows: list[dict]) -> str:
@@ -70,7 +58,7 @@ def write_report(results: dict, out: str | Path, *, figures: bool = True) -> lis
     out = Path(out)
     check_writable(out)  # a read-only folder: one line (RunError), not a traceback halfway through
     out.mkdir(parents=True, exist_ok=True)
-    results = _clean(results)
+    results = json_clean(results)
     written = [atomic_write_text(out / RESULTS_JSON, json.dumps(results, indent=1, ensure_ascii=False))]
     if "comparative" in results["steps"]:
         written.append(atomic_write_text(out / COMPARATIVE_CSV, comparative_csv(results["steps"]["comparative"])))

@@ -1,0 +1,16 @@
+"""The premise step: does BH give hard tokens more experts, and OLMoE's routing analyses under BH
+(:func:`bh_routing.analysis.premise.premise_study`: two recorded forward passes over the
+evaluation sequences, then statistics over documents)."""
+
+from __future__ import annotations
+
+from ..premise import premise_study
+from ..registry import Context, Step, register_step
+
+
+def _premise(ctx: Context) -> dict:
+    return premise_study(ctx.model, ctx.inputs.eval_seqs, ctx.cfg, ctx.calibration, top_k=ctx.routing.top_k,
+                         domains=ctx.inputs.eval_domains)
+
+
+register_step(Step("premise", _premise, needs=("calibration",), groups=("run",)))
