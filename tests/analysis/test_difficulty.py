@@ -78,7 +78,7 @@ def test_difficulty_analysis_verdicts_on_known_associations():
     blind = rng.integers(1, 9, size=(layers, doc.size)).astype(float)  # k ignores difficulty
     out = difficulty_analysis({"bh": tracks, "other": blind}, {"loss": loss, "entropy": entropy}, router_entropy, doc,
                               compare=("other",))
-    assert out["verdict"] == "supported" and out["verdict_text"].startswith("Supported")
+    assert out["verdict"] == "supported" and out["verdict_text"].startswith("The within-document Spearman ρ between bh")
     loss_cmp = next(c for c in out["comparisons"] if c["difficulty"] == "loss")
     assert loss_cmp["decision"] == "higher" and loss_cmp["correction"] == "holm" and loss_cmp["n"] == docs
     assert len(out["per_layer"]) == layers * 3

@@ -69,6 +69,7 @@ def coactivation_analysis(
     token_doc: np.ndarray,
     *,
     matrix_layers: list[int] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> dict:
     """Co-activation per layer under several routing rules, with jackknife intervals over documents.
 
@@ -80,6 +81,8 @@ def coactivation_analysis(
         Document index 0..D-1 of every token.
     matrix_layers : list of int, keyword-only
         Layers whose full P(j | i) matrices are returned (default: first, middle, last).
+    labels : mapping rule name -> label, keyword-only
+        How the sentence names the rules (default: their names).
 
     Returns
     -------
@@ -140,13 +143,14 @@ def coactivation_analysis(
     if len(names) > 1:
         out["excess_difference"] = differences
         a, b = names[0], names[1]
+        la, lb = ((labels or {}).get(n, n) for n in (a, b))
         sig = [d for d in differences if d["ci"][0] > 0 or d["ci"][1] < 0]
         up = sum(d["ci"][0] > 0 for d in differences)
         out["sentence"] = (
             f"Mean over experts of the largest P(j | i), averaged over layers: {summary[a]['mean_max_p']:.3f} "
-            f"under {a} and {summary[b]['mean_max_p']:.3f} under {b} (independent choice at the same rates: "
+            f"under {la} and {summary[b]['mean_max_p']:.3f} under {lb} (independent choice at the same rates: "
             f"{summary[a]['independent']:.3f} and {summary[b]['independent']:.3f}); the excess over independence "
-            f"changes by {summary[b]['excess'] - summary[a]['excess']:+.3f} under {b}, with a 95% interval excluding 0 "
+            f"changes by {summary[b]['excess'] - summary[a]['excess']:+.3f} under {lb}, with a 95% interval excluding 0 "
             f"in {len(sig)} of {num_layers} layers ({up} up, {len(sig) - up} down)."
         )
     return out

@@ -123,6 +123,7 @@ def difficulty_analysis(
     *,
     primary: str = "bh",
     compare: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> dict:
     """Experts per token against difficulty for several strategies, with a verdict for ``primary``.
 
@@ -142,17 +143,21 @@ def difficulty_analysis(
         The strategy the verdict is about.
     compare : sequence of str, keyword-only
         Strategies whose per-document ρ is compared with ``primary``'s (paired t, Holm).
+    labels : mapping strategy name -> label, keyword-only
+        How sentences name the strategies (default: their names).
 
     Returns
     -------
     dict
         ``spearman`` (strategy × difficulty: mean within-document ρ with t-interval, and the
         pooled ρ), ``per_layer`` (``primary``'s k per layer), ``comparisons``, ``deciles`` (mean k
-        per decile of each difficulty, with intervals), ``verdict`` and ``verdict_text``.
+        per decile of each difficulty, with intervals), ``verdict`` and ``verdict_text`` (the
+        numbers behind the verdict).
     """
     token_doc = np.asarray(token_doc, dtype=np.int64)
     n_docs = int(token_doc.max()) + 1
     num_layers = router_entropy.shape[0]
+    label = {s: (labels or {}).get(s, s) for s in k}
     diffs = {**{d: np.asarray(v, float) for d, v in difficulty.items()}, "router_entropy": router_entropy.mean(axis=0)}
     kmean = {s: np.asarray(ks, float).mean(axis=0) for s, ks in k.items()}
     per_doc: dict[tuple[str, str], np.ndarray] = {}
@@ -174,14 +179,14 @@ def difficulty_analysis(
             a, b = per_doc[(primary, d)], per_doc[(o, d)]
             ok = np.isfinite(a) & np.isfinite(b)
             if ok.sum() >= 2:
-                comparisons.append({"difficulty": d, **paired_comparison(
-                    a[ok], b[ok], names=(primary, o), metric=f"within-document Spearman ρ with {d}")})
+                comparisons.append({"difficulty": d, "strategy": primary, "other": o, **paired_comparison(
+                    a[ok], b[ok], names=(label[primary], label[o]), metric=f"within-document Spearman ρ with {d}")})
     adjust_family(comparisons)
     deciles = {d: binned_means(y, kmean, token_doc) for d, y in diffs.items()}
     prim = next(r for r in spearman if r["strategy"] == primary and r["difficulty"] == "loss")
     verdict = premise_verdict(prim["mean"], prim["ci_low"], prim["ci_high"], n=prim["n"])
     text = (
-        f"{verdict.capitalize()}: the within-document Spearman ρ between {primary}'s experts per token and "
+        f"The within-document Spearman ρ between {label[primary]}'s experts per token and "
         f"the next-token loss is {_fmt(prim)} over {prim['n']} documents; all {len(token_doc)} tokens pooled, "
         f"ρ = {prim['pooled_rho']:+.3f}."
     )

@@ -96,6 +96,16 @@ def premise_study(
     wr, wr_mean, wr_chosen = matched_parameter(
         model, base, lambda b: WeightRatio(b, min_k=cfg.min_k, max_k=cfg.max_k), cfg.ratio_values, bh_mean)
 
+    strategies = {
+        "topk": {"label": f"TopK(k={k_model})", "mean_k": float(k_model), "strategy": topk.describe()},
+        "bh": {"label": experiments.bh_label(cfg.bh_pvalues, cfg.alpha), "mean_k": bh_mean, "strategy": bh.describe(),
+               "mode": "analyze"},
+        "bh_patched": {"label": experiments.bh_label(cfg.bh_pvalues, cfg.alpha) + ", routing the model",
+                       "mean_k": float(routed.chosen.sum(axis=-1).mean()), "mode": "patch"},
+        "topp": {"label": f"TopP(p={tp:g})", "param": tp, "mean_k": tp_mean},
+        "weight_ratio": {"label": f"WeightRatio(β={wr:g})", "param": wr, "mean_k": wr_mean},
+    }
+    labels = {name: v["label"] for name, v in strategies.items()}
     seq_doc, n_docs = document_index(documents if documents is not None else range(n))  # (N,)
 
     # --- difficulty: positions 0..S-2 (each has a next token), tokens flattened sequence-major
@@ -108,7 +118,7 @@ def premise_study(
     router_entropy = _entropy(base.probs[:, :, :-1]).reshape(num_layers, -1)  # (L, N * (S - 1))
     difficulty = difficulty_analysis(
         k, {"loss": base.loss.reshape(-1), "entropy": base.entropy.reshape(-1)}, router_entropy, pos_doc,
-        primary="bh", compare=("topp", "weight_ratio"))
+        primary="bh", compare=("topp", "weight_ratio"), labels=labels)
 
     # --- where the loss goes: BH-routed forward against the model's own
     top_mass = np.sort(routed.probs, axis=-1)[..., -k_model:].sum(axis=-1)  # (L, N, S)
@@ -119,26 +129,18 @@ def premise_study(
     # --- co-activation and specialisation: every position, same hidden states, top-k vs BH
     tok_doc = np.repeat(seq_doc, s)  # (N * S,)
     flat = {"topk": base.model_chosen.reshape(num_layers, n * s, e), "bh": base.chosen.reshape(num_layers, n * s, e)}
-    coact = coactivation_analysis(flat, tok_doc)
+    coact = coactivation_analysis(flat, tok_doc, labels=labels)
     doc_domain = None
     if domains is not None:
         first: dict[int, str] = {}
         for c, d in zip(seq_doc.tolist(), domains):
             first.setdefault(c, d)
         doc_domain = [first[c] for c in range(n_docs)]
-    domain = (domain_specialization({r: routed_counts(m, tok_doc, n_docs) for r, m in flat.items()}, doc_domain)
+    domain = (domain_specialization({r: routed_counts(m, tok_doc, n_docs) for r, m in flat.items()}, doc_domain,
+                                    labels=labels)
               if doc_domain is not None else {"skipped": "no domains given"})
-    vocab = vocabulary_specialization(base.token_ids.reshape(-1), flat, tok_doc)
+    vocab = vocabulary_specialization(base.token_ids.reshape(-1), flat, tok_doc, labels=labels)
 
-    strategies = {
-        "topk": {"label": f"TopK(k={k_model})", "mean_k": float(k_model), "strategy": topk.describe()},
-        "bh": {"label": experiments.bh_label(cfg.bh_pvalues, cfg.alpha), "mean_k": bh_mean, "strategy": bh.describe(),
-               "mode": "analyze"},
-        "bh_patched": {"label": experiments.bh_label(cfg.bh_pvalues, cfg.alpha) + ", routing the model",
-                       "mean_k": float(routed.chosen.sum(axis=-1).mean()), "mode": "patch"},
-        "topp": {"label": f"TopP(p={tp:g})", "param": tp, "mean_k": tp_mean},
-        "weight_ratio": {"label": f"WeightRatio(β={wr:g})", "param": wr, "mean_k": wr_mean},
-    }
     return json_clean({  # NaN (an undefined ρ, an empty bin) becomes None: cached steps compare equal
         "sequences": n,
         "seq_len": s,

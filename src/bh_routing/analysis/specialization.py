@@ -58,6 +58,8 @@ def _halves(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def domain_specialization(
     counts: dict[str, np.ndarray],
     doc_domain: list[str],
+    *,
+    labels: dict[str, str] | None = None,
 ) -> dict:
     """Per-layer TV distance between domains of the routed-pair shares, per routing rule.
 
@@ -67,6 +69,8 @@ def domain_specialization(
         Routed pairs per document (see :func:`routed_counts`).
     doc_domain : list of str, length D
         The domain of every document.
+    labels : mapping rule name -> label, keyword-only
+        How the sentence names the rules (default: their names).
 
     Returns
     -------
@@ -122,15 +126,16 @@ def domain_specialization(
         }
     if len(names) > 1:
         a, b = names[0], names[1]
+        la, lb = ((labels or {}).get(n, n) for n in (a, b))
         d = {"diff": float(value[-1]), "ci": [float(low[-1]), float(high[-1])]}
         result["difference"] = d
         ra, rb = result["per_rule"][a], result["per_rule"][b]
         change = "keeps" if d["ci"][0] <= 0 <= d["ci"][1] else ("sharpens" if d["diff"] > 0 else "blurs")
         result["sentence"] = (
-            f"TV distance between {' and '.join(domains)} routing shares, mean over layers: {ra['tv_mean']:.3f} under {a} "
-            f"(noise floor {ra['floor_mean']:.3f}) and {rb['tv_mean']:.3f} under {b} (floor {rb['floor_mean']:.3f}); "
+            f"TV distance between {' and '.join(domains)} routing shares, mean over layers: {ra['tv_mean']:.3f} under {la} "
+            f"(noise floor {ra['floor_mean']:.3f}) and {rb['tv_mean']:.3f} under {lb} (floor {rb['floor_mean']:.3f}); "
             f"the distance above the floor changes by {d['diff']:+.3f} (95% CI [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]): "
-            f"{b} {change} domain specialisation."
+            f"{lb} {change} domain specialisation."
         )
     return result
 
@@ -153,6 +158,7 @@ def vocabulary_specialization(
     token_doc: np.ndarray,
     *,
     min_count: int = 10,
+    labels: dict[str, str] | None = None,
 ) -> dict:
     """OLMoE's vocabulary specialisation per layer and expert, against its chance level.
 
@@ -164,6 +170,8 @@ def vocabulary_specialization(
     token_doc : array (T,)
     min_count : int, keyword-only
         Token ids with fewer occurrences are left out (at least 2).
+    labels : mapping rule name -> label, keyword-only
+        How the sentence names the rules (default: their names).
 
     Returns
     -------
@@ -239,6 +247,7 @@ def vocabulary_specialization(
                  for layer in range(num_layers)]
         out["difference"] = diffs
         a, b = names[0], names[1]
+        la, lb = ((labels or {}).get(n, n) for n in (a, b))
         up = sum(d["ci"][0] > 0 for d in diffs)
         down = sum(d["ci"][1] < 0 for d in diffs)
         na, nb = out["per_rule"][a]["normalized_mean"], out["per_rule"][b]["normalized_mean"]
@@ -247,7 +256,7 @@ def vocabulary_specialization(
             (up > 0, down > 0), "sharpens vocabulary specialisation in some layers and blurs it in others")
         out["sentence"] = (
             f"Vocabulary specialisation above chance ((S − S0)/(1 − S0), mean over layers, token ids seen ≥ {min_count} times): "
-            f"{na:.3f} under {a} and {nb:.3f} under {b}; the 95% interval of the difference lies above 0 in {up} and below 0 "
-            f"in {down} of {num_layers} layers: {b} {verdict}."
+            f"{na:.3f} under {la} and {nb:.3f} under {lb}; the 95% interval of the difference lies above 0 in {up} and below 0 "
+            f"in {down} of {num_layers} layers: {lb} {verdict}."
         )
     return out

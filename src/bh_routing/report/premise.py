@@ -244,7 +244,8 @@ def loss_section(res: dict, figures: list[str]) -> list[str]:
     la, st = p["loss_attribution"], p["strategies"]
     return [
         "## Where the loss goes", "",
-        f"Per token: the router probability mass that {st['bh_patched']['label']} left out of the model's top-{p['model_top_k']} "
+        f"Per token, with the model routing by {st['bh']['label']}: the router probability mass BH left out of the "
+        f"model's top-{p['model_top_k']} "
         f"(mean over layers; mean {fmt(la['mean_mass_dropped'], 3)}) against the token's loss increase under BH "
         f"(mean {fmt(la['mean_loss_increase'], 3)} nats; mean loss {fmt(p['loss_bh'], 4)} under BH against "
         f"{fmt(p['loss_topk'], 4)} unrouted). Lower-right panel of difficulty.png.", "",
