@@ -84,9 +84,9 @@ def domain_specialization(
     if len(domains) < 2:
         return {"domains": domains, "skipped": f"one domain ({domains[0] if domains else 'none'}): nothing to compare"}
     names = list(counts)
-    labels = np.asarray(doc_domain)
+    doc_domains = np.asarray(doc_domain)
     n_docs, num_layers, _ = counts[names[0]].shape
-    members = {d: np.flatnonzero(labels == d) for d in domains}
+    members = {d: np.flatnonzero(doc_domains == d) for d in domains}
     pairs = list(itertools.combinations(domains, 2))
 
     def statistic(w):  # (R, D) -> (rules * (L + 2) + 1, R)
