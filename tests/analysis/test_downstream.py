@@ -26,6 +26,7 @@ from bh_routing.analysis.downstream import (  # noqa: E402
 )
 from bh_routing.cli import app  # noqa: E402
 from bh_routing.core import BH, TopK  # noqa: E402
+from bh_routing.core.strategies import PVALUE_METHODS  # noqa: E402
 from bh_routing.models import load_model, patched  # noqa: E402
 
 runner = CliRunner()
@@ -237,7 +238,7 @@ def test_cli_writes_report_and_adds_to_a_run(tiny_dir, tmp_path):
         (["--include-path", "/no/such/folder"], "include path not found: /no/such/folder"),
         (["--alpha", "1.5"], "alpha must be in (0, 1], got 1.5"),
         (["--alpha", "0.05,abc"], "alpha must be a comma-separated list of numbers, got '0.05,abc'"),
-        (["--pvalues", "bayes"], "pvalues must be one of ('empirical', 'calibrated'), got 'bayes'"),
+        (["--pvalues", "bayes"], f"pvalues must be one of {PVALUE_METHODS}, got 'bayes'"),
         (["--limit", "0"], "limit must be a number > 0 (a count, or a fraction below 1), got 0.0"),
         (["--shard", "2/2"], "shard must be RANK/WORLD with 0 <= RANK < WORLD"),
     ],

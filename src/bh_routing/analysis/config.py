@@ -18,6 +18,7 @@ DEFAULT_ALPHAS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 DEFAULT_TEMPERATURES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
 DEFAULT_TOPP = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_RATIOS = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02]
+DEFAULT_PVALUES = ["empirical", "calibrated"]  # swept by default (core's PVALUE_METHODS lists every method)
 FRONTIER_FAMILIES = ("topk", "topp", "weight_ratio", "bh")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DOWNSTREAM_TASKS = ["bhr_python_mc", "bhr_heldout_rolling"]  # the two offline lm-eval tasks
@@ -53,7 +54,7 @@ class RunConfig:
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the α sweep
     alpha: float = 0.05  # BH level of the single-setting analyses
     temperatures: list[float] = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
-    pvalues: list[str] = field(default_factory=lambda: list(PVALUE_METHODS))  # methods swept
+    pvalues: list[str] = field(default_factory=lambda: list(DEFAULT_PVALUES))  # methods swept (any of core's PVALUE_METHODS)
     bh_pvalues: str = "calibrated"  # the method of the single-setting analyses
     strategies: list[str] = field(default_factory=lambda: list(FRONTIER_FAMILIES))  # on the frontier
     topp_values: list[float] = field(default_factory=lambda: list(DEFAULT_TOPP))

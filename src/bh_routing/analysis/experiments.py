@@ -21,7 +21,7 @@ def bh_strategy(cfg: RunConfig, method: str, calibration: Calibration | None, *,
         min_k=cfg.min_k,
         max_k=cfg.max_k,
         pvalues=method,
-        calibration=calibration if method == "calibrated" else None,
+        calibration=None if method == "empirical" else calibration,
     )
 
 

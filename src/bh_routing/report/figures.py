@@ -9,8 +9,10 @@ import numpy as np
 from .base import plt, save_figure
 from .registry import Figure, register_figure
 
-COLORS = {"topk": "#444444", "topp": "#1f77b4", "weight_ratio": "#2ca02c", "bh-empirical": "#d62728", "bh-calibrated": "#9467bd"}
-NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)", "bh-empirical": "BH, empirical null", "bh-calibrated": "BH, calibrated null"}
+COLORS = {"topk": "#444444", "topp": "#1f77b4", "weight_ratio": "#2ca02c", "bh-empirical": "#d62728", "bh-calibrated": "#9467bd",
+          "bh-standardized": "#ff7f0e"}
+NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)", "bh-empirical": "BH, empirical null",
+         "bh-calibrated": "BH, calibrated null", "bh-standardized": "BH, standardised null"}
 TEMPERATURE_NOTE = (
     "Temperature T spreads each token's logits about their median by 1/T (= softmax temperature).\n"
     "Empirical null: z-scores are scale-free, so T has no effect (flat line expected).\n"

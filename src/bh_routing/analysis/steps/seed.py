@@ -11,9 +11,9 @@ from ..registry import Context, Step, Summary, register_step, register_summary
 
 
 def needs_calibration(cfg: RunConfig) -> bool:
-    """Whether any analysis of ``cfg`` tests calibrated p-values."""
-    downstream = bool(cfg.downstream_tasks) and cfg.downstream_pvalues == "calibrated"
-    return "calibrated" in cfg.pvalues or cfg.bh_pvalues == "calibrated" or downstream
+    """Whether any analysis of ``cfg`` tests p-values that need a calibration (BH's rule: all but empirical)."""
+    methods = {*cfg.pvalues, cfg.bh_pvalues} | ({cfg.downstream_pvalues} if cfg.downstream_tasks else set())
+    return any(m != "empirical" for m in methods)
 
 
 def _calibration(ctx: Context):
