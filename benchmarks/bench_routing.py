@@ -7,9 +7,14 @@ Candidate (B): ``BH(alpha).route(logits, layer=0, model_top_k=k)`` - input valid
 p-values, the BH step-up, weights and the padded (T, k) output - the whole routing step.
 
 Logits: standard normal (T, E) with 3 random experts per token raised by 2.5 (so that some
-experts stand out, as in a trained router); k = min(8, E). The calibrated method uses a
-calibration fitted on 16,384 further tokens of the same distribution (reservoir 4,096, the
-default, null "unrouted").
+experts stand out, as in a trained router); k = min(8, E). The calibrated and standardized
+methods use a calibration fitted on 16,384 further tokens of the same distribution (reservoir
+4,096 and pooled standardised null 65,536, the defaults, null "unrouted").
+
+``run`` times ``selection="pvalue"`` (BH's own rejection set); ``run_selection`` times
+``selection="router"`` (BH's count, the router's top-k experts: a ``topk`` of width max_k plus
+the count, see ``bh_routing.core.router_count``) for every p-value method, goal <= 1.5x at every
+point of the grid. Standalone: ``python benchmarks/bench_routing.py --selection router``.
 """
 
 from __future__ import annotations
@@ -38,19 +43,21 @@ def topk_router(logits: torch.Tensor, k: int):
     return values.to(logits.dtype), indices
 
 
-def make_strategy(method: str, e: int, k: int, *, device: str = "cpu") -> BH:
+def make_strategy(method: str, e: int, k: int, *, device: str = "cpu", selection: str = "pvalue") -> BH:
     if method == "empirical":
-        return BH(ALPHA)
+        return BH(ALPHA, selection=selection)
     builder = CalibrationBuilder(num_layers=1, num_experts=e, top_k=k)
     builder.update(0, make_logits(16_384, e, seed=1))
     cal = builder.finalize(model_name="benchmark", model_fingerprint="benchmark")
-    return BH(ALPHA, pvalues="calibrated", calibration=cal.to(device))
+    return BH(ALPHA, pvalues=method, calibration=cal.to(device), selection=selection)
 
 
-def measure(t: int, e: int, dtype: torch.dtype, method: str, *, repeats: int, device: str = "cpu") -> dict:
+def measure(
+    t: int, e: int, dtype: torch.dtype, method: str, *, repeats: int, device: str = "cpu", selection: str = "pvalue"
+) -> dict:
     k = min(8, e)
     logits = make_logits(t, e, seed=0, dtype=dtype).to(device)
-    strategy = make_strategy(method, e, k, device=device)
+    strategy = make_strategy(method, e, k, device=device, selection=selection)
     with torch.inference_mode():
         res = paired(
             lambda: topk_router(logits, k),
@@ -69,6 +76,7 @@ def measure(t: int, e: int, dtype: torch.dtype, method: str, *, repeats: int, de
         "ratio": res.ratio,
         "repeats": repeats,
         "bh_mean_k": mean_k,
+        "selection": selection,
     }
 
 
@@ -115,13 +123,42 @@ def run(quick: bool, log, *, device: str = "cpu", tiny: bool = False) -> dict:
     return {"rows": rows, "headline": headline, "alpha": ALPHA, "device": device}
 
 
+SELECTION_METHODS = ("empirical", "calibrated", "standardized")
+SELECTION_GOAL = 1.5  # routing cost of selection="router" / the model's top-k router, every grid point
+
+
+def run_selection(quick: bool, log, *, device: str = "cpu", tiny: bool = False, points=None, repeats=None) -> dict:
+    """``selection="router"`` over the grid, every p-value method, float32 and bfloat16."""
+    repeats = repeats or (9 if quick or device != "cpu" else 15)
+    rows = []
+    for t, e in points or grid(quick, tiny=tiny):
+        for method in SELECTION_METHODS:
+            for dtype in (torch.float32, torch.bfloat16):
+                row = measure(t, e, dtype, method, repeats=repeats, device=device, selection="router")
+                log(
+                    f"routing (router selection) T={t} E={e} {row['dtype']} {method}: top-k {row['topk_ms']:.2f} ms, "
+                    f"BH {row['bh_ms']:.2f} ms, ratio {row['ratio']:.2f}"
+                )
+                rows.append(row)
+    worst = max(rows, key=lambda r: r["ratio"])
+    return {
+        "rows": rows,
+        "alpha": ALPHA,
+        "device": device,
+        "goal": SELECTION_GOAL,
+        "worst": worst,
+        "met": all(r["ratio"] <= SELECTION_GOAL for r in rows),
+    }
+
+
 # --- the routing step as it was before the hot-path work (commit 50774f6), for before/after ---------
 def reference_route(logits: torch.Tensor, strategy: BH, k: int):
     """BH routing with the original implementation's operations (same results, older ops).
 
     Elementwise isfinite validation (twice: route and p-values), two ``torch.median`` calls,
     ``torch.where`` z-scores, ``torch.searchsorted`` for conformal counts, ``torch.sort(stable)``
-    of all E p-values and a multiply-and-max for the step-up.
+    of all E p-values (after a stable sort by descending logit: the tie rule BH has now, which
+    the original broke by index) and a multiply-and-max for the step-up.
     """
     from bh_routing.core.pvalues import MAD_TO_SD
 
@@ -142,7 +179,10 @@ def reference_route(logits: torch.Tensor, strategy: BH, k: int):
         below = torch.searchsorted(table, z.T.contiguous(), side="left")
         p = ((1.0 + (table.shape[1] - below).float()) / (n.float().unsqueeze(1) + 1.0)).T.clamp(max=1.0)
     e = p.shape[-1]
-    sorted_p, order = torch.sort(p, dim=-1, stable=True)
+    # ties in p go to the router's preference (larger logit, then lower index), as BH does now
+    first = torch.sort(logits.float(), dim=-1, descending=True, stable=True).indices
+    sorted_p, second = torch.sort(p.gather(1, first), dim=-1, stable=True)
+    order = first.gather(1, second)
     # the thresholds exactly as the current code compares them (float64, rounded down to float32)
     from bh_routing.core.bh import _round_down
 
@@ -190,3 +230,37 @@ def before_after(log, *, repeats: int) -> list[dict]:
         )
         rows.append(row)
     return rows
+
+
+def main(argv=None) -> int:
+    """``python benchmarks/bench_routing.py --selection router``: the router-selection grid, a table and JSON."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--selection", choices=("router",), default="router")
+    ap.add_argument("--quick", action="store_true", help="65,536 x 64 only")
+    ap.add_argument("--points", help="comma-separated TxE points, e.g. 1024x64,65536x256 (default: the grid)")
+    ap.add_argument("--repeats", type=int, help="timed repeats per point (default 15, 9 with --quick)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")] if args.points else None
+    torch.set_num_threads(1)
+    res = run_selection(args.quick, print, points=points, repeats=args.repeats)
+    print("| T | E | dtype | p-values | top-k router ms | BH route ms | BH / top-k | BH mean k |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(
+            f"| {r['T']:,} | {r['E']} | {r['dtype']} | {r['method']} | {r['topk_ms']:.2f} | {r['bh_ms']:.2f} "
+            f"| {r['ratio']:.2f}x | {r['bh_mean_k']:.2f} |"
+        )
+    w = res["worst"]
+    print(f"worst {w['ratio']:.2f}x ({w['T']:,} x {w['E']} {w['dtype']} {w['method']}); goal <= {SELECTION_GOAL}: {res['met']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
