@@ -120,8 +120,9 @@ Alphas = typer.Option(None, help="α sweep, comma-separated, e.g. 0.01,0.05,0.1"
 Alpha = typer.Option(None, help="BH level of the single-setting analyses (default 0.05)")
 Temps = typer.Option(None, "--temperatures", help="temperature sweep, comma-separated")
 Strategies = typer.Option(None, help="frontier families: topk,topp,weight_ratio,bh")
-Pvalues = typer.Option(None, help="p-value methods swept: empirical,calibrated")
-BhPvalues = typer.Option(None, "--bh-pvalues", help="p-value method of the single-setting analyses")
+Pvalues = typer.Option(None, help="BH variants swept: a p-value method (empirical, calibrated, standardized), "
+                       "+ -router (the router's experts), + -wide (max_k 2 x top-k)")
+BhPvalues = typer.Option(None, "--bh-pvalues", help="BH variant of the single-setting analyses; auto: measured on calibration windows")
 Prompts = typer.Option(None, "--prompts", help="prompts file, one prompt per line")
 EvalText = typer.Option(None, "--eval-text", help="UTF-8 text file, or hf:NAME[:CONFIG]:SPLIT when online (default: embedded held-out text)")
 Calib = typer.Option(None, "--calibration", help="a saved calibration.safetensors for this model")

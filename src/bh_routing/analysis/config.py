@@ -14,11 +14,20 @@ from ..core._validate import check_alpha, check_choice, check_k_bounds, check_te
 from ..core.calibration import NULL_CHOICES
 from ..core.strategies import PVALUE_METHODS
 
+#: BH variants a run can sweep: a p-value method, "-router" for BH's count with the router's
+#: experts (``BH(selection="router")``), "-wide" for max_k = 2 x the model's top-k (at most E).
+VARIANTS = tuple(f"{m}{sel}{wide}" for m in PVALUE_METHODS for sel in ("", "-router") for wide in ("", "-wide"))
+#: Swept by default: the three nulls in p-value order, the calibrated null with router selection,
+#: and that with max_k above the model's top-k. The router variants of the two rank-consistent
+#: nulls select the same experts as their p-value order (tests/core/test_selection.py), so they
+#: would repeat those runs.
+DEFAULT_VARIANTS = ["empirical", "calibrated", "standardized", "calibrated-router", "calibrated-router-wide"]
+AUTO = "auto"  # bh_pvalues chosen by measurement on the calibration windows (analysis.variants)
+
 DEFAULT_ALPHAS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 DEFAULT_TEMPERATURES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
 DEFAULT_TOPP = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_RATIOS = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02]
-DEFAULT_PVALUES = ["empirical", "calibrated"]  # swept by default (core's PVALUE_METHODS lists every method)
 FRONTIER_FAMILIES = ("topk", "topp", "weight_ratio", "bh")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DOWNSTREAM_TASKS = ["bhr_python_mc", "bhr_heldout_rolling"]  # the two offline lm-eval tasks
@@ -54,8 +63,8 @@ class RunConfig:
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the α sweep
     alpha: float = 0.05  # BH level of the single-setting analyses
     temperatures: list[float] = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
-    pvalues: list[str] = field(default_factory=lambda: list(DEFAULT_PVALUES))  # methods swept (any of core's PVALUE_METHODS)
-    bh_pvalues: str = "calibrated"  # the method of the single-setting analyses
+    pvalues: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))  # BH variants swept (VARIANTS)
+    bh_pvalues: str = AUTO  # the BH variant of the single-setting analyses; "auto": measured on calibration text
     strategies: list[str] = field(default_factory=lambda: list(FRONTIER_FAMILIES))  # on the frontier
     topp_values: list[float] = field(default_factory=lambda: list(DEFAULT_TOPP))
     ratio_values: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
@@ -106,8 +115,13 @@ class RunConfig:
         _each("ratio_values", self.ratio_values, check_alpha)
         if not isinstance(self.pvalues, (list, tuple)) or not self.pvalues:
             raise ConfigError(f"pvalues must be a non-empty list, got {self.pvalues!r}")
-        for m in [*self.pvalues, self.bh_pvalues, self.downstream_pvalues]:
-            _core(check_choice, m, PVALUE_METHODS, name="pvalues")
+        _core(check_choice, self.downstream_pvalues, PVALUE_METHODS, name="pvalues")  # lm-eval's --pvalues
+        for m in self.pvalues:
+            _core(check_choice, m, VARIANTS, name="pvalues")
+        if self.bh_pvalues != AUTO:
+            _core(check_choice, self.bh_pvalues, tuple(v for v in VARIANTS if "wide" not in v) + (AUTO,), name="bh_pvalues")
+            if self.bh_pvalues not in self.pvalues:
+                raise ConfigError(f"bh_pvalues {self.bh_pvalues!r} must be one of the swept pvalues {self.pvalues}")
         for s in self.strategies:
             _core(check_choice, s, FRONTIER_FAMILIES, name="strategies")
         _core(check_choice, self.null, NULL_CHOICES, name="null")

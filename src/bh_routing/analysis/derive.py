@@ -211,6 +211,21 @@ def utilization(topk_run: dict, bh_run: dict) -> dict:
     }
 
 
+def temperature_monotone(runs: list[dict]) -> dict:
+    """Per BH variant: mean k by temperature and whether it falls as the temperature rises.
+
+    "decreasing" (every step down or equal, some strictly), "constant" (within 1e-9: a
+    scale-free null) or "not monotone", measured on the evaluation sequences of the sweep.
+    """
+    out = {}
+    for fam in sorted({r["family"] for r in runs}):
+        pts = sorted((r["param"], r["mean_k"]) for r in runs if r["family"] == fam)
+        steps = np.diff([k for _, k in pts])
+        shape = "constant" if np.all(np.abs(steps) <= 1e-9) else "decreasing" if np.all(steps <= 1e-9) else "not monotone"
+        out[fam] = {"temperatures": [t for t, _ in pts], "mean_k": [k for _, k in pts], "shape": shape}
+    return out
+
+
 def layers(runs: list[dict]) -> list[dict]:
     """Mean k per MoE layer for each run of the α sweep."""
     return [{"label": r["label"], "family": r["family"], "alpha": r["param"], "mean_k_per_layer": r["mean_k_per_layer"]} for r in runs]

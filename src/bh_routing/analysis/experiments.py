@@ -14,14 +14,32 @@ from .config import RunConfig
 from .evaluate import StrategyRun, evaluate_strategy, sequence_nll
 
 
-def bh_strategy(cfg: RunConfig, method: str, calibration: Calibration | None, *, alpha=None, temperature=1.0) -> BH:
+def parse_variant(variant: str) -> tuple[str, str, bool]:
+    """``"calibrated-router-wide"`` -> (p-value method, selection, wide): see config.VARIANTS."""
+    method, *flags = variant.split("-")
+    return method, "router" if "router" in flags else "pvalue", "wide" in flags
+
+
+def wide_max_k(routing) -> int:
+    """max_k of the "-wide" variants: twice the model's top-k, at most the number of experts."""
+    return min(2 * routing.top_k, routing.num_experts)
+
+
+def bh_strategy(
+    cfg: RunConfig, variant: str, calibration: Calibration | None, *, alpha=None, temperature=1.0, wide_k=None
+) -> BH:
+    """The BH strategy of a variant (``"calibrated"``, ``"calibrated-router"``, ``"empirical-wide"``, …)."""
+    method, selection, wide = parse_variant(variant)
+    if wide and wide_k is None:
+        raise ValueError(f"variant {variant!r} needs wide_k (max_k above the model's top-k)")
     return BH(
         cfg.alpha if alpha is None else alpha,
         temperature=temperature,
         min_k=cfg.min_k,
-        max_k=cfg.max_k,
+        max_k=wide_k if wide else cfg.max_k,
         pvalues=method,
         calibration=None if method == "empirical" else calibration,
+        selection=selection,
     )
 
 
@@ -60,20 +78,20 @@ def fit_calibration(
 
 
 # ---------------------------------------------------------------------------- sweeps
-def alpha_sweep(model, seqs, cfg: RunConfig, calibration) -> list[dict]:
-    """For each p-value method and α: patch-mode experts per token and per-sequence loss."""
+def alpha_sweep(model, seqs, cfg: RunConfig, calibration, *, wide_k: int | None = None) -> list[dict]:
+    """For each BH variant and α: patch-mode experts per token and per-sequence loss."""
     runs = []
     grid = [(m, a) for m in cfg.pvalues for a in cfg.alphas]
     for method, alpha in tqdm(grid, desc="α sweep"):
-        s = bh_strategy(cfg, method, calibration, alpha=alpha)
+        s = bh_strategy(cfg, method, calibration, alpha=alpha, wide_k=wide_k)
         runs.append(evaluate_strategy(model, seqs, s, label=bh_label(method, alpha), family=f"bh-{method}", param=alpha).to_dict())
     return runs
 
 
 def temperature_sweep(model, seqs, cfg: RunConfig, calibration) -> list[dict]:
-    """For each p-value method and temperature at α = cfg.alpha."""
+    """For each BH variant (but the "-wide" ones) and temperature at α = cfg.alpha."""
     runs = []
-    grid = [(m, t) for m in cfg.pvalues for t in cfg.temperatures]
+    grid = [(m, t) for m in cfg.pvalues if not parse_variant(m)[2] for t in cfg.temperatures]
     for method, t in tqdm(grid, desc="temperature sweep"):
         s = bh_strategy(cfg, method, calibration, temperature=t)
         run = evaluate_strategy(model, seqs, s, label=bh_label(method, cfg.alpha, t), family=f"bh-{method}", param=t)

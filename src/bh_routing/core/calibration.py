@@ -243,6 +243,9 @@ class CalibrationBuilder:
         self._tokens = torch.zeros(num_layers, dtype=torch.int64)
         self._std_keys = torch.full((num_layers, pooled_size), float("inf"))  # (L, Rp)
         self._std_values = torch.zeros(num_layers, pooled_size)  # (L, Rp)
+        # new (key, score) pairs below the kept keys' largest wait here until Rp of them are
+        # pending, then one selection keeps the Rp smallest keys (amortised O(1) per value)
+        self._std_pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(num_layers)]
 
     def update(self, layer: int, logits: torch.Tensor) -> None:
         """Add the router logits (T, E) of MoE layer ``layer``."""
@@ -273,11 +276,23 @@ class CalibrationBuilder:
         scale = MAD_TO_SD * _lower_median((centre - z).abs())  # (T, 1)
         scores = -neg_zscores(z, centre, scale)  # (T, E)
         std_keys = torch.rand(z.shape, generator=self._gen)[is_null]  # (M,) null pairs only
-        all_keys = torch.cat([self._std_keys[layer], std_keys])  # (Rp + M,)
-        all_values = torch.cat([self._std_values[layer], scores[is_null]])
+        enters = std_keys < self._std_keys[layer].max()  # a key above every kept one cannot be kept
+        pending = self._std_pending[layer]
+        pending.append((std_keys[enters], scores[is_null][enters]))
+        if sum(len(k) for k, _ in pending) >= self._std_keys.shape[1]:
+            self._compact(layer)
+
+    def _compact(self, layer: int) -> None:
+        """Keep the pooled sample's Rp smallest keys among the kept and the pending pairs."""
+        pending = self._std_pending[layer]
+        if not pending:
+            return
+        all_keys = torch.cat([self._std_keys[layer], *(k for k, _ in pending)])  # (Rp + M,)
+        all_values = torch.cat([self._std_values[layer], *(v for _, v in pending)])
         kept = all_keys.topk(self._std_keys.shape[1], largest=False)  # smallest keys
         self._std_keys[layer] = kept.values
         self._std_values[layer] = all_values[kept.indices]
+        pending.clear()
 
     def finalize(self, *, model_name: str, model_fingerprint: str) -> Calibration:
         """The fitted calibration; raises if some layer saw no tokens."""
@@ -287,6 +302,8 @@ class CalibrationBuilder:
         filled = torch.isfinite(self._keys)  # (L, E, R)
         values = torch.where(filled, self._values, torch.full_like(self._values, float("-inf")))
         null_sorted = values.sort(dim=-1).values  # -inf padding ends up on the left
+        for layer in range(self.num_layers):
+            self._compact(layer)
         std_filled = torch.isfinite(self._std_keys)  # (L, Rp)
         std_values = torch.where(std_filled, self._std_values, torch.full_like(self._std_values, float("-inf")))
         return Calibration(

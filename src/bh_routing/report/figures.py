@@ -10,12 +10,17 @@ from .base import plt, save_figure
 from .registry import Figure, register_figure
 
 COLORS = {"topk": "#444444", "topp": "#1f77b4", "weight_ratio": "#2ca02c", "bh-empirical": "#d62728", "bh-calibrated": "#9467bd",
-          "bh-standardized": "#ff7f0e"}
-NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)", "bh-empirical": "BH, empirical null",
-         "bh-calibrated": "BH, calibrated null", "bh-standardized": "BH, standardised null"}
+          "bh-standardized": "#ff7f0e", "bh-calibrated-router": "#8c564b", "bh-calibrated-router-wide": "#e377c2",
+          "bh-empirical-router": "#bcbd22", "bh-standardized-router": "#17becf", "bh-calibrated-wide": "#7f7f7f",
+          "bh-empirical-wide": "#aec7e8", "bh-standardized-wide": "#ffbb78", "bh-empirical-router-wide": "#98df8a",
+          "bh-standardized-router-wide": "#c5b0d5"}
+_NULLS = {"empirical": "empirical null", "calibrated": "calibrated null", "standardized": "standardised null"}
+NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)",
+         **{f"bh-{m}{sel}{wide}": f"BH, {null}" + (", router's experts" if sel else "") + (", max_k 2K" if wide else "")
+            for m, null in _NULLS.items() for sel in ("", "-router") for wide in ("", "-wide")}}
 TEMPERATURE_NOTE = (
     "Temperature T spreads each token's logits about their median by 1/T (= softmax temperature).\n"
-    "Empirical null: z-scores are scale-free, so T has no effect (flat line expected).\n"
+    "Empirical and standardised nulls: z-scores are scale-free, so T has no effect (flat line expected).\n"
     "Calibrated null: T < 1 pushes logits away from the median → more experts; T > 1 pulls them in → mostly fewer,\n"
     "but below-median logits move up and can look extreme for experts whose null sits low (not monotone)."
 )

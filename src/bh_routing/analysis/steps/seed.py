@@ -4,16 +4,40 @@ frontier, token level, comparative) and the summaries derived from them."""
 from __future__ import annotations
 
 from ...core import Calibration
-from .. import data, derive, experiments
-from ..config import RunConfig
+from .. import data, derive, experiments, variants
+from ..config import AUTO, ConfigError, RunConfig
 from ..outputs import CALIBRATION_FILE
 from ..registry import Context, Step, Summary, register_step, register_summary
 
 
+def _methods(cfg: RunConfig) -> set[str]:
+    """The p-value methods the analyses of ``cfg`` test."""
+    names = [*cfg.pvalues] + ([] if cfg.bh_pvalues == AUTO else [cfg.bh_pvalues])
+    downstream = [cfg.downstream_pvalues] if cfg.downstream_tasks else []
+    return {experiments.parse_variant(v)[0] for v in names + downstream}
+
+
 def needs_calibration(cfg: RunConfig) -> bool:
-    """Whether any analysis of ``cfg`` tests p-values that need a calibration (BH's rule: all but empirical)."""
-    methods = {*cfg.pvalues, cfg.bh_pvalues} | ({cfg.downstream_pvalues} if cfg.downstream_tasks else set())
-    return any(m != "empirical" for m in methods)
+    """Whether any analysis of ``cfg`` tests calibrated or standardised p-values."""
+    return bool(_methods(cfg) - {"empirical"})
+
+
+def _check_calibration_file(cfg: RunConfig) -> None:
+    """A format-1 calibration file has no standardised null: say so before the model loads."""
+    if cfg.calibration is None or "standardized" not in _methods(cfg):
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(cfg.calibration, framework="pt") as f:
+            version = (f.metadata() or {}).get("format_version", "1")
+    except Exception:  # not a safetensors file: Calibration.load says so when the run reads it
+        return
+    if version == "1":
+        raise ConfigError(
+            f"calibration {cfg.calibration} has no standardised null (calibration format 1): run "
+            "`bh-routing calibrate` again, or leave standardized out of --pvalues"
+        )
 
 
 def _calibration(ctx: Context):
@@ -38,20 +62,37 @@ def _restore_calibration(ctx: Context, data) -> None:
 def _alpha(ctx: Context):
     cfg = ctx.cfg
     sweep_cfg = RunConfig(**{**cfg.to_dict(), "alphas": sorted(set(cfg.alphas) | {cfg.alpha})})
-    return experiments.alpha_sweep(ctx.model, ctx.inputs.eval_seqs, sweep_cfg, ctx.calibration)
+    wide_k = experiments.wide_max_k(ctx.routing)
+    return experiments.alpha_sweep(ctx.model, ctx.inputs.eval_seqs, sweep_cfg, ctx.calibration, wide_k=wide_k)
+
+
+def _bh_default(ctx: Context):
+    """Resolve ``bh_pvalues="auto"`` on the calibration windows; later steps read the choice from the config."""
+    choice = variants.choose_variant(ctx.model, ctx.inputs.calib_seqs, ctx.cfg, ctx.calibration, top_k=ctx.routing.top_k)
+    _restore_bh_default(ctx, choice)
+    return choice
+
+
+def _restore_bh_default(ctx: Context, choice) -> None:
+    ctx.inputs.cfg.bh_pvalues = choice["chosen"]
 
 
 CAL = ("calibration",)
 register_step(Step(
     "calibration", _calibration, groups=("run", "calibrate", "sweep", "eval"),
     reads_text=lambda cfg: cfg.calibration is None and needs_calibration(cfg),
-    restore=_restore_calibration, files=(CALIBRATION_FILE,),
+    restore=_restore_calibration, files=(CALIBRATION_FILE,), check=_check_calibration_file,
 ))
+register_step(Step(
+    "bh_default", _bh_default, needs=CAL, groups=("run", "eval"), restore=_restore_bh_default,
+    reads_text=lambda cfg: cfg.bh_pvalues == AUTO,
+))
+CAL = ("calibration", "bh_default")  # the single-setting steps read the chosen variant
 register_step(Step("baseline", lambda ctx: experiments.baseline_inference(
     ctx.model, ctx.tokenizer, ctx.cfg, ctx.calibration, data.BASELINE_PROMPTS, top_k=ctx.routing.top_k), needs=CAL))
-register_step(Step("alpha", _alpha, needs=CAL, groups=("run", "sweep", "eval")))
+register_step(Step("alpha", _alpha, needs=("calibration",), groups=("run", "sweep", "eval")))
 register_step(Step("temperature", lambda ctx: experiments.temperature_sweep(
-    ctx.model, ctx.inputs.eval_seqs, ctx.cfg, ctx.calibration), needs=CAL, groups=("run", "sweep")))
+    ctx.model, ctx.inputs.eval_seqs, ctx.cfg, ctx.calibration), needs=("calibration",), groups=("run", "sweep")))
 register_step(Step("frontier", lambda ctx: experiments.baseline_frontier(
     ctx.model, ctx.inputs.eval_seqs, ctx.cfg, top_k=ctx.routing.top_k), groups=("run", "eval")))
 register_step(Step("token_level", lambda ctx: experiments.token_level(
@@ -78,6 +119,9 @@ def _derived(steps: dict, inputs) -> dict:
         derived["layers"] = derive.layers(alpha_runs)
     if "temperature" in steps:
         derived["temperature_sensitivity"] = derive.sweep_table(steps["temperature"], **tkw)
+        derived["temperature_monotone"] = derive.temperature_monotone(steps["temperature"])
+    if "bh_default" in steps:
+        derived["bh_variant"] = {k: v for k, v in steps["bh_default"].items() if k != "candidates"}
     if frontier:
         derived["frontier"] = derive.sweep_table(frontier, **tkw)
         if alpha_runs:
