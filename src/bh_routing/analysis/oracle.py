@@ -534,21 +534,29 @@ def oracle_alphas(cfg) -> list[float]:
 
 
 def bh_variants(cfg, calibration) -> list[tuple[str, float, BH]]:
-    """(variant, alpha, BH) for every p-value method of ``cfg.pvalues`` and α of
-    :func:`oracle_alphas`, in p-value order; and, for the per-expert calibrated null (whose p-value
-    order is not the router's), with ``selection="router"`` too, as variant
-    ``"calibrated-router"``. Methods that need a calibration are left out without one."""
+    """(variant, alpha, BH) for every BH variant of ``cfg.pvalues`` (a p-value method, "-router"
+    for the router's experts; the "-wide" variants, max_k above the model's top-k, are left out)
+    and α of :func:`oracle_alphas`; the per-expert calibrated null (whose p-value order is not the
+    router's) always with ``selection="router"`` too, as variant ``"calibrated-router"``. Methods
+    that need a calibration are left out without one."""
+    from .experiments import parse_variant
+
+    pairs: list[tuple[str, str]] = []
+    for name in cfg.pvalues:
+        method, selection, wide = parse_variant(name)
+        extra = [(method, "router")] if method == "calibrated" and selection == "pvalue" else []
+        for pair in [(method, selection)] * (not wide) + extra:
+            if pair not in pairs:
+                pairs.append(pair)
     out = []
-    for method in cfg.pvalues:
+    for method, selection in pairs:
         if method in CALIBRATED and calibration is None:
             continue
         cal = calibration if method in CALIBRATED else None
-        selections = ("pvalue", "router") if method == "calibrated" else ("pvalue",)
-        for selection in selections:
-            variant = method if selection == "pvalue" else f"{method}-router"
-            for alpha in oracle_alphas(cfg):
-                strategy = BH(alpha, min_k=cfg.min_k, max_k=cfg.max_k, pvalues=method, calibration=cal, selection=selection)
-                out.append((variant, alpha, strategy))
+        variant = method if selection == "pvalue" else f"{method}-router"
+        for alpha in oracle_alphas(cfg):
+            strategy = BH(alpha, min_k=cfg.min_k, max_k=cfg.max_k, pvalues=method, calibration=cal, selection=selection)
+            out.append((variant, alpha, strategy))
     return out
 
 

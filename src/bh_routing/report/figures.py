@@ -18,6 +18,14 @@ _NULLS = {"empirical": "empirical null", "calibrated": "calibrated null", "stand
 NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)",
          **{f"bh-{m}{sel}{wide}": f"BH, {null}" + (", router's experts" if sel else "") + (", max_k 2K" if wide else "")
             for m, null in _NULLS.items() for sel in ("", "-router") for wide in ("", "-wide")}}
+def bh_family(res: dict) -> str:
+    """The family of the run's reported BH variant ("bh-<variant>"); while ``bh_pvalues`` is still
+    "auto" (its choosing step not run), the first BH family of the α sweep."""
+    fam = "bh-" + res["config"]["bh_pvalues"]
+    swept = [r["family"] for r in res["steps"].get("alpha", [])]
+    return fam if fam in COLORS and (fam in swept or not swept) else (swept[0] if swept else "bh-empirical")
+
+
 TEMPERATURE_NOTE = (
     "Temperature T spreads each token's logits about their median by 1/T (= softmax temperature).\n"
     "Empirical and standardised nulls: z-scores are scale-free, so T has no effect (flat line expected).\n"
@@ -80,8 +88,7 @@ def alpha_sensitivity(res: dict, path: Path) -> Path:
     axes[1].set_ylabel(f"reduction vs top-{k} (%)", fontsize=12)
     axes[1].set_title("Expert reduction vs α", fontsize=13, fontweight="bold")
     # distribution of k for the report's method
-    method = res["config"]["bh_pvalues"]
-    runs = [r for r in res["steps"]["alpha"] if r["family"] == f"bh-{method}"]
+    runs = [r for r in res["steps"]["alpha"] if r["family"] == bh_family(res)]
     width = max(len(r["k_histogram"]) for r in runs)
     share = np.array([np.pad(r["k_histogram"], (0, width - len(r["k_histogram"]))) for r in runs], float)
     share /= share.sum(axis=1, keepdims=True)
@@ -93,7 +100,7 @@ def alpha_sensitivity(res: dict, path: Path) -> Path:
     axes[2].set_xticks(range(first, width))
     axes[2].set_xlabel("experts used k", fontsize=12)
     axes[2].set_ylabel("α", fontsize=12)
-    axes[2].set_title(f"Distribution of k ({NAMES['bh-' + method]})", fontsize=13, fontweight="bold")
+    axes[2].set_title(f"Distribution of k ({NAMES[bh_family(res)]})", fontsize=13, fontweight="bold")
     fig.colorbar(im, ax=axes[2], label="share of (token, layer) pairs")
     fig.suptitle(model_line(res), fontsize=10, y=1.02)
     return save_figure(fig, path)
@@ -157,7 +164,7 @@ def _comparative_aggregated(res: dict, path: Path) -> Path:
     """Many prompts: the distribution over prompts of the expert reduction and of the loss change."""
     rows = res["steps"]["comparative"]
     k = res["model"]["top_k"]
-    color = COLORS["bh-" + res["config"]["bh_pvalues"]]
+    color = COLORS[bh_family(res)]
     fig, axes = plt.subplots(1, 2, figsize=(15, 5))
     for ax, key, xlabel in ((axes[0], "expert_reduction_pct", f"expert reduction of BH vs top-{k} (%)"),
                             (axes[1], "loss_change", "Δ loss, BH − top-k (nats per token)")):
@@ -184,11 +191,11 @@ def comparative(res: dict, path: Path) -> Path:
     x = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(15, 5))
     axes[0].bar(x - 0.2, [r["topk_mean_experts"] for r in rows], 0.4, color=COLORS["topk"], label=f"top-{k}")
-    axes[0].bar(x + 0.2, [r["bh_mean_experts"] for r in rows], 0.4, color=COLORS["bh-" + res["config"]["bh_pvalues"]], label="BH")
+    axes[0].bar(x + 0.2, [r["bh_mean_experts"] for r in rows], 0.4, color=COLORS[bh_family(res)], label="BH")
     axes[0].set_ylabel("experts per token", fontsize=12)
     axes[0].set_title("Experts per token by prompt", fontsize=13, fontweight="bold")
     axes[1].bar(x - 0.2, [r["topk_loss"] for r in rows], 0.4, color=COLORS["topk"], label=f"top-{k}")
-    axes[1].bar(x + 0.2, [r["bh_loss"] for r in rows], 0.4, color=COLORS["bh-" + res["config"]["bh_pvalues"]], label="BH")
+    axes[1].bar(x + 0.2, [r["bh_loss"] for r in rows], 0.4, color=COLORS[bh_family(res)], label="BH")
     axes[1].set_ylabel("next-token loss (nats per token)", fontsize=12)
     axes[1].set_title("Loss by prompt", fontsize=13, fontweight="bold")
     for ax in axes:
@@ -234,7 +241,7 @@ def statistical(res: dict, path: Path) -> Path:
     axes[0].set_title("Per-sequence loss", fontsize=13, fontweight="bold")
     d = loss_bh - loss_tk
     s = st["sequences"]
-    axes[1].hist(d, bins=min(20, max(5, len(d) // 2)), color=COLORS["bh-" + res["config"]["bh_pvalues"]], alpha=0.8)
+    axes[1].hist(d, bins=min(20, max(5, len(d) // 2)), color=COLORS[bh_family(res)], alpha=0.8)
     axes[1].axvline(0, color="black", lw=1)
     axes[1].axvline(s["mean_diff"], color="red", lw=2, label=f"mean {s['mean_diff']:.3g}")
     axes[1].axvspan(s["ci_low"], s["ci_high"], color="red", alpha=0.15, label="95% bootstrap CI")

@@ -74,7 +74,9 @@ def _bh_default(ctx: Context):
 
 
 def _restore_bh_default(ctx: Context, choice) -> None:
-    ctx.inputs.cfg.bh_pvalues = choice["chosen"]
+    """The run's configuration from here on says the chosen variant (a copy: the caller's is untouched)."""
+    if ctx.inputs.cfg.bh_pvalues != choice["chosen"]:
+        ctx.inputs.cfg = RunConfig(**{**ctx.inputs.cfg.to_dict(), "bh_pvalues": choice["chosen"]})
 
 
 CAL = ("calibration",)
