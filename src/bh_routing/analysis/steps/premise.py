@@ -13,4 +13,4 @@ def _premise(ctx: Context) -> dict:
                          domains=ctx.inputs.eval_domains)
 
 
-register_step(Step("premise", _premise, needs=("calibration",), groups=("run",)))
+register_step(Step("premise", _premise, needs=("calibration", "bh_default"), groups=("run",)))  # BH: the reported variant
