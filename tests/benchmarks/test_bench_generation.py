@@ -133,3 +133,12 @@ def test_time_batch_rows_and_headline(tiny):
     assert math.isclose(h["patch_overhead_decode"], 1 / res["top-8 patched"]["speedup"] - 1)
     assert math.isclose(h["decode_gain_share_of_ideal"], (bh["speedup"] - 1) / 0.5)
     assert "decode_speedup_bh_batch16" not in h  # no batch 16 in these rows
+
+
+def test_median_interval_is_the_sign_test_interval():
+    """n = 15: P(Bin(15, 1/2) <= 3) = 0.018 < 0.025 <= P(<= 4), so the 95 % interval is [x_(4), x_(12)]."""
+    from scipy.stats import binom
+
+    assert binom.cdf(3, 15, 0.5) < 0.025 <= binom.cdf(4, 15, 0.5)
+    assert bg.median_ci([float(v) for v in range(15, 0, -1)]) == (4.0, 12.0)
+    assert bg.median_ci([1.0, 2.0, 3.0]) == (1.0, 3.0)  # too few rounds for 95 %: the whole range
