@@ -37,6 +37,7 @@ from scipy import stats
 from .stats import MIN_DOCUMENTS, adjust_family, paired_comparison, t_interval
 
 RHO_MIN = 0.1
+READABLE = {"loss": "next-token loss", "entropy": "predictive entropy", "router_entropy": "router entropy"}
 VERDICT_RULE = (
     "Primary endpoint: the mean over documents of the within-document Spearman ρ between BH's k̂ "
     "(mean over MoE layers) and the unrouted model's next-token loss, with its 95% t-interval over "
@@ -180,7 +181,7 @@ def difficulty_analysis(
             ok = np.isfinite(a) & np.isfinite(b)
             if ok.sum() >= 2:
                 comparisons.append({"difficulty": d, "strategy": primary, "other": o, **paired_comparison(
-                    a[ok], b[ok], names=(label[primary], label[o]), metric=f"within-document Spearman ρ with {d}")})
+                    a[ok], b[ok], names=(label[primary], label[o]), metric=f"within-document Spearman ρ with {READABLE.get(d, d)}")})
     adjust_family(comparisons)
     deciles = {d: binned_means(y, kmean, token_doc) for d, y in diffs.items()}
     prim = next(r for r in spearman if r["strategy"] == primary and r["difficulty"] == "loss")
