@@ -237,6 +237,78 @@ def lm_eval_command(
     _print_downstream(_study("lm-eval", opts, out, force), out)
 
 
+@app.command("certify")
+def certify_command(
+    risk: str = typer.Option("top1", help="top1 (greedy-token disagreement with the unpatched model) or loss "
+                             "(loss increase, nats/token, clipped to [0, 1])"),
+    epsilon: float = typer.Option(0.1, help="ε in (0, 1]: certify mean risk <= ε on new sequences"),
+    delta: float = typer.Option(0.1, help="δ in (0, 1): probability that the certificate is wrong"),
+    strategies: Optional[str] = typer.Option(None, help="families, comma-separated: topk,topp,weight_ratio,bh (default all; δ/F each)"),
+    calib_sequences: int = typer.Option(128, "--calib-sequences", help="calibration sequences certified on"),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="certify on the first TOKENS tokens of each sequence "
+                                         "(default 64; 0 = the whole sequence: about 4x the time at --seq-len 256)"),
+    certificate: Optional[Path] = typer.Option(None, "--certificate", help="apply this certificate.json to the evaluation "
+                                               "sequences instead of certifying (refused for another model)"),
+    model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype,
+    config: Optional[Path] = Config, out: Path = typer.Option(Path("runs/certify"), "--out", "-o", help="output folder"),
+    seed: Optional[int] = Seed, eval_text: Optional[str] = EvalText, eval_sequences: Optional[int] = EvalSeqs,
+    seq_len: Optional[int] = SeqLen, threads: Optional[int] = Threads, force: bool = Force,
+) -> None:
+    """Certified routing: per family the fewest experts with P(mean risk <= ε) >= 1 - δ (Learn-then-Test).
+
+    Writes OUT/certificate.json (every grid point, the chosen setting per family, versions, seed),
+    certified_frontier.png and RESULTS.md; the certificate is checked on the evaluation sequences.
+    """
+    from .analysis import certify as C
+    from .core import BHRoutingError
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    families = _names(strategies) or list(C.FAMILIES)
+    opts = {"model": model, "device": device, "dtype": dtype, "config": None if config is None else str(config),
+            "seed": seed, "eval_text": eval_text, "eval_sequences": eval_sequences, "seq_len": seq_len,
+            "calib_sequences": calib_sequences, "certify_risk": risk, "certify_epsilon": epsilon,
+            "certify_delta": delta, "certify_families": families, "certify_tokens": tokens,
+            "certify_grid": "fine"}
+    try:
+        C.check_certify_args(risk=risk, epsilon=epsilon, delta=delta)
+        C.check_families(families)
+        if certificate is not None:
+            _apply_certificate(certificate, _config(opts), out)
+            return
+        C.check_enough_units(calib_sequences, risk=risk, epsilon=epsilon, delta=delta, num_families=len(families))
+    except BHRoutingError as exc:
+        _fail(_first_line(exc))
+    results = _study("certify", opts, out, force)
+    cert = results["steps"]["certify"]
+    typer.echo(f"wrote {out}/")
+    for fam, entry in cert["families"].items():
+        p = C.chosen_point(cert, fam)
+        held = cert["held_out"]["families"].get(fam)
+        check = "" if held is None else (f"; held-out risk {held['risk_mean']:.4f} "
+                                          f"({'meets' if held['meets_epsilon'] else 'MISSES'} ε)")
+        typer.echo(f"{fam}: " + ("nothing certified" if p is None else
+                                 f"{p['label']}, {p['mean_k']:.3f} experts/token, bound {p['upper_bound']:.4f}{check}"))
+    typer.echo(f"cheapest under the same guarantee: {cert['best_family'] or 'none'}")
+
+
+def _apply_certificate(path: Path, cfg, out: Path) -> None:
+    """Apply a saved certificate to ``cfg``'s evaluation sequences (after the fingerprint check)."""
+    from .analysis import certify as C
+    from .analysis.inputs import prepare
+
+    cert = C.load_certificate(path)
+    inputs = prepare(cfg, out)
+    C.check_fingerprint(cert, inputs.model)
+    tokens = cert["seq_len"]
+    held = C.held_out_check(inputs.model, inputs.eval_seqs[:, :tokens], cert)
+    for fam, h in held["families"].items():
+        typer.echo(f"{fam}: {h['label']}, held-out {cert['risk']} risk {h['risk_mean']:.4f} "
+                   f"({'meets' if h['meets_epsilon'] else 'MISSES'} ε = {cert['epsilon']:g}), {h['mean_k']:.3f} experts/token")
+
+
 def main() -> None:
     app()
 

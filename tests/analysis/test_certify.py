@@ -269,3 +269,62 @@ def test_certify_refuses_too_few_sequences_before_running(embedded, pool, monkey
     monkeypatch.setattr(C, "measure_risks", lambda *a, **k: pytest.fail("the model ran"))
     with pytest.raises(C.CertificateError, match=r"got 10, need at least 36 for epsilon=0.1, delta=0.1 over 4 families"):
         C.certify(model, pool[:10], risk="top1", epsilon=0.1, delta=0.1)
+
+
+def test_certified_rows_recertify_from_saved_risks(certificate):
+    cert, _ = certificate
+    same = C.certified_rows(cert)
+    assert same[0]["setting"] == C.chosen_point(cert)["label"] and same[0]["best"]
+    loose = C.certified_rows(cert, epsilon=0.4)
+    tight = C.certified_rows(cert, epsilon=0.12)
+    assert loose[0]["mean_k"] <= same[0]["mean_k"] <= tight[0]["mean_k"]
+    with pytest.raises(C.CertificateError, match="too few calibration sequences"):
+        C.certified_rows(cert, epsilon=0.02)
+
+
+def test_certified_section_and_figure(certificate, tmp_path):
+    from bh_routing.report.certified import certified_frontier_figure, certified_section
+
+    cert, _ = certificate
+    cert = {**cert, "held_out": {"n_sequences": 5, "families": {"topk": {
+        "label": "TopK(k=6)", "risk_mean": 0.25, "share_above_epsilon": 0.4, "mean_k": 6.0, "meets_epsilon": False}}},
+        "frontier": C.certified_frontier(cert["per_sequence"], C.grid_points(cert), risk="top1", delta=0.2,
+                                         epsilons=[0.1, 0.2, 0.3])}
+    text = "\n".join(certified_section(cert))
+    chosen = C.chosen_point(cert)
+    assert f"| Top-k | {chosen['label']} | {chosen['mean_k']:.3f} |" in text
+    assert "Cheapest under the same guarantee: **Top-k**" in text
+    assert "| Top-k | TopK(k=6) | 0.2500 | 40.0% | 6.000 | **no** |" in text  # a missed ε is shown, not hidden
+    assert "on 40 calibration sequences (their first 32 tokens)" in text
+    path = certified_frontier_figure(cert, tmp_path / "f.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_step_is_skipped_with_too_few_sequences(small_config, tmp_path):
+    from bh_routing.study import Study
+
+    study = Study(small_config, tmp_path / "run", steps=("certify",))
+    res = study.run("certify")
+    assert res["steps"]["certify"]["skipped"].startswith("too few calibration sequences to certify: got 8")
+    assert "certified" not in res["derived"]
+    study.export()
+    assert "No certificate in this run: too few calibration sequences" in (tmp_path / "run" / "RESULTS.md").read_text()
+    assert not (tmp_path / "run" / "certified_frontier.png").exists()
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("certify_epsilon", 2.0, r"certify_epsilon must be in \(0, 1\], got 2.0"),
+        ("certify_delta", 1.0, r"certify_delta must be in \(0, 1\), got 1.0"),
+        ("certify_risk", "kl", "certify_risk must be one of top1, loss, got 'kl'"),
+        ("certify_families", ["topk", "x"], r"unknown strategy families \['x'\]"),
+        ("certify_tokens", 1, r"certify_tokens must be 0 \(the whole sequence\) or an int >= 2, got 1"),
+        ("certify_grid", "huge", "certify_grid"),
+    ],
+)
+def test_run_config_checks_the_certify_settings(field, value, match):
+    from bh_routing.analysis.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match=match):
+        RunConfig(**{field: value}).validate()

@@ -40,20 +40,26 @@ other text.
 
 certificate.json (``format: "bh-routing-certificate"``, ``format_version: "1"``)
 ------------------------------------------------------------------------------
+Read it with :func:`load_certificate`; :func:`certified_strategy` turns it into a ``Strategy``.
+
 ``model``: ``{"name", "fingerprint", "num_layers", "num_experts", "top_k"}`` (the fingerprint is
 :func:`bh_routing.models.model_fingerprint`; :func:`certified_strategy` refuses any other model).
 ``risk`` (``"top1"`` | ``"loss"``), ``epsilon``, ``delta``, ``delta_per_family`` (δ/F),
-``loss_bound`` (B), ``pvalue`` (``"hoeffding-bentkus"``), ``fwer`` (a sentence),
-``n_units`` (sequences or documents certified on), ``n_sequences``, ``seq_len``, ``seed``,
-``versions`` (package versions), ``min_units`` (fewest units any certificate at ε, δ/F needs).
+``loss_bound`` (B), ``pvalue`` (``"hoeffding-bentkus"``), ``fwer`` (a sentence), ``unit``
+(``"sequence"`` | ``"document"``), ``n_units`` (units certified on), ``min_units`` (fewest units
+any certificate at ε, δ/F needs), ``n_sequences``, ``seq_len`` (tokens per sequence certified on),
+``grid`` (``"fine"`` | ``"coarse"``), ``stop_above`` (``{"risk", "value"}`` or null: each family
+measured up to its first point with mean risk above ``value``), ``seed``, ``versions``.
 ``families``: ``{family: {"chosen": index or null, "num_certified": J, "grid": [point, ...]}}``
-with each point ``{"label", "family", "param", "strategy" (Strategy.describe()), "mean_k",
-"compute_fraction", "risk_mean", "p_value", "upper_bound", "certified", "clip_high",
-"clip_low"}`` in test order. ``best_family``: the family whose chosen setting has the least mean
-k (null if nothing is certified). ``per_sequence``: ``{"top1": [[...] per grid point],
-"loss_delta": [[...]] (unclipped nats/token), "groups": [...] or null}`` in the order of
-``grid`` (all families concatenated in ``families`` order). Optional ``held_out``: the chosen
-settings applied to sequences not used to certify (:func:`held_out_check`).
+with each point ``{"label", "family", "param", "strategy" (Strategy.describe(), what
+:func:`strategy_from_description` rebuilds), "measured", "mean_k", "compute_fraction",
+"risk_mean", "p_value", "upper_bound", "certified", "clip_high", "clip_low"}`` in test order
+(null numbers for points not measured). ``best_family``: the family whose chosen setting has the
+least mean k (null if nothing is certified). ``per_sequence``: ``{"top1": [[...] or null per grid
+point], "loss_delta": [[...] or null] (unclipped nats/token), "groups": [...] or null}`` in the
+order of :func:`grid_points` (all families' grids concatenated in ``families`` order). Written by
+runs and ``bh-routing certify`` also: ``held_out`` (:func:`held_out_check` on the evaluation
+sequences) and ``frontier`` (:func:`certified_frontier`).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import BH, Calibration, Strategy, TopK, TopP, WeightRatio
+from ..core import BH, BHRoutingError, Calibration, Strategy, TopK, TopP, WeightRatio
 from ..core.risk_control import TooFewSequencesError, fixed_sequence_test, hb_pvalue, learn_then_test, min_sequences
 from ..models import get_adapter, model_fingerprint, patched
 from ..models.adapters import text_config
@@ -89,7 +95,7 @@ RATIO_GRID = (0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5)
 ALPHA_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3, 0.1, 0.05, 0.01)
 
 
-class CertificateError(ValueError):
+class CertificateError(BHRoutingError, ValueError):
     """A certificate that cannot be made or used; the message is one line for the user."""
 
 
@@ -103,20 +109,24 @@ class GridPoint:
     strategy: Strategy = field(repr=False)
 
 
-def check_certify_args(*, risk: str, epsilon: float, delta: float, loss_bound: float = LOSS_BOUND) -> None:
-    """Raise CertificateError (one line) for a bad risk, ε or δ; call before loading a model."""
+def check_certify_args(*, risk: str, epsilon: float, delta: float, loss_bound: float = LOSS_BOUND,
+                       prefix: str = "") -> None:
+    """Raise CertificateError (one line) for a bad risk, ε or δ; call before loading a model.
+
+    ``prefix`` goes before each name in the message (``"certify_"`` for the run's settings).
+    """
     if risk not in RISKS:
-        raise CertificateError(f"risk must be one of {', '.join(RISKS)}, got {risk!r}")
+        raise CertificateError(f"{prefix}risk must be one of {', '.join(RISKS)}, got {risk!r}")
     for name, v in (("epsilon", epsilon), ("delta", delta), ("loss_bound", loss_bound)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise CertificateError(f"{name} must be a number, got {v!r}")
+            raise CertificateError(f"{prefix}{name} must be a number, got {v!r}")
     if not 0.0 < loss_bound:
         raise CertificateError(f"loss_bound must be > 0, got {loss_bound}")
     top = 1.0 if risk == "top1" else loss_bound
     if not 0.0 < epsilon <= top:
-        raise CertificateError(f"epsilon must be in (0, {top:g}], got {epsilon}")
+        raise CertificateError(f"{prefix}epsilon must be in (0, {top:g}], got {epsilon}")
     if not 0.0 < delta < 1.0:
-        raise CertificateError(f"delta must be in (0, 1), got {delta}")
+        raise CertificateError(f"{prefix}delta must be in (0, 1), got {delta}")
 
 
 def needed_units(*, risk: str, epsilon: float, delta: float, num_families: int, loss_bound: float = LOSS_BOUND) -> int:
@@ -150,36 +160,37 @@ def default_grid(
     min_k: int = 1,
     max_k: int | None = None,
     calibration: Calibration | None = None,
+    coarse: bool = False,
 ) -> list[GridPoint]:
     """The ordered grid of every family, safest setting first.
 
     ``topk``: k = K, K-1, ..., 1. ``topp``: :data:`TOPP_GRID` (p large → small). ``weight_ratio``:
     :data:`RATIO_GRID` (β small → large). ``bh``: BH with the empirical null, :data:`ALPHA_GRID`
     (α large → small). ``bh-calibrated``: the same α with the conformal null of ``calibration``.
-    The variable-k families use ``min_k`` and ``max_k`` (default the model's k).
+    The variable-k families use ``min_k`` and ``max_k`` (default the model's k). ``coarse``: every
+    other point of the top-p, weight-ratio and α grids (fewer passes; top-k keeps every k).
     """
-    known = FAMILIES + ("bh-calibrated",)
-    bad = [f for f in families if f not in known]
-    if bad:
-        raise CertificateError(f"unknown strategy families {bad}; available: {', '.join(known)}")
+    families = check_families(families, calibrated=True)
     if "bh-calibrated" in families and calibration is None:
         raise CertificateError("family 'bh-calibrated' needs a calibration fitted on other text")
+    step = 2 if coarse else 1
+    topp, ratio, alpha = TOPP_GRID[::step], RATIO_GRID[::step], ALPHA_GRID[::step]
     grid: list[GridPoint] = []
     for fam in families:
         if fam == "topk":
             grid += [GridPoint(fam, k, f"TopK(k={k})", TopK(k)) for k in range(model_top_k, 0, -1)]
         elif fam == "topp":
-            grid += [GridPoint(fam, p, f"TopP(p={p:g})", TopP(p, min_k=min_k, max_k=max_k)) for p in TOPP_GRID]
+            grid += [GridPoint(fam, p, f"TopP(p={p:g})", TopP(p, min_k=min_k, max_k=max_k)) for p in topp]
         elif fam == "weight_ratio":
             grid += [
-                GridPoint(fam, b, f"WeightRatio(β={b:g})", WeightRatio(b, min_k=min_k, max_k=max_k)) for b in RATIO_GRID
+                GridPoint(fam, b, f"WeightRatio(β={b:g})", WeightRatio(b, min_k=min_k, max_k=max_k)) for b in ratio
             ]
         else:
             method = "empirical" if fam == "bh" else "calibrated"
             cal = calibration if method == "calibrated" else None
             grid += [
                 GridPoint(fam, a, f"BH-{method}(α={a:g})", BH(a, min_k=min_k, max_k=max_k, pvalues=method, calibration=cal))
-                for a in ALPHA_GRID
+                for a in alpha
             ]
     return grid
 
@@ -429,6 +440,7 @@ def certify(
     calibration: Calibration | None = None,
     loss_bound: float = LOSS_BOUND,
     stop_above: tuple[str, float] | None = None,
+    coarse: bool = False,
     seed: int | None = None,
     model_name: str | None = None,
     batch_size: int = 16,
@@ -455,6 +467,8 @@ def certify(
         Families to certify, from :data:`FAMILIES` (+ ``"bh-calibrated"`` with ``calibration``).
     grid : list of GridPoint, optional
         Instead of :func:`default_grid`; each family's points contiguous and safest first.
+    coarse : bool, default False
+        :func:`default_grid` with every other point of the variable-k grids.
     groups : sequence, optional
         A document id per sequence: certify over documents (per-document mean risk).
     min_k, max_k : int
@@ -482,7 +496,8 @@ def certify(
     check_certify_args(risk=risk, epsilon=epsilon, delta=delta, loss_bound=loss_bound)
     meta = model_meta(model, model_name)
     if grid is None:
-        grid = default_grid(meta["top_k"], families=tuple(families), min_k=min_k, max_k=max_k, calibration=calibration)
+        grid = default_grid(meta["top_k"], families=tuple(families), min_k=min_k, max_k=max_k, calibration=calibration,
+                            coarse=coarse)
     fams = list(dict.fromkeys(g.family for g in grid))
     n_units = len(set(groups)) if groups is not None else int(sequences.shape[0])
     check_enough_units(n_units, risk=risk, epsilon=epsilon, delta=delta, num_families=len(fams), loss_bound=loss_bound)
@@ -490,7 +505,7 @@ def certify(
                           loss_bound=loss_bound, progress=progress)
     per_sequence = table.per_sequence(groups)
     body = recertify(per_sequence, table.points, risk=risk, epsilon=epsilon, delta=delta, loss_bound=loss_bound)
-    from .pipeline import environment
+    from .outputs import environment
 
     return {
         "format": FORMAT,
@@ -502,7 +517,9 @@ def certify(
         "loss_bound": float(loss_bound),
         "pvalue": "hoeffding-bentkus",
         "fwer": "fixed-sequence testing along each family's grid at delta/F; Bonferroni over the F families",
+        "unit": "sequence" if groups is None else "document",
         "n_sequences": int(sequences.shape[0]),
+        "grid": "coarse" if coarse else "fine",
         "stop_above": None if stop_above is None else {"risk": stop_above[0], "value": float(stop_above[1])},
         "seq_len": table.seq_len,
         "seed": seed,
@@ -699,3 +716,66 @@ def certified_strategy(path: str | Path, model, family: str | None = None, *,
             f"the certificate certifies no setting of {which} at epsilon={cert['epsilon']:g}, delta={cert['delta']:g}"
         )
     return strategy_from_description(point["strategy"], calibration=calibration)
+
+
+# ------------------------------------------------------------------------------------ a whole run
+CERTIFICATE_JSON = "certificate.json"
+FRONTIER_POINTS = 12  # ε values of the certified-frontier figure
+
+
+def grid_points(cert: dict) -> list[dict]:
+    """The certificate's grid points in test order (every family's grid, concatenated)."""
+    return [p for entry in cert["families"].values() for p in entry["grid"]]
+
+
+def frontier_epsilons(cap: float, *, risk: str, delta: float, n: int, num_families: int,
+                      loss_bound: float = LOSS_BOUND) -> list[float]:
+    """FRONTIER_POINTS ε values from the smallest certifiable with n units up to ``cap``."""
+    scale = 1.0 if risk == "top1" else loss_bound
+    lo = 1.0 - (delta / num_families) ** (1.0 / n)  # (1 - ε)^n = δ/F: the smallest ε any certificate reaches
+    lo = min(max(lo * scale * 1.05, cap / FRONTIER_POINTS), cap)
+    return [float(e) for e in np.round(np.linspace(lo, cap, FRONTIER_POINTS), 4)]
+
+
+def check_families(families, *, calibrated: bool = False) -> tuple[str, ...]:
+    """The families as a tuple, or CertificateError for unknown names (before any model loads).
+
+    ``calibrated``: also accept ``"bh-calibrated"`` (only :func:`default_grid` with a calibration
+    fitted on other text; runs and the command certify BH with the empirical null).
+    """
+    known = FAMILIES + (("bh-calibrated",) if calibrated else ())
+    fams = tuple(families)
+    bad = [f for f in fams if f not in known]
+    if bad or not fams:
+        raise CertificateError(f"unknown strategy families {bad}; available: {', '.join(known)}")
+    return fams
+
+
+def certified_rows(cert: dict, *, epsilon: float | None = None, delta: float | None = None,
+                   risk: str | None = None) -> list[dict]:
+    """One row per family: the certified setting at (ε, δ, risk), re-certified from the saved
+    per-sequence risks when any of them differs from the certificate's (no model runs).
+
+    Rows: ``family``, ``setting`` (label or None), ``mean_k``, ``compute_fraction``,
+    ``risk_mean``, ``upper_bound``, ``num_certified``, ``measured``, ``best`` (cheapest family).
+    """
+    risk = cert["risk"] if risk is None else risk
+    epsilon = cert["epsilon"] if epsilon is None else epsilon
+    delta = cert["delta"] if delta is None else delta
+    body = cert
+    if (risk, epsilon, delta) != (cert["risk"], cert["epsilon"], cert["delta"]):
+        body = recertify(cert["per_sequence"], grid_points(cert), risk=risk, epsilon=epsilon, delta=delta,
+                         loss_bound=cert["loss_bound"])
+    rows = []
+    for fam, entry in body["families"].items():
+        p = None if entry["chosen"] is None else entry["grid"][entry["chosen"]]
+        rows.append({
+            "family": fam, "setting": None if p is None else p["label"],
+            "mean_k": None if p is None else p["mean_k"],
+            "compute_fraction": None if p is None else p["compute_fraction"],
+            "risk_mean": None if p is None else p["risk_mean"],
+            "upper_bound": None if p is None else p["upper_bound"],
+            "num_certified": entry["num_certified"], "measured": sum(q["measured"] for q in entry["grid"]),
+            "best": fam == body["best_family"],
+        })
+    return rows

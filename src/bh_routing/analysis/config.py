@@ -29,6 +29,7 @@ DEFAULT_TEMPERATURES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
 DEFAULT_TOPP = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_RATIOS = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02]
 FRONTIER_FAMILIES = ("topk", "topp", "weight_ratio", "bh")
+CERTIFY_FAMILIES = ("topk", "topp", "weight_ratio", "bh")  # "bh": BH with the empirical null
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DOWNSTREAM_TASKS = ["bhr_python_mc", "bhr_heldout_rolling"]  # the two offline lm-eval tasks
 
@@ -91,6 +92,13 @@ class RunConfig:
     downstream_batch_size: int = 1  # lm-eval batch size (1 counts experts without padding)
     downstream_shard: list[int] | None = None  # [rank, world]: every world-th document from rank
     downstream_backend: str = "hf"  # lm-eval model: "hf" (transformers) or "vllm" (needs make setup-vllm)
+    # certified routing (Learn-then-Test; the ``certify`` step, analysis/certify.py)
+    certify_risk: str = "top1"  # "top1" (greedy-token disagreement) | "loss" (nats/token increase, clipped to [0, 1])
+    certify_epsilon: float = 0.1  # ε: certify mean risk <= ε on new calibration-like sequences ...
+    certify_delta: float = 0.1  # ... with probability >= 1 - δ
+    certify_families: list[str] = field(default_factory=lambda: list(CERTIFY_FAMILIES))  # grids tested (δ/F each)
+    certify_tokens: int = 64  # certify on the first tokens of each calibration/evaluation sequence; 0 = all of it
+    certify_grid: str = "coarse"  # "coarse" (every other top-p/β/α point, stop at 1.5ε) | "fine" (stop at 3ε)
 
     def effective(self) -> RunConfig:
         """The configuration actually run (``quick`` shrinks sizes)."""
@@ -146,6 +154,18 @@ class RunConfig:
 
             check_settings(self.downstream_tasks, limit=self.downstream_limit, shard=self.downstream_shard)
             include_paths(self.downstream_include_path)
+        from .certify import CertificateError, check_certify_args, check_families
+
+        try:
+            check_certify_args(risk=self.certify_risk, epsilon=self.certify_epsilon, delta=self.certify_delta,
+                               prefix="certify_")
+            check_families(self.certify_families)
+            _core(check_choice, self.certify_grid, ("coarse", "fine"), name="certify_grid")
+        except CertificateError as exc:
+            raise ConfigError(str(exc)) from None
+        t = self.certify_tokens
+        if isinstance(t, bool) or not isinstance(t, int) or (t < 2 and t != 0):
+            raise ConfigError(f"certify_tokens must be 0 (the whole sequence) or an int >= 2, got {t!r}")
         for name in ("prompts_file", "eval_text", "calibration"):
             v = getattr(self, name)
             if name == "eval_text" and isinstance(v, str) and v.startswith("hf:"):

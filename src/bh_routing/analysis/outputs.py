@@ -57,6 +57,30 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def environment() -> dict:
+    """Versions and machine of a run (recorded in every results file and certificate)."""
+    import platform
+
+    import numpy as np
+    import scipy
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "bh_routing": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
 def check_writable(out: Path) -> None:
     """Raise RunError unless ``out`` exists as a writable folder or can be created."""
     probe = out

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import random
 from pathlib import Path
 
@@ -66,7 +65,7 @@ import torch
 
 from . import steps as _steps  # noqa: F401  (imports every step module: fills the registry)
 from .inputs import Inputs
-from .outputs import STEPS_DIR, atomic_write_text
+from .outputs import STEPS_DIR, atomic_write_text, environment
 from .registry import STEPS, SUMMARIES, Context, closure, step_groups
 
 STEP_GROUPS = step_groups()  # command -> the steps it computes
@@ -118,25 +117,6 @@ def run_steps(inputs: Inputs, out: Path, names: tuple[str, ...]) -> dict:
                 ctx.results[step.name] = data
                 atomic_write_text(path, json.dumps({"key": key, "data": data}))
     return ctx.results
-
-
-def environment() -> dict:
-    import scipy
-    import transformers
-
-    from .. import __version__
-
-    return {
-        "bh_routing": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu_threads": torch.get_num_threads(),
-    }
 
 
 def assemble(inputs: Inputs, steps: dict) -> dict:
