@@ -35,11 +35,11 @@ def noise(n, seed, sd=0.01):
 
 
 def target(baseline, run, *, matched=True, primary=False, family="bh-calibrated"):
+    """A matched-step target; an unmatched one keeps its (not comparable) run, which must not be compared."""
     return {"family": family, "baseline": baseline["label"], "baseline_family": baseline["family"],
-            "target_k": baseline["mean_k"], "param": 0.01 if matched else None,
-            "calibration_k": baseline["mean_k"] if matched else None, "matched": matched, "passes": 1,
-            "reason": None if matched else "outside: BH reaches mean k 1 to 2", "primary": primary,
-            "run": run if matched else None}
+            "target_k": baseline["mean_k"], "param": 0.01, "calibration_k": baseline["mean_k"] + (0 if matched else 0.4),
+            "matched": matched, "passes": 1, "reason": None if matched else "not within 0.02 of the target after 8 passes",
+            "primary": primary, "run": run}
 
 
 def test_reduction_and_ratio_direction():
@@ -75,14 +75,15 @@ def test_matched_verdicts_direction_outside_primary_and_holm():
     runs[6] = make_run("BH@6", "bh-calibrated", 0.09, base + 0.4 + d6, mean_k=6.0)
     matched = {"tolerance": 0.02, "targets": [
         target(tk[2], runs[2]), target(tk[3], runs[3]), target(tk[4], runs[4]),
-        target(tk[5], runs[5], primary=True), target(tk[6], runs[6]), target(tk[7], None, matched=False),
+        target(tk[5], runs[5], primary=True), target(tk[6], runs[6]),
+        target(tk[7], make_run("BH@7.4", "bh-calibrated", 0.3, base - 0.5, mean_k=7.4), matched=False),
     ]}
     v = derive.matched_verdicts(matched, list(tk.values()), documents=None)
     grid = {r["baseline"]: r for r in v["grid"]}
     assert [r["word"] for r in v["grid"]] == ["wins", "loses", "ties", "ties", "outside"]
     assert grid["TopK(k=2)"]["comparison"]["decision"] == "lower"
     assert grid["TopK(k=3)"]["comparison"]["verdict"].startswith("BH@3 has significantly higher loss per token")
-    assert grid["TopK(k=7)"]["comparison"] is None and "outside" in grid["TopK(k=7)"]["reason"]
+    assert grid["TopK(k=7)"]["comparison"] is None and "not within" in grid["TopK(k=7)"]["reason"]
     six = grid["TopK(k=6)"]["comparison"]
     assert six["t_pvalue"] < 0.05 <= six["p_adjusted"] and not six["significant"]
     # the family is the four tested grid comparisons, Holm-adjusted; the primary stands alone
