@@ -35,7 +35,7 @@ def main() -> None:
         runs[null] = [dict(r, family=f"bh-{null}") for r in res["steps"]["alpha"]]
         tables[null] = res["derived"]["alpha_sensitivity"]
         model_name = res["model"]["name"]
-    verdicts = frontier_verdicts(runs["unrouted"], runs["all"], seed=cfg.seed, n_resamples=cfg.n_resamples)
+    verdicts = frontier_verdicts(runs["unrouted"], runs["all"], documents=study.inputs.eval_documents)
     lines = [
         "# Calibration nulls: \"unrouted\" vs \"all\"",
         "",

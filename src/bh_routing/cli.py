@@ -75,6 +75,8 @@ def _study(group: str, opts: dict, out: Path, force: bool) -> dict:
 
 
 def _print_summary(results: dict, out: Path) -> None:
+    from .report.evidence import primary_sentence
+
     st = results["derived"].get("statistics")
     typer.echo(f"wrote {out}/")
     if st:
@@ -82,7 +84,8 @@ def _print_summary(results: dict, out: Path) -> None:
             f"BH: {st['experts']['mean_a']:.3f} experts/token vs {results['model']['top_k']} "
             f"({st['expert_reduction_pct']['mean']:.1f}% fewer); perplexity {st['ppl_bh']['ppl']:.3f} vs {st['ppl_topk']['ppl']:.3f}"
         )
-        typer.echo(st["sequences"]["verdict"])
+        m = results["derived"].get("matched")
+        typer.echo(primary_sentence(m).replace("**", "") if m else st["documents"]["verdict"])
 
 
 def _print_downstream(results: dict, out: Path) -> None:

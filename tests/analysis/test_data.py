@@ -37,7 +37,7 @@ def test_split_is_by_document_disjoint_and_proportional(tok):
     first = tok(split_documents(texts["a"])[0], add_special_tokens=False)["input_ids"][:16]
     assert ev.documents[0] == "a:0" and ev.ids[0].tolist() == first  # a window starts its document
     s = sp.summary()
-    assert s["evaluation"]["documents"] == 6 and s["evaluation"]["sequences"] == 6 and s["calibration"]["documents"] == 12
+    assert s["documents"] == 6 and s["sequences"] == 6 and s["calibration"]["documents"] == 12 and s["unit"] == "document"
 
 
 def test_split_errors_and_single_document_fallback(tok):
@@ -56,8 +56,8 @@ def test_split_errors_and_single_document_fallback(tok):
 def test_shipped_text_gives_30_evaluation_documents_of_both_domains(tok):
     sp = split_by_document(tok, default_eval_texts(), seq_len=256, eval_sequences=32, calib_sequences=64)
     s = sp.summary()
-    assert s["evaluation"]["documents"] == s["evaluation"]["sequences"] == 32
-    assert set(s["evaluation"]["documents_per_domain"]) == {"prose", "code"}
-    assert min(s["evaluation"]["documents_per_domain"].values()) >= 5
+    assert s["documents"] == s["sequences"] == 32
+    assert set(s["documents_per_domain"]) == {"prose", "code"}
+    assert min(s["documents_per_domain"].values()) >= 5
     assert s["calibration"]["documents"] >= 16 and s["calibration"]["sequences"] == 64
     assert not set(sp.evaluation.documents) & set(sp.calibration.documents)

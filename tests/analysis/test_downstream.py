@@ -112,6 +112,13 @@ def test_paired_statistics(full):
     assert rt["test"] == "paired_t_wilcoxon" and rt["t_pvalue"] == pytest.approx(stats.ttest_rel(*ll).pvalue)
     (gt_acc, gt_norm) = full["groups"]["bhr_mc_group"]["paired"]
     assert gt_acc["n"] == LIMIT and gt_acc["pvalue"] == t["pvalue"]
+    # one family per result: every test Holm-adjusted together, the raw p kept beside
+    from bh_routing.analysis.stats import holm
+
+    family = [x for part in (full["tasks"], full["groups"]) for v in part.values() for x in v["paired"]]
+    raw = [x["pvalue"] if x["test"] == "mcnemar_exact" else x["t_pvalue"] for x in family]
+    assert [x["p_adjusted"] for x in family] == pytest.approx(list(holm(raw)))
+    assert {x["correction"] for x in family} == {"holm"} and rt["verdict"].startswith("bhr_heldout_rolling: ")
 
 
 def test_mcnemar_exact_against_scipy():
@@ -124,9 +131,12 @@ def test_mcnemar_exact_against_scipy():
     ci = stats.binomtest(12, 13).proportion_ci(method="exact")
     assert (t["share_a"], t["share_ci_low"], t["share_ci_high"]) == pytest.approx((12 / 13, ci.low, ci.high))
     assert t["share_ci_low"] > 0.5
-    t = mcnemar_exact(b[:14], a[:14], names=("bh", "topk"), metric="acc", task="demo")
+    t = mcnemar_exact(b, a, names=("bh", "topk"), metric="acc", task="demo")
     assert t["significant"] and "significantly less accurate" in t["verdict"]
-    t = mcnemar_exact(np.array([1, 0, 1, 0]), np.array([0, 1, 1, 0]), names=("bh", "topk"), metric="acc", task="demo")
+    # the one verdict rule: 14 documents are too few for a verdict, however small p is
+    t = mcnemar_exact(a[:14], b[:14], names=("bh", "topk"), metric="acc", task="demo")
+    assert t["pvalue"] < 0.01 and not t["significant"] and "too few documents for a verdict" in t["verdict"]
+    t = mcnemar_exact(np.array([1, 0, 1, 0] * 5), np.array([0, 1, 1, 0] * 5), names=("bh", "topk"), metric="acc", task="demo")
     assert t["pvalue"] == 1.0 and not t["significant"] and "no significant difference between bh and topk at 0.05 (" in t["verdict"]
     t = mcnemar_exact(np.array([1] * 4 + [0] * 38), np.array([0] * 42), names=("bh", "topk"), metric="acc", task="demo")
     assert t["pvalue"] == pytest.approx(0.125) and t["share_ci_low"] < 0.5  # 4 vs 0: the CI agrees with the test
@@ -180,7 +190,7 @@ def test_report_section_with_groups(full):
     assert "### bhr_heldout_rolling (loglikelihood_rolling; n = 6)" in md
     assert "### bhr_python_mc" not in md  # shown through its group
     assert "| topk (baseline) | 4 |" in md and "**limit 6 documents per task**" in md
-    assert md.count("not significant") + md.count("**significant**") >= 3
+    assert md.count("- no verdict: ") >= 3 and "too few documents for a verdict" in md  # 6 documents per task
 
 
 # ----------------------------------------------------------------------------------------- CLI

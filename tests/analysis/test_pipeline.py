@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from bh_routing import RunConfig, Study, run
@@ -53,7 +54,7 @@ def test_numbers_agree_across_json_csv_and_markdown(finished):
         assert fmt(number) in md
     for row in res["derived"]["alpha_sensitivity"] + res["derived"]["frontier"]:
         assert fmt(row["mean_k"]) in md and fmt(row["ppl"]) in md
-    assert st["sequences"]["verdict"] in md
+    assert st["documents"]["verdict"] in md
 
 
 def test_results_hold_config_versions_and_seed(finished):
@@ -68,8 +69,25 @@ def test_bh_saves_experts_and_topk_reference_is_the_model(finished):
     alpha = {(r["family"], r["param"]): r for r in res["derived"]["alpha_sensitivity"]}
     assert alpha[("bh-calibrated", 0.05)]["mean_k"] < 4
     topk = {r["param"]: r for r in res["derived"]["frontier"] if r["family"] == "topk"}
-    assert topk[4]["ppl_ratio"] == pytest.approx(1.0)
     assert [topk[k]["mean_k"] for k in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    # the paired ratio to top-4, recomputed here from the saved per-window losses and document ids
+    docs = res["evaluation"]["window_documents"]
+    runs = {r["label"]: r for r in res["steps"]["frontier"] + res["steps"]["alpha"]}
+
+    def doc_loss(run):
+        per = {}
+        for d, nll, t in zip(docs, run["seq_nll"], run["seq_tokens"]):
+            per.setdefault(d, [0.0, 0])
+            per[d][0] += nll
+            per[d][1] += t
+        return np.array([a / b for a, b in per.values()])
+
+    ref = doc_loss(runs["TopK(k=4)"])
+    for row in res["derived"]["frontier"] + res["derived"]["alpha_sensitivity"]:
+        diff = doc_loss(runs[row["label"]]) - ref
+        assert row["ppl_ratio"] == pytest.approx(np.exp(diff.mean()))
+        assert row["ppl"] == pytest.approx(np.exp(doc_loss(runs[row["label"]]).mean()))
+    assert topk[1]["ppl_ratio"] > 1  # one expert of four is worse than four, even on a random model
     # temperature has no effect with the empirical null, and does with the calibrated one
     temp = [r for r in res["derived"]["temperature_sensitivity"] if r["family"] == "bh-empirical"]
     assert len({r["mean_k"] for r in temp}) == 1
@@ -111,3 +129,28 @@ def test_fdr_oracle_step_figure_and_section(finished):
     assert [r["alpha"] for r in step["bh"]] == [0.05, 0.3] * (len(step["bh"]) // 2)  # each variant at every α
     for row in step["bh"]:
         assert fmt(row["fdp"]["mean"]) in md and row["verdict"] in md
+
+
+def test_documents_are_the_units_and_too_few_give_no_verdict(finished):
+    """Four evaluation documents (one window each), calibration on other documents; matched comparisons
+    carry raw and Holm-adjusted p-values, and with 4 < 20 documents nothing is called significant."""
+    _, out, res = finished
+    ev = res["evaluation"]
+    assert ev["documents"] == ev["sequences"] == 4 and ev["unit"] == "document"
+    assert ev["calibration"]["sequences"] == 8 and not set(ev["window_documents"]) & set(ev["calibration"]["window_documents"])
+    m = res["derived"]["matched"]
+    assert m["correction"] == "holm" and m["primary"] is not None and m["primary"]["primary"]
+    tested = [r["comparison"] for r in m["grid"] if r["comparison"] is not None]
+    assert tested and m["family_size"] == len(tested)
+    for c in tested:
+        assert {"t_pvalue", "p_adjusted", "correction"} <= set(c) and c["correction"] == "holm"
+        assert c["p_adjusted"] >= c["t_pvalue"] and c["n"] == 4 and c["decision"] == "too few documents"
+    assert {r["word"] for r in m["grid"]} <= {"no verdict", "outside"}
+    for t in res["steps"]["matched"]["targets"]:
+        if t["matched"]:
+            assert abs(t["calibration_k"] - t["target_k"]) <= res["steps"]["matched"]["tolerance"]
+    md = (out / REPORT_MD).read_text()
+    assert "## Matched comparisons" in md and "too few documents for a verdict" in md
+    section = md.split("## Matched comparisons")[1].split("\n## ")[0]
+    findings = [line for line in section.splitlines() if line.startswith(("- ", "| "))]
+    assert findings and not any("significantly" in line or "| wins |" in line or "| loses |" in line for line in findings)

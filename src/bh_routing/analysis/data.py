@@ -104,7 +104,7 @@ class Windows:
         per_domain = {d: len({doc for doc, dom in zip(self.documents, self.domains) if dom == d})
                       for d in dict.fromkeys(self.domains)}
         return {"documents": self.num_documents, "sequences": len(self.documents), "seq_len": int(self.ids.shape[1]),
-                "documents_per_domain": per_domain, "document_ids": sorted(set(self.documents), key=self.documents.index)}
+                "documents_per_domain": per_domain, "window_documents": list(self.documents)}
 
 
 @dataclass
@@ -117,8 +117,10 @@ class EvalSplit:
     skipped_short: int  # documents shorter than seq_len tokens (not used)
 
     def summary(self) -> dict:
-        return {"unit": self.unit, "documents_too_short": self.skipped_short,
-                "evaluation": self.evaluation.summary(), "calibration": self.calibration.summary()}
+        """``results["evaluation"]``: the evaluation set (``documents``, ``sequences``, ...), its unit, and
+        the calibration set under ``calibration``."""
+        return {**self.evaluation.summary(), "unit": self.unit, "documents_too_short": self.skipped_short,
+                "calibration": self.calibration.summary()}
 
 
 def _round_robin(docs: list[tuple[str, str, torch.Tensor]], n: int) -> Windows:

@@ -1,8 +1,5 @@
 """Summaries computed from the saved step results (no model needed): tables, statistics, verdicts.
 
-``seed`` and ``n_resamples`` are accepted and ignored (t-intervals resample nothing) until the
-pipeline stops passing them.
-
 Every interval and test here is over **documents** (:mod:`bh_routing.analysis.stats`): a run's
 per-sequence losses and expert counts are first reduced to one value per document with
 :func:`~bh_routing.analysis.evaluate.per_document`. ``documents`` (each evaluation sequence's
@@ -57,7 +54,7 @@ def ppl_ratio_ci(run: dict, ref: dict, *, documents: list[str] | None = None) ->
 
 def sweep_table(
     runs: list[dict], *, top_k: int, max_k: int, min_k: int, ref: dict | None = None,
-    documents: list[str] | None = None, seed: int | None = None, n_resamples: int | None = None,
+    documents: list[str] | None = None,
 ) -> list[dict]:
     """One row per run: mean ± sd experts, reduction vs top-k, saturation, perplexity with its
     t-interval over documents and (with ``ref``, the model's own top-k run) the paired perplexity
@@ -142,16 +139,15 @@ def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[st
 
 
 def frontier_verdicts(
-    bh_runs: list[dict], baselines: list[dict], *, documents: list[str] | None = None,
-    seed: int | None = None, n_resamples: int | None = None,
+    bh_runs: list[dict], baselines: list[dict], *, documents: list[str] | None = None, tol: float = 0.05
 ) -> list[dict]:
-    """BH against each baseline family at the **measured** integer/setting points only (no interpolation).
+    """Each BH run against each baseline family at a **measured** point only (no interpolation).
 
-    Kept for results without a matched step: each BH run is compared with every baseline run whose
-    mean k on the evaluation text lies within 0.05 of its own (else *outside*), the family Holm-adjusted.
+    For runs that were not matched on calibration text (e.g. ``scripts/compare_nulls.py``): a BH run
+    is compared with the family's run whose mean k lies within ``tol`` of its own, else *outside*;
+    the tested comparisons are one Holm-adjusted family.
     """
     out = []
-    tol = 0.05
     for r in bh_runs:
         for fam in sorted({b["family"] for b in baselines}):
             near = [b for b in baselines if b["family"] == fam and abs(b["mean_k"] - r["mean_k"]) <= tol]
@@ -173,8 +169,7 @@ def frontier_verdicts(
 
 
 def statistics(
-    bh_run: dict, topk_run: dict, comparative_rows: list[dict], *, top_k: int, documents: list[str] | None = None,
-    seed: int | None = None, n_resamples: int | None = None,
+    bh_run: dict, topk_run: dict, comparative_rows: list[dict], *, top_k: int, documents: list[str] | None = None
 ) -> dict:
     """BH at the report's α against the model's own top-k (unmatched k: what BH costs against the
     model as shipped), per document and per prompt, and the expert reduction with its t-interval.
@@ -194,7 +189,6 @@ def statistics(
     experts = paired_comparison(k_bh, k_tk, names=names, metric="experts per token")
     return {
         "documents": docs,
-        "sequences": docs,  # the pipeline's report still reads this name
         "prompts": prompts,
         "experts": experts,
         "expert_reduction_pct": reduction,

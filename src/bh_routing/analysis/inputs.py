@@ -27,9 +27,26 @@ class Inputs:
     routing: object  # models.ModelInfo: the model's routing shape, inspected once per run
     calibration: Calibration | None  # the user's calibration file, loaded and matched to the model
     prompts: dict[str, str]
-    eval_seqs: torch.Tensor | None  # (N, S); None when no requested step reads the text
-    eval_domains: list[str]
-    calib_seqs: torch.Tensor | None  # (M, S)
+    split: data.EvalSplit | None  # evaluation and calibration windows; None when no requested step reads the text
+
+    @property
+    def eval_seqs(self) -> torch.Tensor | None:
+        """(N, S) evaluation windows."""
+        return None if self.split is None else self.split.evaluation.ids
+
+    @property
+    def eval_domains(self) -> list[str]:
+        return [] if self.split is None else self.split.evaluation.domains
+
+    @property
+    def eval_documents(self) -> list[str] | None:
+        """Each evaluation window's document id: the unit of every interval and test."""
+        return None if self.split is None else self.split.evaluation.documents
+
+    @property
+    def calib_seqs(self) -> torch.Tensor | None:
+        """(M, S) calibration windows (documents disjoint from the evaluation ones)."""
+        return None if self.split is None else self.split.calibration.ids
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -105,23 +122,14 @@ def _dataset_text(spec: str) -> str:
     return text
 
 
-def _split(tokenizer, texts: dict[str, str], cfg: RunConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """Evaluation and calibration sequences, disjoint, both domains interleaved."""
-    per_domain = {}
-    need = cfg.eval_sequences + cfg.calib_sequences
-    for name, text in texts.items():
-        try:
-            per_domain[name] = data.chunk_text(tokenizer, text, seq_len=cfg.seq_len)
-        except ValueError as exc:
-            raise ConfigError(f"evaluation text ({name}): {exc}") from None
-    seqs, names = data.interleave_domains(per_domain)
-    if len(seqs) < need:
-        raise ConfigError(
-            f"evaluation text too short: {len(seqs)} sequences of {cfg.seq_len} tokens, need "
-            f"eval_sequences + calib_sequences = {need}"
+def _split(tokenizer, texts: dict[str, str], cfg: RunConfig) -> data.EvalSplit:
+    """Evaluation and calibration windows from disjoint documents (:func:`data.split_by_document`)."""
+    try:
+        return data.split_by_document(
+            tokenizer, texts, seq_len=cfg.seq_len, eval_sequences=cfg.eval_sequences, calib_sequences=cfg.calib_sequences
         )
-    # evaluation first (so --quick evaluates on the same leading sequences), calibration after
-    return seqs[: cfg.eval_sequences], names[: cfg.eval_sequences], seqs[cfg.eval_sequences : need]
+    except ValueError as exc:
+        raise ConfigError(f"evaluation text: {exc}") from None
 
 
 def model_name(cfg: RunConfig, model) -> str:
@@ -182,5 +190,5 @@ def prepare(config: RunConfig, out: Path, *, model=None, tokenizer=None, text: b
     check_lengths(cfg, model, tokenizer, prompts)
     routing = inspect_model(model)
     calibration = load_calibration(cfg.calibration, model, name, routing) if cfg.calibration else None
-    eval_seqs, domains, calib_seqs = _split(tokenizer, texts, cfg) if text else (None, [], None)
-    return Inputs(cfg, model, tokenizer, name, routing, calibration, prompts, eval_seqs, domains, calib_seqs)
+    split = _split(tokenizer, texts, cfg) if text else None
+    return Inputs(cfg, model, tokenizer, name, routing, calibration, prompts, split)

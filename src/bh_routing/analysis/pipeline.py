@@ -133,6 +133,7 @@ def assemble(inputs: Inputs, steps: dict) -> dict:
         "environment": environment(),
         "model": {**inputs.routing.to_dict(), "name": inputs.model_name},
         "eval_domains": inputs.eval_domains,
+        **({} if inputs.split is None else {"evaluation": inputs.split.summary()}),
         "steps": steps,
         "derived": derived,
     }

@@ -190,15 +190,22 @@ def finish_verdict(out: dict, *, p_adjusted: float | None, correction: str, alph
     return out
 
 
+def _raw_p(c: dict) -> float | None:
+    return c["pvalue"] if c.get("test") == "mcnemar_exact" else c["t_pvalue"]
+
+
 def adjust_family(comparisons: list[dict], *, alpha: float = SIGNIFICANCE) -> list[dict]:
-    """Holm-adjust the raw p-values (``t_pvalue``) of a family of :func:`paired_comparison` results in
-    place and re-decide each one; comparisons without a p-value keep ``p_adjusted`` None."""
-    tested = [c for c in comparisons if c["t_pvalue"] is not None]
-    adjusted = holm([c["t_pvalue"] for c in tested]) if tested else []
+    """Holm-adjust the raw p-values of a family of :func:`paired_comparison` / :func:`mcnemar_exact`
+    results in place and re-decide each one; comparisons without a p-value keep ``p_adjusted`` None."""
+    tested = [c for c in comparisons if _raw_p(c) is not None]
+    adjusted = holm([_raw_p(c) for c in tested]) if tested else []
     for c, p in zip(tested, adjusted):
-        finish_verdict(c, p_adjusted=float(p), correction=CORRECTION, alpha=alpha)
+        if c.get("test") == "mcnemar_exact":
+            _mcnemar_verdict(c, p_adjusted=float(p), correction=CORRECTION, alpha=alpha)
+        else:
+            finish_verdict(c, p_adjusted=float(p), correction=CORRECTION, alpha=alpha)
     for c in comparisons:
-        if c["t_pvalue"] is None:
+        if _raw_p(c) is None:
             finish_verdict(c, p_adjusted=None, correction=CORRECTION, alpha=alpha)
     return comparisons
 
@@ -221,14 +228,15 @@ def load_balance(counts: np.ndarray) -> dict:
     }
 
 
-def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, alpha: float = 0.05) -> dict:
-    r"""Exact McNemar test of paired 0/1 outcomes ``a`` (strategy) and ``b`` (baseline).
+def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, alpha: float = SIGNIFICANCE) -> dict:
+    r"""Exact McNemar test of paired 0/1 outcomes ``a`` (strategy) and ``b`` (baseline), one per document.
 
     Discordant documents: ``only_a`` (right only under ``a``) and ``only_b`` (right only under
     ``b``), m = only_a + only_b. Under H0 (equal accuracy) :math:`\mathrm{only\_a} \sim
     \mathrm{Bin}(m, 1/2)`; two-sided ``scipy.stats.binomtest`` (McNemar 1947, exact form). Also the
     share of the discordant documents that favour ``a`` with its exact (Clopper-Pearson) 95% CI,
-    from the same binomial model as the test.
+    from the same binomial model as the test. The verdict follows :func:`decide` (no verdict below
+    :data:`MIN_DOCUMENTS` documents); :func:`adjust_family` re-decides it with a family's adjusted p.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
@@ -237,35 +245,45 @@ def mcnemar_exact(a, b, *, names: tuple[str, str], metric: str, task: str, alpha
     only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     m = only_a + only_b
     ma, mb = float(a.mean()), float(b.mean())
-    diff = ma - mb
     p, share, lo, hi = 1.0, None, None, None
     if m:
         test = stats.binomtest(only_a, m, 0.5)
         ci = test.proportion_ci(confidence_level=0.95, method="exact")
         p, share, lo, hi = float(test.pvalue), only_a / m, float(ci.low), float(ci.high)
-    sig = p < alpha
     out = {
-        "test": "mcnemar_exact", "metric": metric, "a": names[0], "b": names[1], "n": n, "mean_a": ma, "mean_b": mb,
-        "mean_diff": diff, "only_a": only_a, "only_b": only_b, "share_a": share, "share_ci_low": lo,
-        "share_ci_high": hi, "pvalue": p, "significant": bool(sig),
+        "test": "mcnemar_exact", "task": task, "metric": metric, "a": names[0], "b": names[1], "n": n, "mean_a": ma,
+        "mean_b": mb, "mean_diff": ma - mb, "only_a": only_a, "only_b": only_b, "share_a": share, "share_ci_low": lo,
+        "share_ci_high": hi, "pvalue": p,
     }
+    return _mcnemar_verdict(out, p_adjusted=p, correction="none", alpha=alpha)
+
+
+def _mcnemar_verdict(out: dict, *, p_adjusted: float, correction: str, alpha: float = SIGNIFICANCE) -> dict:
+    task, metric, names, n = out["task"], out["metric"], (out["a"], out["b"]), out["n"]
+    ma, mb, diff, m = out["mean_a"], out["mean_b"], out["mean_diff"], out["only_a"] + out["only_b"]
+    # accuracy: higher is better, so "lower" from decide() on b - a means a is more accurate
+    decision = decide(-diff, p_adjusted if m else None, n=n, alpha=alpha)
+    out.update(p_adjusted=p_adjusted, correction=correction, decision=decision,
+               significant=decision in ("lower", "higher"))
     if m == 0:
         out["verdict"] = (
             f"{task}, {metric}: {names[0]} and {names[1]} are right and wrong on exactly the same {n} documents "
             f"({ma:.3f} both): no difference to test."
         )
         return out
+    padj = f", {correction}-adjusted p={p_adjusted:.3g}" if correction != "none" else ""
     detail = (
-        f"({ma:.3f} vs {mb:.3f}, difference {diff:+.3f}; they differ on {m} of {n} documents, {only_a} in favour of "
-        f"{names[0]}, {only_b} of {names[1]}: share {share:.2f}, exact 95% CI {lo:.2f}-{hi:.2f}; exact McNemar p={p:.3g})"
+        f"({ma:.3f} vs {mb:.3f}, difference {diff:+.3f}; they differ on {m} of {n} documents, {out['only_a']} in favour "
+        f"of {names[0]}, {out['only_b']} of {names[1]}: share {out['share_a']:.2f}, exact 95% CI "
+        f"{out['share_ci_low']:.2f}-{out['share_ci_high']:.2f}; exact McNemar p={out['pvalue']:.3g}{padj})"
     )
-    if sig:
+    if decision == "too few documents":
+        out["verdict"] = f"{task}, {metric}: {names[0]} vs {names[1]} {detail}; {TOO_FEW} (fewer than {MIN_DOCUMENTS} documents)."
+    elif out["significant"]:
         out["verdict"] = (
             f"{task}, {metric}: {names[0]} is significantly {'more' if diff > 0 else 'less'} accurate than "
             f"{names[1]} {detail}."
         )
     else:
-        out["verdict"] = (
-            f"{task}, {metric}: no significant difference between {names[0]} and {names[1]} at {alpha:g} {detail}."
-        )
+        out["verdict"] = f"{task}, {metric}: no significant difference between {names[0]} and {names[1]} at {alpha:g} {detail}."
     return out

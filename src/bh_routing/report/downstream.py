@@ -159,7 +159,8 @@ def markdown(res: dict) -> str:
                     + [_pm(entry["strategies"][s]["metrics"], m) for m in cols] for s in strategies]
         out += [table(header, rows), ""]
         for t in entry.get("paired", []):
-            out.append(f"- {'**significant**' if t['significant'] else 'not significant'}: {t['verdict']}")
+            label = "**significant**" if t["significant"] else "no verdict" if t["decision"] == "too few documents" else "not significant"
+            out.append(f"- {label}: {t['verdict']}")
         if entry.get("paired"):
             out.append("")
     return "\n".join(out).rstrip() + "\n"

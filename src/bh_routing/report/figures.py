@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.evaluate import document_loss, document_mean_k
 from .base import plt, save_figure
 from .registry import Figure, register_figure
 
@@ -119,7 +120,7 @@ def temperature_sensitivity(res: dict, path: Path) -> Path:
     axes[0].axhline(k, ls="--", color="black", lw=1, label=f"top-{k} baseline")
     axes[0].set_ylabel("experts per token (mean; bars: 10th–90th percentile)", fontsize=11)
     axes[0].set_title(f"Experts per token vs temperature (α = {res['config']['alpha']:g})", fontsize=13, fontweight="bold")
-    axes[1].set_ylabel("held-out perplexity (95% bootstrap CI)", fontsize=12)
+    axes[1].set_ylabel("held-out perplexity (95% t-interval over documents)", fontsize=12)
     axes[1].set_title("Perplexity vs temperature", fontsize=13, fontweight="bold")
     temps = sorted({r["param"] for r in rows})
     for ax in axes:
@@ -231,32 +232,33 @@ def utilization(res: dict, path: Path) -> Path:
 
 def statistical(res: dict, path: Path) -> Path:
     st = res["derived"]["statistics"]
-    bh = next(r for r in res["steps"]["alpha"] if r["label"] == st["sequences"]["a"])
-    tk = next(r for r in res["steps"]["frontier"] if r["label"] == st["sequences"]["b"])
-    loss_bh = np.array(bh["seq_nll"]) / np.array(bh["seq_tokens"])
-    loss_tk = np.array(tk["seq_nll"]) / np.array(tk["seq_tokens"])
+    s = st["documents"]
+    bh = next(r for r in res["steps"]["alpha"] if r["label"] == s["a"])
+    tk = next(r for r in res["steps"]["frontier"] if r["label"] == s["b"])
+    docs = res.get("evaluation", {}).get("window_documents")
+    unit = s["unit"]
+    loss_bh, loss_tk = document_loss(bh, docs), document_loss(tk, docs)
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     axes[0].boxplot([loss_tk, loss_bh], tick_labels=[tk["label"], bh["label"]])
-    axes[0].set_ylabel("loss per token (nats), per sequence", fontsize=12)
-    axes[0].set_title("Per-sequence loss", fontsize=13, fontweight="bold")
+    axes[0].set_ylabel(f"loss per token (nats), per {unit[:-1]}", fontsize=12)
+    axes[0].set_title(f"Loss per {unit[:-1]}", fontsize=13, fontweight="bold")
     d = loss_bh - loss_tk
-    s = st["sequences"]
     axes[1].hist(d, bins=min(20, max(5, len(d) // 2)), color=COLORS[bh_family(res)], alpha=0.8)
     axes[1].axvline(0, color="black", lw=1)
     axes[1].axvline(s["mean_diff"], color="red", lw=2, label=f"mean {s['mean_diff']:.3g}")
-    axes[1].axvspan(s["ci_low"], s["ci_high"], color="red", alpha=0.15, label="95% bootstrap CI")
+    axes[1].axvspan(s["ci_low"], s["ci_high"], color="red", alpha=0.15, label="95% t-interval")
     p = s["t_pvalue"]
     axes[1].set_title(f"Loss difference BH − top-k (paired t p = {p:.3g})" if p is not None else "Loss difference BH − top-k", fontsize=12, fontweight="bold")
     axes[1].set_xlabel("Δ loss (nats per token)", fontsize=12)
-    axes[1].set_ylabel("sequences", fontsize=12)
+    axes[1].set_ylabel(unit, fontsize=12)
     axes[1].legend(fontsize=9)
     red = st["expert_reduction_pct"]
-    axes[2].hist(100 * (1 - np.array(bh["seq_mean_k"]) / res["model"]["top_k"]), bins=min(20, max(5, len(d) // 2)), color="#8c564b", alpha=0.8)
+    axes[2].hist(100 * (1 - document_mean_k(bh, docs) / res["model"]["top_k"]), bins=min(20, max(5, len(d) // 2)), color="#8c564b", alpha=0.8)
     axes[2].axvline(red["mean"], color="black", lw=2, label=f"mean {red['mean']:.1f}%")
-    axes[2].axvspan(red["ci_low"], red["ci_high"], color="black", alpha=0.15, label="95% bootstrap CI")
+    axes[2].axvspan(red["ci_low"], red["ci_high"], color="black", alpha=0.15, label="95% t-interval")
     axes[2].set_xlabel(f"expert reduction vs top-{res['model']['top_k']} (%)", fontsize=12)
-    axes[2].set_ylabel("sequences", fontsize=12)
-    axes[2].set_title("Expert reduction per sequence", fontsize=13, fontweight="bold")
+    axes[2].set_ylabel(unit, fontsize=12)
+    axes[2].set_title(f"Expert reduction per {unit[:-1]}", fontsize=13, fontweight="bold")
     axes[2].legend(fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -304,13 +306,13 @@ def pareto(res: dict, path: Path) -> Path:
     ref = next((r for r in res["derived"]["frontier"] if r["family"] == "topk" and r["param"] == k), None)
     if ref:
         axes[0].axhline(ref["ppl"], ls="--", color="black", lw=1, label=f"top-{k} (the model)")
-    axes[0].set_ylabel("held-out perplexity (95% bootstrap CI over sequences)", fontsize=12)
+    axes[0].set_ylabel("held-out perplexity (95% t-interval over documents)", fontsize=12)
     axes[0].set_yscale("log")
     axes[0].set_title("Perplexity vs experts (lower-left is better)", fontsize=13, fontweight="bold")
     if paired:
         axes[1].axhline(0, ls="--", color="black", lw=1, label=f"top-{k} (the model)")
         axes[1].set_ylabel(f"perplexity change vs top-{k} (%), paired 95% CI", fontsize=12)
-        axes[1].set_title(f"Paired: perplexity relative to top-{k} on the same sequences", fontsize=13, fontweight="bold")
+        axes[1].set_title(f"Paired: perplexity relative to top-{k} on the same documents", fontsize=13, fontweight="bold")
     for ax in axes:
         ax.set_xlabel("mean active experts per token (over tokens and MoE layers)", fontsize=12)
         ax.grid(alpha=0.3, which="both")

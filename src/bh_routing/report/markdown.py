@@ -9,7 +9,7 @@ from __future__ import annotations
 from .base import fmt
 from .fdr_oracle import fdr_oracle_summary
 from .registry import available, sections_in_order
-from .sections import verdict_summary
+from .evidence import grid_counts, primary_sentence
 
 
 def render(res: dict, figures: list[str]) -> str:
@@ -22,9 +22,7 @@ def render(res: dict, figures: list[str]) -> str:
         f"{model['num_experts']} experts, top-{k}, norm_topk_prob={model['norm_topk_prob']}; "
         f"{fmt(model['total_params'] / 1e6)} M parameters, {fmt(model['active_params'] / 1e6)} M active per token), "
         f"{model['dtype']} on {model['device']}, experts backend `{model['experts_implementation']}`.",
-        (f"Evaluation: {cfg['eval_sequences']} held-out sequences × {cfg['seq_len']} tokens "
-         f"({', '.join(sorted(set(res['eval_domains'])))}); calibration on {cfg['calib_sequences']} other sequences. "
-         if res["eval_domains"] else "")
+        (data_line(res) + " " if res["eval_domains"] else "")
         + f"Seed {cfg['seed']}{', quick run' if cfg.get('quick') else ''}. "
         f"torch {env['torch']}, transformers {env['transformers']}, bh-routing {env['bh_routing']}.",
         "",
@@ -41,6 +39,20 @@ def render(res: dict, figures: list[str]) -> str:
     return "\n".join(out)
 
 
+def data_line(res: dict, *, short: bool = False) -> str:
+    """What the run evaluated on: documents and windows, evaluation and calibration."""
+    cfg, ev = res["config"], res.get("evaluation")
+    if not ev:  # results of an older version
+        return f"{cfg['eval_sequences']} held-out sequences × {cfg['seq_len']} tokens"
+    doms = ", ".join(f"{n} {d}" for d, n in ev["documents_per_domain"].items())
+    cal = ev["calibration"]
+    unit = "documents" if ev["unit"] == "document" else "windows (the text has no document boundaries)"
+    if short:
+        return f"{ev['documents']} held-out {unit} ({ev['sequences']} windows of {ev['seq_len']} tokens)"
+    return (f"Evaluation: {ev['documents']} held-out {unit} ({doms}), {ev['sequences']} windows of {ev['seq_len']} tokens; "
+            f"calibration on {cal['sequences']} windows of {cal['documents']} other documents.")
+
+
 def conclusions(res: dict) -> str:
     """The conclusions of a run in Markdown, written from its own numbers (the notebook's last cell).
 
@@ -52,7 +64,7 @@ def conclusions(res: dict) -> str:
     method = cfg["bh_pvalues"]
     run = (
         f"{model['name']} ({model['num_moe_layers']} MoE layers × {model['num_experts']} experts, top-{k}), "
-        f"{cfg['eval_sequences']} held-out sequences × {cfg['seq_len']} tokens, seed {cfg['seed']}"
+        f"{data_line(res, short=True)}, seed {cfg['seed']}"
         + (", quick run" if cfg["quick"] else "")
     )
     out = ["## Conclusions", "", f"Generated from this run's results: {run}.", ""]
@@ -61,17 +73,17 @@ def conclusions(res: dict) -> str:
     if st:
         red = st["expert_reduction_pct"]
         found += [
-            f"- **Experts.** BH ({st['sequences']['a']}) used {fmt(st['experts']['mean_a'])} experts per token "
+            f"- **Experts.** BH ({st['documents']['a']}) used {fmt(st['experts']['mean_a'])} experts per token "
             f"against {k} for top-{k}: a reduction of {fmt(red['mean'])}% (95% CI {fmt(red['ci_low'])} to "
             f"{fmt(red['ci_high'])}).",
             f"- **Quality.** Held-out perplexity {fmt(st['ppl_bh']['ppl'])} with BH (95% CI "
             f"{fmt(st['ppl_bh']['ci_low'])}–{fmt(st['ppl_bh']['ci_high'])}) against {fmt(st['ppl_topk']['ppl'])} with "
-            f"top-{k} ({fmt(st['ppl_topk']['ci_low'])}–{fmt(st['ppl_topk']['ci_high'])}). {st['sequences']['verdict']}",
+            f"top-{k} ({fmt(st['ppl_topk']['ci_low'])}–{fmt(st['ppl_topk']['ci_high'])}). {st['documents']['verdict']}",
             f"- **Prompts.** {st['prompts']['verdict']}",
         ]
-    if d.get("frontier_verdicts"):
-        found += ["- **Pareto frontier** (equal mean k, paired over sequences):"]
-        found += ["  " + line for line in verdict_summary(d["frontier_verdicts"])]
+    if d.get("matched"):
+        found += [f"- **Matched k.** {primary_sentence(d['matched'])}"]
+        found += ["  " + line for line in grid_counts(d["matched"])]
     alpha_rows = [r for r in d.get("alpha_sensitivity", []) if r["family"] == f"bh-{method}"]
     if len(alpha_rows) >= 2:
         rs = sorted(alpha_rows, key=lambda r: r["param"])
@@ -113,8 +125,8 @@ def conclusions(res: dict) -> str:
         "",
         "### Caveats",
         "",
-        f"- These numbers come from {cfg['eval_sequences']} evaluation sequences and {cfg['calib_sequences']} "
-        "calibration sequences; the confidence intervals say how far they can be trusted."
+        f"- These numbers come from {data_line(res, short=True)}; the intervals are over documents and say how far "
+        "they can be trusted; below 20 documents no verdict is given."
         + (" A quick run shrinks every size: treat it as a smoke test, not a measurement." if cfg["quick"] else ""),
         "- Fewer experts per token is fewer (token, expert) pairs computed, not necessarily less wall-clock time: "
         "that depends on the experts backend and the hardware.",

@@ -3,7 +3,11 @@
 - correctness (``acc``, ``acc_norm``, 0/1 per document): the exact McNemar test
   (:func:`bh_routing.analysis.stats.mcnemar_exact`);
 - rolling log-likelihood (nats per document): :func:`bh_routing.analysis.stats.paired_comparison`
-  (paired t, Wilcoxon, Cohen's d_z, bootstrap CI).
+  (paired t, t-interval, Cohen's d_z; Wilcoxon as a robustness check).
+
+All tests of one downstream result (every task, group, strategy and metric) are one family: their
+p-values are Holm-adjusted (:func:`bh_routing.analysis.stats.adjust_family`) and the verdicts follow
+the one rule of :func:`bh_routing.analysis.stats.decide` (none below 20 documents).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ...core import Strategy, TopK
-from ..stats import mcnemar_exact, paired_comparison
+from ..stats import adjust_family, mcnemar_exact, paired_comparison
 from .harness import CORRECTNESS_METRICS
 
 
@@ -33,8 +37,7 @@ def _paired(name: str, output_type: str, sa: dict, sb: dict, names: tuple[str, s
         a, b = _aligned(sa, sb, "loglikelihood", *keys)
         if len(a):
             t = paired_comparison(a, b, names=names, metric="log-likelihood per document (nats)")
-            t["test"] = "paired_t_wilcoxon"
-            t["verdict"] = f"{name}: {t['verdict']}"
+            t["test"], t["task"] = "paired_t_wilcoxon", name
             tests.append(t)
         return tests
     for metric in CORRECTNESS_METRICS:
@@ -92,3 +95,8 @@ def add_paired(result: dict, seed: int) -> None:
             if s != base:
                 sa, ka = _group_samples(per[s], grp["tasks"])
                 grp["paired"] += _paired(g, otype, sa, sb, (s, base), seed, keys=(ka, kb))
+    family = [t for part in (result["tasks"], result["groups"]) for x in part.values() for t in x["paired"]]
+    adjust_family(family)
+    for t in family:
+        if t["test"] == "paired_t_wilcoxon":
+            t["verdict"] = f"{t['task']}: {t['verdict']}"

@@ -105,11 +105,12 @@ register_step(Step("comparative", lambda ctx: experiments.comparative(
 
 
 def _derived(steps: dict, inputs) -> dict:
-    """Sweep tables, frontier verdicts, utilisation and BH-vs-top-k statistics."""
+    """Sweep tables, utilisation and BH-vs-top-k statistics, over evaluation documents (the matched-k
+    verdicts are the ``matched`` summary of :mod:`.evidence`)."""
     cfg = inputs.cfg
     top_k = inputs.routing.top_k
     max_k = cfg.max_k or top_k
-    kw = {"seed": cfg.seed, "n_resamples": cfg.n_resamples}
+    kw = {"documents": inputs.eval_documents}
     derived: dict = {}
     alpha_runs = steps.get("alpha", [])
     frontier = steps.get("frontier", [])
@@ -126,8 +127,6 @@ def _derived(steps: dict, inputs) -> dict:
         derived["bh_variant"] = {k: v for k, v in steps["bh_default"].items() if k != "candidates"}
     if frontier:
         derived["frontier"] = derive.sweep_table(frontier, **tkw)
-        if alpha_runs:
-            derived["frontier_verdicts"] = derive.frontier_verdicts(alpha_runs, frontier, **kw)
     if topk_run and bh_run:
         derived["utilization"] = derive.utilization(topk_run, bh_run)
         if "comparative" in steps:

@@ -1,0 +1,28 @@
+"""Matched-k comparisons (issue #12): BH at the α that uses as many experts as each baseline, and the
+verdicts, the pre-registered primary comparison (docs/preregistration.md) and the Holm-corrected grid."""
+
+from __future__ import annotations
+
+from .. import derive, experiments, matching
+from ..registry import Context, Step, Summary, register_step, register_summary
+
+
+def _matched(ctx: Context):
+    """BH matched in mean k on the calibration windows to every top-k k and adaptive baseline setting."""
+    cfg, top_k = ctx.cfg, ctx.routing.top_k
+    methods = list(dict.fromkeys([*cfg.pvalues, cfg.bh_pvalues]))
+    return matching.matched_runs(
+        ctx.model, ctx.inputs.calib_seqs, ctx.inputs.eval_seqs,
+        make_bh=lambda method, alpha: experiments.bh_strategy(cfg, method, ctx.calibration, alpha=alpha),
+        methods=methods, report_method=cfg.bh_pvalues, alpha=cfg.alpha, baselines=ctx.results["frontier"],
+        top_k=top_k, min_k=cfg.min_k, max_k=cfg.max_k or top_k, label=experiments.bh_label,
+    )
+
+
+def _verdicts(steps: dict, inputs) -> dict:
+    """``derived["matched"]``: primary comparison and Holm-corrected grid, paired over evaluation documents."""
+    return {"matched": derive.matched_verdicts(steps["matched"], steps["frontier"], documents=inputs.eval_documents)}
+
+
+register_step(Step("matched", _matched, needs=("calibration", "frontier"), groups=("run", "eval")))
+register_summary(Summary("matched", _verdicts, needs=("matched", "frontier")))
