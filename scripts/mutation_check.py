@@ -31,13 +31,13 @@ A = "src/bh_routing/analysis"
 STATS_TESTS = ["tests/analysis/test_stats.py", "tests/analysis/test_derive.py"]
 DERIVE_TESTS = ["tests/analysis/test_derive.py"]
 MATCH_TESTS = ["tests/analysis/test_matching.py"]
-REPORT_TESTS = ["tests/analysis/test_derive.py", "tests/analysis/test_report.py"]
+REPORT_TESTS = ["tests/analysis/test_derive.py", "tests/report/test_evidence_section.py"]
 
 
 @dataclass
 class Mutation:
     name: str
-    file: str  # relative to the repository root; "*" = every .py file under analysis/ and report/
+    file: str  # relative to the repository root; "*" = every .py file under analysis/ and report/ (and below)
     old: str
     new: str
     tests: list[str]
@@ -100,13 +100,17 @@ MUTATIONS = [
     # the words: swapping "wins" and "loses" anywhere in the analysis and report code
     Mutation('"wins" <-> "loses" everywhere in analysis/ and report/', "*", r"\b(wins|loses)\b", "SWAP", REPORT_TESTS,
              regex=True),
+    Mutation('"wins" <-> "loses" in analysis/derive.py only', f"{A}/derive.py", r"\b(wins|loses)\b", "SWAP",
+             REPORT_TESTS, regex=True),
+    Mutation('"wins" <-> "loses" in report/evidence.py only', "src/bh_routing/report/evidence.py", r"\b(wins|loses)\b",
+             "SWAP", REPORT_TESTS, regex=True),
 ]
 
 
 def apply(tree: Path, m: Mutation) -> int:
     """Apply ``m`` inside ``tree``; the number of substitutions."""
     if m.file == "*":
-        files = [p for d in ("src/bh_routing/analysis", "src/bh_routing/report") for p in (tree / d).glob("*.py")]
+        files = [p for d in ("src/bh_routing/analysis", "src/bh_routing/report") for p in (tree / d).rglob("*.py")]
     else:
         files = [tree / m.file]
     count = 0

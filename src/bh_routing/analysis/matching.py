@@ -17,7 +17,9 @@ shrinks at every patch-mode pass; each next α is proposed by solving the target
 logits recorded in the last pass (BH's k for any α from fixed logits costs one comparison per
 p-value, no forward pass) and replaced by the bracket's midpoint when it falls outside. The search
 stops when the calibration mean k is within ``tol`` experts of the target (default
-:data:`TOLERANCE`) or after ``max_passes`` passes; a target outside the range BH reaches on
+:data:`TOLERANCE`), when the bracket is narrower than 1 % in α with the target still inside it
+(BH's mean k jumps there: with conformal p-values it moves in steps, because the smallest p-value
+is 1/(n + 1)), or after ``max_passes`` passes; a target outside the range BH reaches on
 α ∈ [:data:`ALPHA_MIN`, 1] or not met within the tolerance is reported as *outside* and gets no
 test. The matched BH run is then evaluated on the evaluation documents, where its mean k differs
 from the target only by calibration-vs-evaluation sampling (reported next to every comparison).
@@ -39,8 +41,8 @@ from .evaluate import evaluate_strategy
 TOLERANCE = 0.02
 #: Smallest α the search tries (largest is 1).
 ALPHA_MIN = 1e-6
-#: A bracket narrower than this in log α with the target still inside it means k jumps there.
-JUMP_WIDTH = 2e-3
+#: A bracket narrower than this in log α (1 % in α) with the target still inside it: k jumps there.
+JUMP_WIDTH = 1e-2
 #: Calibration windows the search runs on (the first ones: one window each of as many calibration
 #: documents, the domains in proportion; see :func:`bh_routing.analysis.data.split_by_document`).
 MATCH_WINDOWS = 16
@@ -119,12 +121,12 @@ class AlphaSearch:
     model_top_k : int
         The model's k (BH's default max_k).
     tol : float, default TOLERANCE
-    max_passes : int, default 8
+    max_passes : int, default 6
         Patch-mode passes per target at most.
     """
 
     def __init__(self, model, seqs: torch.Tensor, make_bh, *, model_top_k: int, tol: float = TOLERANCE,
-                 max_passes: int = 8) -> None:
+                 max_passes: int = 6) -> None:
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
         self.model, self.seqs, self.make_bh, self.top_k = model, seqs, make_bh, model_top_k
@@ -167,8 +169,8 @@ class AlphaSearch:
             if hi - lo < JUMP_WIDTH:  # k jumps across the target: no α hits it
                 k_lo, k_hi = max(k for a, k in below if a == lo), min(k for a, k in above if a == hi)
                 return Match(target, math.exp(best[0]), best[1], False, self.passes - start,
-                             f"BH's mean k jumps from {k_lo:.3f} to {k_hi:.3f} between α = {math.exp(lo):.4g} "
-                             f"and {math.exp(hi):.4g}")
+                             f"BH's mean k jumps from {k_lo:.3f} to {k_hi:.3f} within 1% of α "
+                             f"({math.exp(lo):.4g} to {math.exp(hi):.4g})")
             x = OfflineBH(self.make_bh, best[2], max_k=self.top_k).solve(target, lo, hi)
             if not lo < x < hi or self.passes - start >= 3:  # safeguard: plain bisection after 3 proposals
                 x = 0.5 * (lo + hi)

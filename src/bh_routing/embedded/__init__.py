@@ -6,8 +6,11 @@ split of a two-domain corpus (Python 3.11 documentation prose and Python 3.11 st
 code, both PSF-licensed, prepared by ``scripts/prepare_corpus.py``). Its model card is
 ``olmoe-tiny/README.md``.
 
-``eval_text.txt`` is the held-out split of that corpus (files never seen in training), one block
-per domain, each introduced by the line ``<<<bh-routing-eval-domain: NAME>>>``.
+``eval_text.txt`` is the held-out split of that corpus (files never seen in training: every held-out
+file of both domains, 47 prose and 17 code, each cut to its first 5,000 characters), one block per
+domain, each introduced by the line ``<<<bh-routing-eval-domain: NAME>>>``, documents separated by
+the line ``<|endoftext|>``. Documents are the unit of evaluation: a run evaluates on some documents
+and calibrates on the others (``bh_routing.analysis.data.split_by_document``).
 """
 
 from __future__ import annotations
