@@ -83,6 +83,7 @@ class RunConfig:
     n_resamples: int = 2000  # bootstrap resamples
     seed: int = 42
     quick: bool = False  # smoke run: fewer sequences and sweep points
+    matched_baselines: bool = True  # also match BH (bh_pvalues) to each top-p / weight-ratio setting's k (about half the matched step's time)
     # downstream evaluation (lm-evaluation-harness); the step runs only when tasks are named
     downstream_tasks: list[str] = field(default_factory=list)  # lm-eval task or group names; [] = no step
     downstream_alphas: list[float] = field(default_factory=lambda: [0.05])  # one BH strategy per α
@@ -144,6 +145,8 @@ class RunConfig:
             v, least = getattr(self, name), 2 if name in ("seq_len", "eval_sequences") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ConfigError(f"{name} must be an int >= {least}, got {v!r}")
+        if not isinstance(self.matched_baselines, bool):
+            raise ConfigError(f"matched_baselines must be true or false, got {self.matched_baselines!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
         _core(check_k_bounds, self.min_k, self.max_k, least=1)

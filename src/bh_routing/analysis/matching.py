@@ -121,12 +121,12 @@ class AlphaSearch:
     model_top_k : int
         The model's k (BH's default max_k).
     tol : float, default TOLERANCE
-    max_passes : int, default 6
+    max_passes : int, default 5
         Patch-mode passes per target at most.
     """
 
     def __init__(self, model, seqs: torch.Tensor, make_bh, *, model_top_k: int, tol: float = TOLERANCE,
-                 max_passes: int = 6) -> None:
+                 max_passes: int = 5) -> None:
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
         self.model, self.seqs, self.make_bh, self.top_k = model, seqs, make_bh, model_top_k

@@ -11,10 +11,13 @@ def _matched(ctx: Context):
     """BH matched in mean k on the calibration windows to every top-k k and adaptive baseline setting."""
     cfg, top_k = ctx.cfg, ctx.routing.top_k
     methods = list(dict.fromkeys([*cfg.pvalues, cfg.bh_pvalues]))
+    frontier = ctx.results["frontier"]
+    if not cfg.matched_baselines:  # top-k targets only
+        frontier = [b for b in frontier if b["family"] == "topk"]
     return matching.matched_runs(
         ctx.model, ctx.inputs.calib_seqs, ctx.inputs.eval_seqs,
         make_bh=lambda method, alpha: experiments.bh_strategy(cfg, method, ctx.calibration, alpha=alpha),
-        methods=methods, report_method=cfg.bh_pvalues, alpha=cfg.alpha, baselines=ctx.results["frontier"],
+        methods=methods, report_method=cfg.bh_pvalues, alpha=cfg.alpha, baselines=frontier,
         top_k=top_k, min_k=cfg.min_k, max_k=cfg.max_k or top_k, label=experiments.bh_label,
     )
 
