@@ -4,20 +4,20 @@ verdicts, the pre-registered primary comparison (docs/preregistration.md) and th
 from __future__ import annotations
 
 from .. import derive, experiments, matching
-from ..registry import Context, Step, Summary, register_step, register_summary
+from ..registry import STEPS, Context, Step, Summary, register_step, register_summary
 
 
 def _matched(ctx: Context):
-    """BH matched in mean k on the calibration windows to every top-k k and adaptive baseline setting."""
+    """The report's BH variant matched in mean k on the calibration windows to every top-k k and (with
+    ``matched_baselines``) every adaptive baseline setting. Other swept variants are not matched (run time)."""
     cfg, top_k = ctx.cfg, ctx.routing.top_k
-    methods = list(dict.fromkeys([*cfg.pvalues, cfg.bh_pvalues]))
     frontier = ctx.results["frontier"]
     if not cfg.matched_baselines:  # top-k targets only
         frontier = [b for b in frontier if b["family"] == "topk"]
     return matching.matched_runs(
         ctx.model, ctx.inputs.calib_seqs, ctx.inputs.eval_seqs,
         make_bh=lambda method, alpha: experiments.bh_strategy(cfg, method, ctx.calibration, alpha=alpha),
-        methods=methods, report_method=cfg.bh_pvalues, alpha=cfg.alpha, baselines=frontier,
+        methods=[cfg.bh_pvalues], report_method=cfg.bh_pvalues, alpha=cfg.alpha, baselines=frontier,
         top_k=top_k, min_k=cfg.min_k, max_k=cfg.max_k or top_k, label=experiments.bh_label,
     )
 
@@ -27,5 +27,7 @@ def _verdicts(steps: dict, inputs) -> dict:
     return {"matched": derive.matched_verdicts(steps["matched"], steps["frontier"], documents=inputs.eval_documents)}
 
 
-register_step(Step("matched", _matched, needs=("calibration", "frontier"), groups=("run", "eval")))
+# "bh_default" (where registered) resolves bh_pvalues="auto" before this step reads it
+NEEDS = tuple(n for n in ("calibration", "bh_default", "frontier") if n in STEPS)
+register_step(Step("matched", _matched, needs=NEEDS, groups=("run", "eval")))
 register_summary(Summary("matched", _verdicts, needs=("matched", "frontier")))
