@@ -140,8 +140,9 @@ def specialization(res: dict, path: Path) -> Path:
             x = np.arange(len(r["tv_per_layer"])) + (i - 0.5) * 0.15
             tv, lo, hi = _nan(r["tv_per_layer"]), _nan(r["tv_per_layer_ci_low"]), _nan(r["tv_per_layer_ci_high"])
             ax.errorbar(x, tv, yerr=[tv - lo, hi - tv], marker="o", capsize=3, color=col[rule], label=f"{st[rule]['label']}")
-            ax.axhline(r["floor_mean"], ls=":", color=col[rule], lw=1.2,
-                       label=f"noise floor (halves of a domain), {st[rule]['label']}")
+            if r["floor_mean"] is not None:  # None: a domain with one evaluation document has no halves
+                ax.axhline(r["floor_mean"], ls=":", color=col[rule], lw=1.2,
+                           label=f"noise floor (halves of a domain), {st[rule]['label']}")
         ax.set_xticks(range(len(r["tv_per_layer"])))
         ax.set_xlabel("MoE layer", fontsize=11)
         ax.set_ylabel(f"TV distance, {' vs '.join(dom['domains'])} (95% jackknife CI over documents)", fontsize=11)
