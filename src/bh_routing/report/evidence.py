@@ -81,4 +81,4 @@ def _section(res: dict, figures: list[str]) -> list[str]:
     ]
 
 
-register_section(Section("matched", _section, ("matched",), 16))
+register_section(Section("matched", _section, ("matched",), 17))

@@ -26,7 +26,7 @@ def section(res: dict, figures: list[str]) -> list[str]:
         "## BH variants: how many from BH, which experts from whom",
         "",
         "BH answers *how many* experts a token gets (its rejection count k̂); *which* k̂ experts run is a "
-        "separate choice. Variants swept (all on the Pareto figure and in its verdict table): "
+        "separate choice. Variants swept (all on the Pareto figure): "
         + "; ".join(f"`{f[3:]}` = {NAMES.get(f, f)}" for f in families)
         + f". \"router's experts\": the router's own top k̂ by probability (BH's count, the model's choice of "
         f"experts); \"max_k 2K\": BH may give a token up to {min(2 * k, res['model']['num_experts'])} experts "
@@ -46,8 +46,9 @@ def section(res: dict, figures: list[str]) -> list[str]:
         rows = _verdicts_by_family(d["frontier_verdicts"], families)
         wins = sum(r[2] for r in rows)
         out += [
-            f"Against top-k at equal mean k (the verdict table of the Pareto section; measured points within 0.05 "
-            f"experts of a top-k point, Holm-adjusted): "
+            f"Against top-k at equal mean k, from the α sweep's own points (a BH point within 0.05 experts of a "
+            f"top-k point, paired over documents, Holm-adjusted; the rest *outside*; the matched comparisons of the "
+            f"reported variant are in the next section): "
             + ("**no BH variant is above the top-k frontier**: none wins." if wins == 0 else
                f"BH wins at {wins} setting(s)."),
             "",

@@ -105,8 +105,9 @@ register_step(Step("comparative", lambda ctx: experiments.comparative(
 
 
 def _derived(steps: dict, inputs) -> dict:
-    """Sweep tables, utilisation and BH-vs-top-k statistics, over evaluation documents (the matched-k
-    verdicts are the ``matched`` summary of :mod:`.evidence`)."""
+    """Sweep tables, measured-point frontier verdicts of every swept variant, utilisation and BH-vs-top-k
+    statistics, over evaluation documents (the matched-k verdicts are the ``matched`` summary of
+    :mod:`.evidence`)."""
     cfg = inputs.cfg
     top_k = inputs.routing.top_k
     max_k = cfg.max_k or top_k
@@ -127,6 +128,8 @@ def _derived(steps: dict, inputs) -> dict:
         derived["bh_variant"] = {k: v for k, v in steps["bh_default"].items() if k != "candidates"}
     if frontier:
         derived["frontier"] = derive.sweep_table(frontier, **tkw)
+        if alpha_runs:
+            derived["frontier_verdicts"] = derive.frontier_verdicts(alpha_runs, frontier, **kw)
     if topk_run and bh_run:
         derived["utilization"] = derive.utilization(topk_run, bh_run)
         if "comparative" in steps:
