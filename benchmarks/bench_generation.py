@@ -511,8 +511,9 @@ def figure(res: dict, path: Path) -> None:
             ax.set_xticks(res["batches"], [str(b) for b in res["batches"]])
             ax.grid(alpha=0.3)
         top.set_yscale("log")
-        top.set_ylabel("tokens/s (batch x steps / decode time)")
-        bottom.set_ylabel("t(top-8) / t(variant), median of rounds")
+        top.set_ylabel("tokens/s, wall clock (batch x steps / time)")
+        clock = {"cpu": "CPU time", "wall": "wall clock"}[res.get("clock", "wall")]
+        bottom.set_ylabel(f"t(top-8) / t(variant), {clock}, median")
         bottom.set_xlabel("batch size")
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(matplotlib.lines.Line2D([], [], color="0.3", ls=":", lw=1.2))

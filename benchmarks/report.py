@@ -524,6 +524,8 @@ def generation_section(r: dict) -> str:
         f"{wb['per_expert'] / 1e6:.1f} MB), everything else {non_expert / 1e6:.0f} MB "
         f"({non_expert / base1['step_bytes']:.0%} of the step).\n"
     )
+    if r.get("rendered_by") and not gpu:
+        s.append(f"Rendered from that run's saved results by `{r['rendered_by']}` (same numbers).\n")
     if not gpu and not res.get("tiny"):
         lo, hi = _load_range(res["rows"])
         s.append(
@@ -533,7 +535,8 @@ def generation_section(r: dict) -> str:
             f"same rounds, which the load affects far less. Why {res['layers']} layers: each layer holds "
             f"{64 * wb['per_expert'] / 2**30:.2f} GiB of expert weights in bfloat16 and the machine's "
             f"{_mem_gib():.0f} GiB are shared by 8 concurrent jobs; and every layer adds about "
-            f"{base1['step_s'] / res['layers'] * 1e3:.0f} ms to a step, so 16 layers would make the grid 8 times "
+            f"{base1['step_s'] / res['layers'] * 1e3:.0f} ms of wall time ({base1['step_cpu_s'] / res['layers'] * 1e3:.0f} ms "
+            "of CPU time) to a step here, so 16 layers would make the grid 8 times "
             "longer without changing a ratio (the vocabulary cut in proportion keeps the non-expert share of the "
             "bytes at the real model's). The GPU run (`benchmarks/gpu_check.sh`) uses all 16 layers.\n"
         )
@@ -614,6 +617,13 @@ def _verdict(res: dict) -> str:
         if pays and not_pays:
             verdict += f", not at batch {', '.join(map(str, not_pays))}"
         lines.append(f"- `{backend}`: BH({bench_generation.HEADLINE_ALPHA}) {verdict}. {desc}.")
+    same = [x["speedup"] for x in res["rows"] if x["strategy"] == "top-8 patched"]
+    if same:
+        lines.append(
+            f"\nHow large a difference is real: patched top-8 does the same expert work as top-8, yet its speed-up "
+            f"ranges from {min(same):.2f}x to {max(same):.2f}x in this table - differences of that size are noise "
+            "(and the patch's own cost), not an effect of k."
+        )
     lines.append(
         "\nWhy the batch matters: a decode step reads the weights of every expert that at least one sequence of "
         "the batch uses. With k experts per token out of 64, a batch of B touches about 64 (1 - (1 - k/64)^B) "

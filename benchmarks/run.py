@@ -106,6 +106,10 @@ def main(argv=None) -> int:
         saved.setdefault("total_s", 0.0)
         saved["rendered_by"] = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
         saved.update(_headline(saved))
+        if saved["sections"] == ["generation"] and saved.get("device", "cpu") == "cpu":  # as --only generation does
+            splice(args.markdown, report.generation_section(saved), report.GENERATION_START, report.GENERATION_END)
+            splice(args.markdown, report.GPU_CHECK, report.GPU_CHECK_START, report.GPU_CHECK_END)
+            return 0
         args.markdown.write_text(report.render(saved))
         if saved.get("device", "cpu") != "cpu" and not saved.get("tiny"):
             splice(ROOT / "docs" / "scaling.md", report.scaling_gpu_section(saved), report.SCALING_START, report.SCALING_END)
