@@ -50,6 +50,9 @@ def parse(argv=None):
     ap.add_argument("--decode-prompts", type=int, default=8)
     ap.add_argument("--decode-new", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="let vLLM torch.compile the model (default: eager)")
+    ap.add_argument("--real-size-layers", type=int, default=0, metavar="N",
+                    help="instead of the embedded model: OLMoE-1B-7B's layer sizes (hidden 2048, 64 experts of "
+                         "intermediate 1024, top-8) with N layers and random weights (vLLM's dummy loader)")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="cpu: this process's CPU time (default; the engine runs in this process); wall: elapsed time")
     ap.add_argument("--agreement", action="store_true",
@@ -72,10 +75,13 @@ def main(argv=None) -> int:
     from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text
 
     torch.set_num_threads(1)
+    source, extra = str(EMBEDDED_MODEL_DIR), {}
+    if args.real_size_layers:
+        source, extra = real_size_folder(args.real_size_layers), {"load_format": "dummy"}
     started = time.perf_counter()
     llm = LLM(
-        model=str(EMBEDDED_MODEL_DIR), dtype=args.dtype, enforce_eager=not args.compile, max_model_len=1024,
-        seed=0, enable_prefix_caching=False, max_num_seqs=max(args.prefill_prompts, args.decode_prompts),
+        model=source, dtype=args.dtype, enforce_eager=not args.compile, max_model_len=1024,
+        seed=0, enable_prefix_caching=False, max_num_seqs=max(args.prefill_prompts, args.decode_prompts), **extra,
     )
     engine_s = time.perf_counter() - started
     tok = llm.get_tokenizer()
@@ -97,6 +103,7 @@ def main(argv=None) -> int:
     }
 
     results = {"machine": machine(), "vllm": bv.check_vllm(), "dtype": args.dtype, "compile": args.compile,
+               "model": "embedded" if not args.real_size_layers else f"real-size x{args.real_size_layers} (random)",
                "clock": args.clock,
                "engine_start_s": engine_s, "workloads": {}}
     for wname, (prompts, params, tokens) in workloads.items():
@@ -131,6 +138,24 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def real_size_folder(layers: int) -> str:
+    """A model folder with OLMoE-1B-7B-0924's config (``layers`` decoder layers) and the embedded
+    model's tokenizer (its ids are a subset of the vocabulary); vLLM's dummy loader fills the weights."""
+    import tempfile
+
+    from common import REFERENCE_CONFIG
+
+    from bh_routing.embedded import EMBEDDED_MODEL_DIR
+
+    config = json.loads(REFERENCE_CONFIG.read_text())
+    config["num_hidden_layers"] = layers
+    folder = Path(tempfile.mkdtemp(prefix="olmoe-real-size-"))
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        (folder / name).write_bytes((EMBEDDED_MODEL_DIR / name).read_bytes())
+    return str(folder)
 
 
 PROMPTS = [  # the prompts of tests/serving/test_vllm.py
@@ -205,12 +230,14 @@ def agreement(max_new: int = 12) -> int:
 def markdown(results: dict, args) -> str:
     m = results["machine"]
     lines = [
-        f"vLLM {results['vllm']} (CPU build), {results['dtype']}, "
+        f"Model: {results['model']}. vLLM {results['vllm']} (CPU build), {results['dtype']}, "
         f"{'torch.compile' if results['compile'] else 'eager'}; {m['cpu']}, {m['cpus_usable']} usable CPUs, "
         f"{'CPU time of the process' if results['clock'] == 'cpu' else 'wall time'}, "
         f"1 torch thread, load average at start {m['load_average_at_start']}; {m['date_utc']}, commit {m['git_commit']}.",
         f"Command: `python benchmarks/bench_vllm.py --dtype {results['dtype']} --alpha {args.alpha:g} "
-        f"--repeats {args.repeats} --clock {results['clock']}{' --compile' if results['compile'] else ''}`",
+        f"--repeats {args.repeats} --clock {results['clock']}{' --compile' if results['compile'] else ''}"
+        f"{f' --real-size-layers {args.real_size_layers}' if args.real_size_layers else ''}"
+        f"{'' if args.prefill_prompts == 16 else f' --prefill-prompts {args.prefill_prompts}'}`",
         "Tokens per second: the unpatched engine's median, and for each variant that divided by its median "
         "time ratio to the unpatched run of the same round.",
         "",
