@@ -150,7 +150,8 @@ def real_size_folder(layers: int) -> str:
     from bh_routing.embedded import EMBEDDED_MODEL_DIR
 
     config = json.loads(REFERENCE_CONFIG.read_text())
-    config["num_hidden_layers"] = layers
+    config.pop("_comment", None)
+    config.update(num_hidden_layers=layers, architectures=["OlmoeForCausalLM"], dtype="bfloat16")
     folder = Path(tempfile.mkdtemp(prefix="olmoe-real-size-"))
     (folder / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
@@ -237,7 +238,8 @@ def markdown(results: dict, args) -> str:
         f"Command: `python benchmarks/bench_vllm.py --dtype {results['dtype']} --alpha {args.alpha:g} "
         f"--repeats {args.repeats} --clock {results['clock']}{' --compile' if results['compile'] else ''}"
         f"{f' --real-size-layers {args.real_size_layers}' if args.real_size_layers else ''}"
-        f"{'' if args.prefill_prompts == 16 else f' --prefill-prompts {args.prefill_prompts}'}`",
+        f"{'' if args.prefill_prompts == 16 else f' --prefill-prompts {args.prefill_prompts}'}"
+        f"{'' if args.decode_new == 64 else f' --decode-new {args.decode_new}'}`",
         "Tokens per second: the unpatched engine's median, and for each variant that divided by its median "
         "time ratio to the unpatched run of the same round.",
         "",
