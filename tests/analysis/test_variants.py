@@ -81,3 +81,24 @@ def test_default_chosen_on_calibration_windows(tiny_model_dir):
     fixed = variants.choose_variant(model, seqs, RunConfig(pvalues=["empirical"], bh_pvalues="empirical"), cal, top_k=info.top_k)
     assert fixed == {"chosen": "empirical", "how": "configured", "reason": "set in the configuration", "candidates": []}
     assert variants.choose_variant(model, seqs, RunConfig(pvalues=["standardized"]), cal, top_k=info.top_k)["how"] == "only"
+
+
+def test_resolved_variant_keeps_the_step_keys(small_config, tmp_path, monkeypatch):
+    # after "auto" is resolved, later runs of the same study (and of the same folder) reuse the
+    # finished steps: the cache key is that of the configuration as given
+    from bh_routing.study import Study
+
+    study = Study(small_config, tmp_path / "v")
+    res = study.run("bh_default")
+    chosen = res["steps"]["bh_default"]["chosen"]
+    assert study.config.bh_pvalues == chosen == res["config"]["bh_pvalues"] and small_config.bh_pvalues == AUTO
+
+    def boom(*a, **k):
+        raise AssertionError("a finished step was recomputed")
+
+    monkeypatch.setattr(experiments, "fit_calibration", boom)
+    monkeypatch.setattr(variants, "choose_variant", boom)
+    study.run("bh_default")
+    again = Study(small_config, tmp_path / "v")
+    assert again.run("bh_default")["steps"]["bh_default"]["chosen"] == chosen
+    assert again.config.bh_pvalues == chosen

@@ -28,6 +28,7 @@ class Inputs:
     calibration: Calibration | None  # the user's calibration file, loaded and matched to the model
     prompts: dict[str, str]
     split: data.EvalSplit | None  # evaluation and calibration windows; None when no requested step reads the text
+    requested_cfg: RunConfig | None = None  # cfg as given, once a step has resolved a setting ("auto")
 
     @property
     def eval_seqs(self) -> torch.Tensor | None:

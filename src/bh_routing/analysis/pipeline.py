@@ -82,8 +82,9 @@ def step_key(inputs: Inputs) -> str:
     from .. import __version__
     from ..models import model_fingerprint
 
+    cfg = inputs.requested_cfg or inputs.cfg  # the key of the configuration as given (before "auto" is resolved)
     blob = json.dumps(
-        {"config": inputs.cfg.to_dict(), "model": model_fingerprint(inputs.model), "version": __version__}, sort_keys=True
+        {"config": cfg.to_dict(), "model": model_fingerprint(inputs.model), "version": __version__}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -48,7 +48,7 @@ def count_by_buckets(p: torch.Tensor, alpha: float, max_k: int) -> torch.Tensor:
 
 
 def count_rank_consistent(
-    z: torch.Tensor, max_k: int, meets: Callable[[torch.Tensor], torch.Tensor]
+    z: torch.Tensor, max_k: int, meets: Callable[[torch.Tensor, int], torch.Tensor], *, above_median: bool = False
 ) -> torch.Tensor:
     """BH count (T,) of p-values that decrease with the standardised score, clamped to ``max_k``.
 
@@ -57,9 +57,10 @@ def count_rank_consistent(
     deviations fall then rise along the sorted logits, so it is the least, over windows of
     m + 1 consecutive sorted logits, of the larger deviation at the window's two ends: the same
     element, so the same float, as the full path's median of deviations); and the order
-    statistics: the k-th smallest p-value is that of the k-th largest logit. ``meets(neg)``
-    takes the negative z-scores (T, E) of the logits in ascending order and says, for column j
-    (rank k = E - j), whether ``p_(k) <= t_k``.
+    statistics: the k-th smallest p-value is that of the k-th largest logit. ``meets(neg, j0)``
+    takes the negative z-scores (T, E - j0) of the sorted logits from column j0 on and says, for
+    column j (rank k = E - j0 - j), whether ``p_(k) <= t_k``. ``above_median``: no threshold is
+    met at a score <= 0 (every t_k < 1/2), so only the logits above the median are scored.
     """
     t, n = z.shape
     sorted_z = _sort_rows(z)  # (T, E) ascending
@@ -68,9 +69,15 @@ def count_rank_consistent(
     low = (centre - sorted_z[:, : n - m]).abs()  # (T, E - m): deviation at each window's first logit
     high = (centre - sorted_z[:, m:]).abs()  # (T, E - m): ... and at its last (windows of m + 1)
     scale = MAD_TO_SD * torch.maximum(low, high).amin(dim=1, keepdim=True)  # (T, 1)
-    ok = meets(neg_zscores(sorted_z, centre, scale))  # (T, E): column j is rank k = E - j
-    ranks = torch.arange(n, 0, -1, device=z.device)  # (E,) the rank of each column
-    return (ok * ranks).amax(dim=1).clamp(max=max_k)  # (T,)
+    j0 = m + 1 if above_median else 0
+    ok = meets(neg_zscores(sorted_z[:, j0:], centre, scale), j0)  # (T, E - j0): column j is rank E - j0 - j
+    if ok.device.type == "cpu":  # the largest rank that meets its threshold: the first such column
+        okn = ok.numpy()
+        k = torch.from_numpy(np.where(okn.any(axis=1), n - j0 - okn.argmax(axis=1), 0))
+    else:
+        ranks = torch.arange(n - j0, 0, -1, device=z.device)  # (E - j0,)
+        k = (ok * ranks).amax(dim=1)
+    return k.clamp(max=max_k)  # (T,)
 
 
 def _sort_rows(z: torch.Tensor) -> torch.Tensor:

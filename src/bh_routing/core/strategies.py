@@ -364,15 +364,17 @@ class BH(Strategy):
         if self.pvalues == "standardized":
             cut = self._conformal_thresholds(layer)[0].flip(0)  # (E,): column j is rank E - j
 
-            def meets(neg):
-                return (-neg).to(torch.float32) > cut  # as pooled_tail's scores
-        else:
-            x = normal_cutoffs(self.alpha, n, z.dtype)
-            t = bh_thresholds(self.alpha, n, z.dtype).flip(0)
+            def meets(neg, j0):
+                return (-neg).to(torch.float32) > cut[j0:]  # as pooled_tail's scores
 
-            def meets(neg):
-                return neg <= x.flip(0) if x is not None else normal_tail(neg) <= t
-        return count_rank_consistent(z, width, meets)
+            return count_rank_consistent(z, width, meets, above_median=bool(cut.min() >= 0))
+        x = normal_cutoffs(self.alpha, n, z.dtype)
+        t = bh_thresholds(self.alpha, n, z.dtype).flip(0)
+
+        def meets(neg, j0):
+            return neg <= x.flip(0)[j0:] if x is not None else normal_tail(neg) <= t[j0:]
+
+        return count_rank_consistent(z, width, meets, above_median=bool(t.max() < 0.5))
 
     def _conformal_thresholds(self, layer: int) -> torch.Tensor:
         """Cached (E', E) score thresholds of this layer's conformal null (see router_count)."""

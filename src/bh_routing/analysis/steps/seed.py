@@ -76,6 +76,7 @@ def _bh_default(ctx: Context):
 def _restore_bh_default(ctx: Context, choice) -> None:
     """The run's configuration from here on says the chosen variant (a copy: the caller's is untouched)."""
     if ctx.inputs.cfg.bh_pvalues != choice["chosen"]:
+        ctx.inputs.requested_cfg = ctx.inputs.requested_cfg or ctx.inputs.cfg  # step keys stay those of "auto"
         ctx.inputs.cfg = RunConfig(**{**ctx.inputs.cfg.to_dict(), "bh_pvalues": choice["chosen"]})
 
 
