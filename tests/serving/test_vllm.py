@@ -309,3 +309,33 @@ def test_plugin_routes_the_worker_of_a_multiprocess_engine(llm, tmp_path):
     assert client != "InprocClient"  # a separate engine process
     assert "bh_routing: 4 MoE layers" in proc.stderr + proc.stdout  # logged by the worker that loaded the model
     assert got == expected
+
+
+def test_certificate_spec_routes_with_its_setting_on_its_own_model_only(llm, hf, tmp_path):
+    """BH_ROUTING_STRATEGY=certificate:PATH: the certified setting, checked against the model vLLM
+    loaded (same install path as the plugin, here on the in-process engine)."""
+    from bh_routing.analysis.certify import FORMAT, FORMAT_VERSION, model_meta, save_certificate
+    from bh_routing.vllm.plugin import certified_spec
+
+    cert = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "model": model_meta(hf[0]), "epsilon": 0.1, "delta": 0.1,
+        "best_family": "bh", "families": {"bh": {"chosen": 0, "grid": [{"strategy": BH(0.05).describe()}]}},
+    }
+    path = save_certificate(cert, tmp_path / "certificate.json")
+    strategy, fingerprint = certified_spec(f"certificate:{path}")
+    assert strategy.describe() == BH(0.05).describe()
+    with bv.patched(llm, BH(0.05)):
+        expected = vllm_generate(llm)
+    model = bv._local_model(llm)
+    config = llm.llm_engine.model_config.hf_config
+    before = _router_types(llm)
+    with pytest.raises(bv.VLLMIntegrationError, match="certificate was made on another model"):
+        bv.install_routing(model, config, strategy, expected_fingerprint="sha256:" + "0" * 64)
+    assert _router_types(llm) == before
+    undo = bv.install_routing(model, config, strategy, expected_fingerprint=fingerprint, model_name=str(EMBEDDED_MODEL_DIR))
+    try:
+        assert vllm_generate(llm) == expected
+    finally:
+        bv.uninstall_routing(undo)
+    with pytest.raises(bv.StrategySpecError, match="certificate not found"):
+        certified_spec(f"certificate:{tmp_path / 'none.json'}")

@@ -57,6 +57,7 @@ __all__ = [
     "install_routing",
     "patched",
     "strategy_from_spec",
+    "uninstall_routing",
 ]
 
 
@@ -190,12 +191,13 @@ def install_routing(
     skip_unused: bool = True,
     recorder: Recorder | None = None,
     model_name: str = "",
+    expected_fingerprint: str | None = None,
 ) -> list:
     """Route every MoE layer of a vLLM model with ``strategy``; returns the undo list.
 
     Used by :func:`patched` (which restores on exit) and by the plugin (which never restores).
-    Everything is checked (layout, calibration fingerprint, a dry run of each strategy) before
-    any layer is touched.
+    Everything is checked (layout, calibration fingerprint, ``expected_fingerprint`` - the model a
+    certificate was made on - and a dry run of each strategy) before any layer is touched.
     """
     from ._router import StrategyRouter, compacting_forward_modular
 
@@ -212,6 +214,13 @@ def install_routing(
             )
     total = num_moe_layers(adapter, config)
     source = model_name or getattr(config, "_name_or_path", "") or type(model).__name__
+    if expected_fingerprint is not None:
+        have = _fingerprint(adapter, config, layers, source)
+        if have != expected_fingerprint:
+            raise VLLMIntegrationError(
+                f"the certificate was made on another model ({expected_fingerprint[:19]}…), not {source} "
+                f"({have[:19]}…): a certificate holds only for its own model"
+            )
     per_layer = resolve_strategies(strategy, total)
     strategies = prepare_strategies(
         adapter,

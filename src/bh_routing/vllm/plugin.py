@@ -16,6 +16,10 @@ Environment:
 - ``BH_ROUTING_STRATEGY``: a spec of :func:`bh_routing.vllm.strategy_from_spec`
   (``bh:alpha=0.05``, ``bh:alpha=0.1,pvalues=calibrated,calibration=PATH``, ``topk:k=4``, ...).
   A bad spec stops the engine at start with the reason.
+  Or ``certificate:PATH[,family=NAME][,calibration=PATH]``: the certified setting of a
+  ``certificate.json`` (``bh-routing certify``; :mod:`bh_routing.analysis.certify`), by default
+  of its best family; each worker checks that the certificate was made on the model it loads
+  (the router-weight fingerprint) and refuses to start otherwise.
 - ``BH_ROUTING_SKIP_UNUSED``: ``1`` (default) computes only the chosen (token, expert) pairs;
   ``0`` computes every slot of width max_k (unused ones with weight 0).
 
@@ -39,6 +43,32 @@ def _skip_unused() -> bool:
     return value in ("1", "true")
 
 
+def certified_spec(spec: str):
+    """``certificate:PATH[,family=NAME][,calibration=PATH]`` -> (Strategy, the certificate's
+    model fingerprint). Raises :class:`~bh_routing.vllm.StrategySpecError` with the reason."""
+    from ..analysis.certify import CertificateError, chosen_point, load_certificate, strategy_from_description
+    from ..core import Calibration
+    from .spec import StrategySpecError
+
+    path, *items = spec.split(":", 1)[1].split(",")
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in ("family", "calibration"):
+            raise StrategySpecError(f"certificate spec takes family=NAME and calibration=PATH, got {item!r}")
+        options[key.strip()] = value.strip()
+    try:
+        cert = load_certificate(path.strip())
+        point = chosen_point(cert, options.get("family"))
+        if point is None:
+            raise CertificateError(f"the certificate {path.strip()} certifies no setting of {options.get('family') or 'any family'}")
+        calibration = Calibration.load(options["calibration"]) if "calibration" in options else None
+        strategy = strategy_from_description(point["strategy"], calibration=calibration)
+    except (CertificateError, OSError, ValueError) as exc:
+        raise StrategySpecError(f"{ENV_STRATEGY}: {exc}") from None
+    return strategy, cert["model"]["fingerprint"]
+
+
 def register() -> None:
     """Entry point of the ``vllm.general_plugins`` group (idempotent; a no-op without the variable)."""
     spec = os.environ.get(ENV_STRATEGY, "").strip()
@@ -46,7 +76,11 @@ def register() -> None:
         return
     from . import check_vllm, strategy_from_spec
 
-    strategy = strategy_from_spec(spec)  # a bad spec fails here, in every process, with the reason
+    expected = None  # the model fingerprint a certificate was made on
+    if spec.startswith("certificate:"):
+        strategy, expected = certified_spec(spec)
+    else:
+        strategy = strategy_from_spec(spec)  # a bad spec fails here, in every process, with the reason
     skip = _skip_unused()
     check_vllm()
     from vllm.logger import init_logger
@@ -68,7 +102,8 @@ def register() -> None:
             logger.info("bh_routing: %s has no MoE layer; left unrouted", type(model).__name__)
             return model
         undo = install_routing(
-            model, model_config.hf_config, strategy, skip_unused=skip, model_name=str(model_config.model)
+            model, model_config.hf_config, strategy, skip_unused=skip, model_name=str(model_config.model),
+            expected_fingerprint=expected,
         )
         logger.info(
             "bh_routing: %d MoE layers of %s route with %r (skip_unused=%s)", len(undo), model_config.model, strategy, skip
