@@ -37,7 +37,7 @@ def pareto(res: dict, figures: list[str]) -> list[str]:
         "Each point is one routing setting: mean active experts per token (x) against held-out perplexity "
         "(y), exp of the mean per-document loss with its 95% t-interval over evaluation documents. Lower-left is "
         "better. Points of different families are not compared along lines between them: the verdicts come "
-        "from runs matched in mean k (next section).",
+        "from runs matched in mean k (section *Matched comparisons*).",
         "",
         "![pareto](pareto_frontier.png)",
         "",
