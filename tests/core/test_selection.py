@@ -107,3 +107,18 @@ def test_selection_validated(calibration):
     with pytest.raises(ValueError, match="needs the MoE layer index"):
         BH(0.1, pvalues="standardized", calibration=calibration, selection="router").route(_logits(5))
     assert BH(0.1, selection="router").describe()["selection"] == "router"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_standardized_pvalue_order_is_bh_with_ties_by_the_logit(calibration, dtype):
+    # the fast path (descending logits + the count) against the generic one on the full p-values
+    from bh_routing import bh_count
+
+    z = _logits(600, seed=7, dtype=dtype)
+    for alpha, min_k, max_k in ((0.001, 1, 4), (0.05, 2, E), (0.5, 0, 6)):
+        s = BH(alpha, pvalues="standardized", calibration=calibration, min_k=min_k, max_k=max_k)
+        r = s.route(z, layer=0)
+        k, order = bh_count(s.p_values(z, layer=0), alpha, min_k=min_k, max_k=max_k, preference=z)
+        assert torch.equal(r.counts, k)
+        used = torch.arange(max_k) < k[:, None]
+        assert torch.equal(r.indices[used], order[:, :max_k][used])

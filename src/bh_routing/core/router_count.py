@@ -80,6 +80,24 @@ def count_rank_consistent(
     return k.clamp(max=max_k)  # (T,)
 
 
+def descending_order(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """(T, width) expert ids by descending score, ties by lower index: one int64 key sort per row.
+
+    For rank-consistent p-values (standardised null) and float32 or half logits this is the
+    p-value order with ties broken by the logit, as :func:`bh_routing.bh_count` makes it with
+    ``preference=logits``: the p-value falls as the logit rises, equal logits have equal
+    p-values, and equal p-values go to the larger logit.
+    """
+    from .bh import _orderable_desc
+
+    t, n = scores.shape
+    shift = max(1, (n - 1).bit_length())
+    keys = np.left_shift(_orderable_desc(scores.detach().to(torch.float32).numpy()), shift, dtype=np.int64)  # (T, E)
+    keys |= np.arange(n, dtype=np.int64)
+    keys.sort(axis=-1)
+    return torch.from_numpy(keys[:, :width] & ((1 << shift) - 1))  # (T, W)
+
+
 def _sort_rows(z: torch.Tensor) -> torch.Tensor:
     """Each row sorted ascending; numpy's SIMD sort on the CPU (several times torch.sort's speed)."""
     if z.device.type == "cpu" and not z.requires_grad:

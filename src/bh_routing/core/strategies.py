@@ -36,6 +36,7 @@ from .router_count import (
     count_by_buckets,
     count_calibrated,
     count_rank_consistent,
+    descending_order,
     normal_cutoffs,
 )
 
@@ -340,6 +341,10 @@ class BH(Strategy):
         if self.selection == "router":
             order = torch.topk(probs, width, dim=-1).indices  # (T, W): the router's own call
             return order, self._count(logits, layer, width).clamp(min=self.min_k), width
+        if self.pvalues == "standardized" and logits.device.type == "cpu" and logits.dtype != torch.float64:
+            # rank-consistent: the p-value order with ties by the logit is the logits' descending
+            # order (router_count.descending_order); no (T, E) p-values needed
+            return descending_order(logits, width), self._count(logits, layer, width).clamp(min=self.min_k), width
         if self.pvalues == "empirical":  # route() validated the logits: no second pass over them
             p = _empirical_null_pvalues(logits, self.temperature)  # (T, E)
         else:
