@@ -10,10 +10,11 @@ from bh_routing.analysis.registry import STEPS, Step, closure, register_step
 
 
 def test_seed_steps_and_groups():
-    assert list(STEPS)[:7] == ["calibration", "baseline", "alpha", "temperature", "frontier", "token_level", "comparative"]
+    assert list(STEPS)[:8] == ["calibration", "bh_default", "baseline", "alpha", "temperature", "frontier", "token_level",
+                              "comparative"]
     assert STEP_GROUPS["sweep"] == ("calibration", "alpha", "temperature")
     assert STEP_GROUPS["lm-eval"] == ("downstream",)
-    assert closure(("comparative",)) == ("calibration", "comparative")
+    assert closure(("comparative",)) == ("calibration", "bh_default", "comparative")
     with pytest.raises(ValueError, match="unknown steps"):
         closure(("alphas",))
     with pytest.raises(ValueError, match="needs unregistered steps"):
