@@ -328,3 +328,12 @@ def test_run_config_checks_the_certify_settings(field, value, match):
 
     with pytest.raises(ConfigError, match=match):
         RunConfig(**{field: value}).validate()
+
+
+def test_section_states_the_document_caveat(certificate):
+    from bh_routing.report.certified import certified_section
+
+    cert, _ = certificate
+    text = "\n".join(certified_section({**cert, "calibration_documents": 12}, figure=None))
+    assert "the 40 calibration sequences come from 12 documents" in text
+    assert "come from" not in "\n".join(certified_section(cert, figure=None))

@@ -110,6 +110,11 @@ def certified_section(cert: dict, *, figure: str | None = FIGURE) -> list[str]:
             )
     lines += ["", "A setting is certified when its upper bound is at most ε and every safer setting of its family "
                   "is certified too (fixed-sequence testing); with more calibration sequences the bounds tighten."]
+    docs = cert.get("calibration_documents")
+    if docs is not None and cert.get("unit", "sequence") == "sequence" and docs < cert["n_units"]:
+        lines += ["", f"Caveat: the {cert['n_units']} calibration sequences come from {docs} documents, and sequences "
+                      "of one document are not independent; the bound treats them as exchangeable units, so it is "
+                      "optimistic for new documents (certifying over documents needs more of them)."]
     lines.append("")
     best = cert.get("best_family")
     if best is None:

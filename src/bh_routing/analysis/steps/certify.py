@@ -45,6 +45,9 @@ def _certify(ctx: Context):
         coarse=cfg.certify_grid == "coarse", seed=cfg.seed,
         model_name=ctx.inputs.model_name, progress=True,
     )
+    split = ctx.inputs.split
+    if split is not None:  # the windows' documents: windows of one document are not independent units
+        cert["calibration_documents"] = split.calibration.num_documents
     cert["held_out"] = C.held_out_check(ctx.model, held[:, :tokens], cert)
     eps = C.frontier_epsilons(cap, risk=cert["risk"], delta=cert["delta"], n=cert["n_units"],
                               num_families=len(cert["families"]))
