@@ -719,6 +719,9 @@ renders BENCHMARKS-gpu.md (and docs/scaling.md section 4) again from them.
 `bash benchmarks/gpu_check.sh --dry-run LOGDIR` runs the same steps on the CPU at tiny sizes, writing
 only into LOGDIR (tests/benchmarks/test_gpu_check.py runs it, so the script does not rot).
 The results, with the GPU named, are in [BENCHMARKS-gpu.md](BENCHMARKS-gpu.md).
+
+Tokens per second inside vLLM (CPU build; top-8 against BH, with and without skipping unused
+slots) are in [BENCHMARKS-vllm.md](BENCHMARKS-vllm.md), from `benchmarks/bench_vllm.py`.
 """
 
 
