@@ -88,9 +88,9 @@ def test_bh_saves_experts_and_topk_reference_is_the_model(finished):
         assert row["ppl_ratio"] == pytest.approx(np.exp(diff.mean()))
         assert row["ppl"] == pytest.approx(np.exp(doc_loss(runs[row["label"]]).mean()))
     assert topk[1]["ppl_ratio"] > 1  # one expert of four is worse than four, even on a random model
-    # temperature has no effect with the empirical null, and does with the calibrated one
-    temp = [r for r in res["derived"]["temperature_sensitivity"] if r["family"] == "bh-empirical"]
-    assert len({r["mean_k"] for r in temp}) == 1
+    # the scale-free empirical null is not swept over temperatures (it has no effect: tests/core);
+    # the calibrated null is, and a lower temperature gives more experts
+    assert not [r for r in res["derived"]["temperature_sensitivity"] if r["family"] == "bh-empirical"]
     temp = [r for r in res["derived"]["temperature_sensitivity"] if r["family"] == "bh-calibrated"]
     assert temp[0]["mean_k"] > temp[-1]["mean_k"]
 

@@ -14,6 +14,10 @@ from .config import RunConfig
 from .evaluate import StrategyRun, evaluate_strategy, sequence_nll
 
 
+#: p-value methods whose p-values change with the temperature (the others are scale-free).
+SCALE_DEPENDENT = ("calibrated",)
+
+
 def parse_variant(variant: str) -> tuple[str, str, bool]:
     """``"calibrated-router-wide"`` -> (p-value method, selection, wide): see config.VARIANTS."""
     method, *flags = variant.split("-")
@@ -89,9 +93,15 @@ def alpha_sweep(model, seqs, cfg: RunConfig, calibration, *, wide_k: int | None 
 
 
 def temperature_sweep(model, seqs, cfg: RunConfig, calibration) -> list[dict]:
-    """For each BH variant (but the "-wide" ones) and temperature at α = cfg.alpha."""
+    """For each scale-dependent BH variant (calibrated null; not "-wide") and temperature at α = cfg.alpha.
+
+    The empirical and standardized nulls are left out: they standardise each token's logits by
+    its own median and MAD, so a temperature changes none of their p-values (tested in
+    tests/core/test_pvalues.py) and sweeping them would only repeat one run per temperature.
+    """
     runs = []
-    grid = [(m, t) for m in cfg.pvalues if not parse_variant(m)[2] for t in cfg.temperatures]
+    grid = [(m, t) for m in cfg.pvalues if parse_variant(m)[0] in SCALE_DEPENDENT and not parse_variant(m)[2]
+            for t in cfg.temperatures]
     for method, t in tqdm(grid, desc="temperature sweep"):
         s = bh_strategy(cfg, method, calibration, temperature=t)
         run = evaluate_strategy(model, seqs, s, label=bh_label(method, cfg.alpha, t), family=f"bh-{method}", param=t)

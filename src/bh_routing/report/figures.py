@@ -29,7 +29,7 @@ def bh_family(res: dict) -> str:
 
 TEMPERATURE_NOTE = (
     "Temperature T spreads each token's logits about their median by 1/T (= softmax temperature).\n"
-    "Empirical and standardised nulls: z-scores are scale-free, so T has no effect (flat line expected).\n"
+    "Empirical and standardised nulls: z-scores are scale-free, so T has no effect (tested; not swept).\n"
     "Calibrated null: T < 1 pushes logits away from the median → more experts; T > 1 pulls them in → mostly fewer,\n"
     "but below-median logits move up and can look extreme for experts whose null sits low (not monotone)."
 )

@@ -81,7 +81,8 @@ def alpha(res: dict, figures: list[str]) -> list[str]:
 def temperature(res: dict, figures: list[str]) -> list[str]:
     return ["## 3. Temperature sensitivity", "",
             "Temperature T spreads each token's logits about their median by 1/T (the usual softmax temperature). "
-            "With the empirical null the p-values are scale-free, so T changes nothing; with the calibrated null "
+            "With the empirical and standardized nulls the p-values are scale-free, so T changes nothing (tested in "
+            "tests/core; they are not swept here); with the calibrated null "
             "T < 1 gives more experts and T > 1 mostly fewer (not necessarily monotone: below-median logits move up). "
             "Weights always come from the untempered softmax.", "",
             "![temperature](temperature_sensitivity.png)", "",
