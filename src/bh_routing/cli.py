@@ -53,6 +53,23 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _guard(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a user error (BHRoutingError) ends the command with its one-line message."""
+    from .core import BHRoutingError
+
+    try:
+        return fn(*args, **kwargs)
+    except BHRoutingError as exc:
+        _fail(_first_line(exc))
+
+
+def _threads(n: Optional[int]) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _config(opts: dict):
     from .analysis.config import RunConfig, load_config_file
 
@@ -65,13 +82,9 @@ def _config(opts: dict):
 def _study(group: str, opts: dict, out: Path, force: bool) -> dict:
     """Build the configuration and run the study of ``group``; any user error ends the command."""
     from .analysis.pipeline import STEP_GROUPS
-    from .core import BHRoutingError
     from .study import run
 
-    try:
-        return run(_config(opts), out, steps=STEP_GROUPS[group], force=force)
-    except BHRoutingError as exc:
-        _fail(_first_line(exc))
+    return _guard(lambda: run(_config(opts), out, steps=STEP_GROUPS[group], force=force))
 
 
 def _print_summary(results: dict, out: Path) -> None:
@@ -161,10 +174,7 @@ def _opts(kw: dict) -> dict:
 def _command(group: str, help_text: str, *, hide: tuple[str, ...] = ()):
     """The command of a step group; ``hide``: options its steps do not read (not offered)."""
     def command(**kw) -> None:
-        if kw.get("threads") is not None:
-            import torch
-
-            torch.set_num_threads(kw["threads"])
+        _threads(kw.get("threads"))
         _print_summary(_study(group, _opts(kw), kw["out"], kw["force"]), kw["out"])
 
     params = inspect.signature(_options, eval_str=True).parameters.values()
@@ -186,26 +196,18 @@ app.command("calibrate")(_command("calibrate", "Fit the calibrated null on the c
 @app.command()
 def info(model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype) -> None:
     """Inspect a model's MoE architecture: layers, experts, top-k, router, backend, parameters."""
-    from .core import BHRoutingError
     from .models import inspect_model, load_model
 
-    try:
-        m, _ = load_model(model, device=device, dtype=dtype)
-    except BHRoutingError as exc:
-        _fail(_first_line(exc))
+    m, _ = _guard(load_model, model, device=device, dtype=dtype)
     typer.echo(str(inspect_model(m)))
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a folder written by `bh-routing run`")) -> None:
     """Redraw the figures and RESULTS.md of a finished run from its bh_routing_results.json."""
-    from .core import BHRoutingError
     from .report import load_results, write_report
 
-    try:
-        write_report(load_results(run_dir), run_dir)
-    except BHRoutingError as exc:
-        _fail(_first_line(exc))
+    _guard(lambda: write_report(load_results(run_dir), run_dir))
     typer.echo(f"wrote {run_dir}/")
 
 
@@ -262,33 +264,31 @@ def certify_command(
     Writes OUT/certificate.json (every grid point, the chosen setting per family, versions, seed),
     certified_frontier.png and RESULTS.md; the certificate is checked on the evaluation sequences.
     """
-    from .analysis import certify as C
-    from .core import BHRoutingError
+    from .analysis.certify import FAMILIES, check_request
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    families = _names(strategies) or list(C.FAMILIES)
+    _threads(threads)
+    families = _names(strategies) or list(FAMILIES)
     opts = {"model": model, "device": device, "dtype": dtype, "config": None if config is None else str(config),
             "seed": seed, "eval_text": eval_text, "eval_sequences": eval_sequences, "seq_len": seq_len,
             "calib_sequences": calib_sequences, "certify_risk": risk, "certify_epsilon": epsilon,
             "certify_delta": delta, "certify_families": families, "certify_tokens": tokens,
             "certify_grid": "fine"}
-    try:
-        C.check_certify_args(risk=risk, epsilon=epsilon, delta=delta)
-        C.check_families(families)
-        if certificate is not None:
-            _apply_certificate(certificate, _config(opts), out)
-            return
-        C.check_enough_units(calib_sequences, risk=risk, epsilon=epsilon, delta=delta, num_families=len(families))
-    except BHRoutingError as exc:
-        _fail(_first_line(exc))
-    results = _study("certify", opts, out, force)
-    cert = results["steps"]["certify"]
+    _guard(check_request, risk=risk, epsilon=epsilon, delta=delta, families=families,
+           units=None if certificate is not None else calib_sequences)
+    if certificate is not None:
+        from .study import apply_certificate
+
+        _print_held_out(*_guard(lambda: apply_certificate(certificate, _config(opts), out)))
+        return
+    _print_certificate(_study("certify", opts, out, force)["steps"]["certify"], out)
+
+
+def _print_certificate(cert: dict, out: Path) -> None:
+    from .analysis.certify import chosen_point
+
     typer.echo(f"wrote {out}/")
-    for fam, entry in cert["families"].items():
-        p = C.chosen_point(cert, fam)
+    for fam in cert["families"]:
+        p = chosen_point(cert, fam)
         held = cert["held_out"]["families"].get(fam)
         check = "" if held is None else (f"; held-out risk {held['risk_mean']:.4f} "
                                           f"({'meets' if held['meets_epsilon'] else 'MISSES'} ε)")
@@ -297,16 +297,7 @@ def certify_command(
     typer.echo(f"cheapest under the same guarantee: {cert['best_family'] or 'none'}")
 
 
-def _apply_certificate(path: Path, cfg, out: Path) -> None:
-    """Apply a saved certificate to ``cfg``'s evaluation sequences (after the fingerprint check)."""
-    from .analysis import certify as C
-    from .analysis.inputs import prepare
-
-    cert = C.load_certificate(path)
-    inputs = prepare(cfg, out)
-    C.check_fingerprint(cert, inputs.model)
-    tokens = cert["seq_len"]
-    held = C.held_out_check(inputs.model, inputs.eval_seqs[:, :tokens], cert)
+def _print_held_out(cert: dict, held: dict) -> None:
     for fam, h in held["families"].items():
         typer.echo(f"{fam}: {h['label']}, held-out {cert['risk']} risk {h['risk_mean']:.4f} "
                    f"({'meets' if h['meets_epsilon'] else 'MISSES'} ε = {cert['epsilon']:g}), {h['mean_k']:.3f} experts/token")

@@ -105,3 +105,14 @@ def run(config: RunConfig, out: str | Path, *, steps: tuple[str, ...] = tuple(ST
         study.run()
         study.export()
     return study.results
+
+
+def apply_certificate(path: str | Path, config: RunConfig, out: str | Path) -> tuple[dict, dict]:
+    """A saved certificate's settings on ``config``'s evaluation sequences, each cut to the tokens it
+    was certified on (``bh-routing certify --certificate``): ``(certificate, held-out check)``
+    (:func:`~bh_routing.analysis.certify.held_out_check`, which refuses another model). Writes nothing."""
+    from .analysis.certify import held_out_check, load_certificate
+
+    cert = load_certificate(path)
+    inputs = prepare(config, Path(out))
+    return cert, held_out_check(inputs.model, inputs.eval_seqs[:, : cert["seq_len"]], cert)

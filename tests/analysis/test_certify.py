@@ -266,7 +266,9 @@ def test_certified_frontier_is_monotone(pool_risks):
 
 def test_certify_refuses_too_few_sequences_before_running(embedded, pool, monkeypatch):
     model, _ = embedded
-    monkeypatch.setattr(C, "measure_risks", lambda *a, **k: pytest.fail("the model ran"))
+    from bh_routing.analysis.certify import procedure
+
+    monkeypatch.setattr(procedure, "measure_risks", lambda *a, **k: pytest.fail("the model ran"))
     with pytest.raises(C.CertificateError, match=r"got 10, need at least 36 for epsilon=0.1, delta=0.1 over 4 families"):
         C.certify(model, pool[:10], risk="top1", epsilon=0.1, delta=0.1)
 

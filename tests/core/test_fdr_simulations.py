@@ -82,7 +82,7 @@ def test_unrouted_null_bounds_the_share_selected_outside_the_top_k(alpha):
     k = 8
     gen = torch.Generator().manual_seed(11)
     mu = 0.5 * torch.randn(E, generator=gen)  # experts differ in their typical logit
-    fdps, hits = [], []
+    fdps = []
     for _ in range(8):
         cal = _calibration(gen, null="unrouted", top_k=k, tokens=4096, mu=mu)
         z = mu + torch.randn(2000, E, generator=gen)

@@ -22,7 +22,7 @@ from bh_routing import BH, CalibrationMismatchError, TopK, TopP  # noqa: E402
 from bh_routing.analysis.data import chunk_text  # noqa: E402
 from bh_routing.analysis.experiments import fit_calibration  # noqa: E402
 from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text  # noqa: E402
-from bh_routing.models import inspect_model, load_model, patched  # noqa: E402
+from bh_routing.models import inspect_model, patched  # noqa: E402
 
 try:
     bv.check_vllm()
@@ -66,11 +66,6 @@ def llm():
         mp.delenv("BH_ROUTING_STRATEGY", raising=False)
         engine = LLM(**ENGINE_ARGS)
         yield engine
-
-
-@pytest.fixture(scope="module")
-def hf():
-    return load_model(None, device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

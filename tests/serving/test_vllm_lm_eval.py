@@ -4,7 +4,6 @@ paired tests as the transformers backend, and the same per-document answers on t
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is in the 'eval' and 'test' extras")
@@ -14,7 +13,6 @@ import bh_routing.vllm as bv  # noqa: E402
 from bh_routing import BH, TopK  # noqa: E402
 from bh_routing.analysis.downstream import evaluate_downstream  # noqa: E402
 from bh_routing.cli import app  # noqa: E402
-from bh_routing.models import load_model  # noqa: E402
 
 try:
     bv.check_vllm()
@@ -25,11 +23,6 @@ STRATEGIES = {"topk": TopK(8), "bh-0.05": BH(0.05)}
 TASKS = ["bhr_python_mc", "bhr_heldout_rolling"]
 LIMIT = 6
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-
-
-@pytest.fixture(scope="module")
-def hf():
-    return load_model(None, device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..core import BH, Strategy, TopK, TopP, WeightRatio
+from ..core import Strategy, TopK, TopP, WeightRatio
 from ..models import patched
 from .evaluate import evaluate_strategy
 

@@ -27,8 +27,6 @@ from .pvalues import (
     apply_temperature,
     empirical_null_pvalues,
     normal_tail,
-    pooled_tail,
-    standardized_pvalues,
 )
 from .bh import bh_thresholds
 from .router_count import (

@@ -63,7 +63,7 @@ def certified_frontier_figure(cert: dict, path: Path) -> Path:
     ax.axhline(cert["epsilon"], ls=":", color="gray", lw=1, label=f"ε = {cert['epsilon']:g}")
     ax.set_xlabel("mean experts per token (calibration)", fontsize=11)
     ax.set_ylabel(f"{cert['risk']} risk", fontsize=11)
-    ax.set_title(f"Empirical risk (solid) and its 1 − δ/F bound (dashed); ★ chosen", fontsize=12)
+    ax.set_title("Empirical risk (solid) and its 1 − δ/F bound (dashed); ★ chosen", fontsize=12)
     ax.set_ylim(0, min(1.0, max(3 * cert["epsilon"], 0.05)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")

@@ -46,9 +46,9 @@ def section(res: dict, figures: list[str]) -> list[str]:
         rows = _verdicts_by_family(d["frontier_verdicts"], families)
         wins = sum(r[2] for r in rows)
         out += [
-            f"Against top-k at equal mean k, from the α sweep's own points (a BH point within 0.05 experts of a "
-            f"top-k point, paired over documents, Holm-adjusted; the rest *outside*; the matched comparisons of the "
-            f"reported variant are in the next section): "
+            "Against top-k at equal mean k, from the α sweep's own points (a BH point within 0.05 experts of a "
+            "top-k point, paired over documents, Holm-adjusted; the rest *outside*; the matched comparisons of the "
+            "reported variant are in the next section): "
             + ("**no BH variant is above the top-k frontier**: none wins." if wins == 0 else
                f"BH wins at {wins} setting(s)."),
             "",

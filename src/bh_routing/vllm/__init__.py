@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core import Strategy
+from ..core import BHRoutingError, Strategy
 from ..models.adapters import MoEAdapter, get_adapter
 from ..models.adapters.base import text_config
 from ..models.errors import UnsupportedModelError
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 
-class VLLMIntegrationError(RuntimeError):
+class VLLMIntegrationError(BHRoutingError, RuntimeError):
     """vLLM is missing, of another release, or used in a way this module cannot patch."""
 
 
