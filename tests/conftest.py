@@ -49,5 +49,5 @@ def small_config(tiny_model_dir):
     return RunConfig(
         model=str(tiny_model_dir), alphas=[0.05, 0.3], alpha=0.05, temperatures=[0.5, 1.0, 2.0],
         topp_values=[0.5, 0.9], ratio_values=[0.5, 0.1], seq_len=32, eval_sequences=4, calib_sequences=8,
-        reservoir_size=256, new_tokens=4, n_resamples=200, seed=1,
+        reservoir_size=256, new_tokens=4, seed=1,
     )

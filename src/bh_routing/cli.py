@@ -131,7 +131,7 @@ Config = typer.Option(None, "--config", "-c", help="YAML or TOML file of setting
 Out = typer.Option(Path("runs/default"), "--out", "-o", help="output folder")
 Seed = typer.Option(None, help="random seed (default 42)")
 Quick = typer.Option(None, "--quick/--full", metavar="", help="smoke run: at most 6 evaluation and 16 calibration sequences of at most "
-                     "128 tokens, every other sweep value, 300 bootstrap resamples (the README lists every change)")
+                     "128 tokens, every other sweep value, 8 generated tokens (the README lists every change)")
 Alphas = typer.Option(None, help="α sweep, comma-separated, e.g. 0.01,0.05,0.1")
 Alpha = typer.Option(None, help="BH level of the single-setting analyses (default 0.05)")
 Temps = typer.Option(None, "--temperatures", help="temperature sweep, comma-separated")

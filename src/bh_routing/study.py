@@ -22,7 +22,7 @@ class Study:
     >>> study = Study(RunConfig(quick=True), "runs/demo")      # validates, loads the model
     >>> results = study.run("alpha")                            # computes (or reuses) a step
     >>> study.figure("alpha_sensitivity.png")                   # draws one figure
-    >>> study.export()                                          # the 11 files
+    >>> study.export()                                          # JSON, CSV, figures, RESULTS.md
 
     ``steps``: the steps this study may compute (default: all); the evaluation text is read only
     when one of them (or a step it needs) reads it. ``force``: replace another model's results in
@@ -71,13 +71,16 @@ class Study:
             return FIGURES[name].draw(self.results, self.out / name)
 
     def export(self) -> list[Path]:
-        """Write the JSON, CSV, figures and RESULTS.md.
+        """Write the JSON, CSV, figures and RESULTS.md; returns their paths and those of the files
+        this study's finished steps wrote (``calibration.safetensors``, ``certificate.json``).
 
         The folder's earlier results of the same model are merged: a study of the steps that add to
         a run only (``downstream``) adds its steps to them; a full study keeps their downstream step.
         """
         with out_lock(self.out):
-            return write_report(self._merged(), self.out)
+            written = write_report(self._merged(), self.out)
+        kept = [self.out / f for name in self.steps for f in STEPS[name].files if (self.out / f).is_file()]
+        return written + kept
 
     def _merged(self) -> dict:
         from .report import load_results

@@ -20,7 +20,7 @@ def finished(tiny_model_dir, tmp_path_factory):
     cfg = RunConfig(
         model=str(tiny_model_dir), alphas=[0.05, 0.3], alpha=0.05, temperatures=[0.5, 1.0, 2.0],
         topp_values=[0.5, 0.9], ratio_values=[0.5, 0.1], seq_len=32, eval_sequences=4, calib_sequences=8,
-        reservoir_size=256, new_tokens=4, n_resamples=200, seed=1,
+        reservoir_size=256, new_tokens=4, seed=1,
     )
     out = tmp_path_factory.mktemp("run")
     return cfg, out, run(cfg, out)
@@ -154,3 +154,13 @@ def test_documents_are_the_units_and_too_few_give_no_verdict(finished):
     section = md.split("## Matched comparisons")[1].split("\n## ")[0]
     findings = [line for line in section.splitlines() if line.startswith(("- ", "| "))]
     assert findings and not any("significantly" in line or "| wins |" in line or "| loses |" in line for line in findings)
+
+
+def test_export_returns_the_report_and_the_files_of_the_finished_steps(finished, tmp_path):
+    cfg, out, _ = finished
+    study = Study(cfg, tmp_path / "again")
+    study.run("alpha")  # needs the calibration step, which writes calibration.safetensors
+    names = [p.name for p in study.export()]
+    assert names[0] == RESULTS_JSON and REPORT_MD in names and "alpha_sensitivity.png" in names
+    assert "calibration.safetensors" in names and "certificate.json" not in names  # certify did not run
+    assert all((tmp_path / "again" / n).is_file() for n in names)

@@ -49,7 +49,7 @@ def test_record_detail_patch_mode_with_top_k_is_the_model(tiny):
 
 
 CFG = RunConfig(bh_pvalues="empirical", alpha=0.2, topp_values=[0.5, 0.9], ratio_values=[0.5, 0.1],
-                n_resamples=100, seed=0)
+                seed=0)
 MODEL = {"name": "tiny", "num_moe_layers": 2, "num_experts": 16, "top_k": 4}
 
 

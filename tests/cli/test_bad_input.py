@@ -87,6 +87,8 @@ CASES = [
     ("config: scalar alphas", ["run", "-c", "{tmp}/c.yaml", "-o", "{out}"], "alphas must be a list, got 0.05", _write("c.yaml", "alphas: 0.05\n")),
     ("config: unknown key", ["run", "-c", "{tmp}/c.yaml", "-o", "{out}"], "unknown config keys: alphass (did you mean alphas?)",
      _write("c.yaml", "alphass: [0.1]\n")),
+    ("config: removed key", ["run", "-c", "{tmp}/c.yaml", "-o", "{out}"], "config keys no longer used: n_resamples (every interval",
+     _write("c.yaml", "n_resamples: 300\n")),
     ("config: not UTF-8", ["run", "-c", "{tmp}/c.yaml", "-o", "{out}"], "cannot read config file", _write("c.yaml", b"seed: \xff\n")),
     ("config: missing", ["run", "-c", "{tmp}/none.toml", "-o", "{out}"], "config file not found", None),
     ("calibration of another model", [*RUN, "--calibration", "{tmp}/cal.safetensors"], "calibration was made for another-model",

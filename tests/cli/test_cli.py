@@ -70,10 +70,20 @@ def test_config_file_errors(tmp_path, tiny_model_dir):
     _fail(["run", "--config", str(tmp_path / "none.toml")], "config file not found")
 
 
+def test_an_older_results_file_still_loads(tmp_path):
+    """A results file's config from before a setting was removed repeats the run (the setting is dropped)."""
+    from bh_routing.analysis.config import RunConfig, load_config_file
+
+    old = tmp_path / "bh_routing_results.json"
+    old.write_text(json.dumps({"config": {"seed": 7, "n_resamples": 2000}}))
+    assert load_config_file(old) == {"seed": 7}
+    assert RunConfig(**load_config_file(old)).seed == 7
+
+
 def test_config_file_and_flags(tmp_path, tiny_model_dir):
     conf = tmp_path / "c.toml"
     conf.write_text(f'model = "{tiny_model_dir}"\nalphas = [0.05, 0.3]\nseq_len = 32\neval_sequences = 3\n'
-                    'calib_sequences = 6\nreservoir_size = 128\nn_resamples = 100\ntemperatures = [1.0]\n'
+                    'calib_sequences = 6\nreservoir_size = 128\ntemperatures = [1.0]\n'
                     'topp_values = [0.5]\nratio_values = [0.5]\n')
     out = tmp_path / "o"
     result = runner.invoke(app, ["sweep", "--config", str(conf), "--alpha", "0.3", "--out", str(out)])

@@ -26,9 +26,9 @@ def test_readme_states_the_defaults():
         assert f"`{value}`" in _row(flag)
     q = RunConfig(quick=True).effective()
     assert f"at most {q.eval_sequences} evaluation and {q.calib_sequences} calibration sequences of at most {q.seq_len} tokens" in _row("--quick")
-    assert f"{q.new_tokens} generated tokens, {q.n_resamples} bootstrap resamples, {q.reservoir_size} calibration" in _row("--quick")
+    assert f"{q.new_tokens} generated tokens, {q.reservoir_size} calibration" in _row("--quick")
     text = README.read_text(encoding="utf-8")
-    for name in ("calib_sequences", "reservoir_size", "new_tokens", "n_resamples", "min_k"):
+    for name in ("calib_sequences", "reservoir_size", "new_tokens", "min_k"):
         assert f"`{name}` (`{getattr(c, name)}`" in text, name
     assert f"`null` (`{c.null}`)" in text
 
@@ -44,4 +44,4 @@ def test_quick_help_states_what_quick_changes():
 
     q = RunConfig(quick=True).effective()
     assert (f"at most {q.eval_sequences} evaluation and {q.calib_sequences} calibration sequences of at most {q.seq_len} "
-            f"tokens, every other sweep value, {q.n_resamples} bootstrap resamples") in Quick.help
+            f"tokens, every other sweep value, {q.new_tokens} generated tokens") in Quick.help

@@ -80,7 +80,6 @@ class RunConfig:
     calib_sequences: int = 64  # sequences for calibration (disjoint from the evaluation ones)
     reservoir_size: int = 8192  # calibration values kept per (layer, expert)
     new_tokens: int = 24  # generated tokens per baseline prompt
-    n_resamples: int = 2000  # bootstrap resamples
     seed: int = 42
     quick: bool = False  # smoke run: fewer sequences and sweep points
     matched_baselines: bool = True  # also match BH (bh_pvalues) to each top-p / weight-ratio setting's k (about half the matched step's time)
@@ -111,7 +110,7 @@ class RunConfig:
         if len(c.temperatures) > 4:  # every other value, and T = 1 (the untempered test) always
             c.temperatures = sorted(set(c.temperatures[::2]) | ({1.0} & set(c.temperatures)))
         c.topp_values, c.ratio_values = c.topp_values[::2], c.ratio_values[::2]
-        c.new_tokens, c.n_resamples = min(c.new_tokens, 8), min(c.n_resamples, 300)
+        c.new_tokens = min(c.new_tokens, 8)
         c.reservoir_size = min(c.reservoir_size, 2048)
         return c
 
@@ -140,8 +139,7 @@ class RunConfig:
             from ..models import check_device
 
             _core(check_device, self.device)
-        for name in ("seq_len", "eval_sequences", "calib_sequences", "reservoir_size", "new_tokens", "n_resamples",
-                     "downstream_batch_size"):
+        for name in ("seq_len", "eval_sequences", "calib_sequences", "reservoir_size", "new_tokens", "downstream_batch_size"):
             v, least = getattr(self, name), 2 if name in ("seq_len", "eval_sequences") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ConfigError(f"{name} must be an int >= {least}, got {v!r}")
@@ -190,6 +188,10 @@ def parse_dataset_id(spec: str) -> tuple[str, str | None, str]:
     return parts[0], parts[1] if len(parts) == 3 else None, parts[-1]
 
 
+# settings of older releases that no longer exist (ignored in a results file, refused elsewhere)
+REMOVED_FIELDS = {"n_resamples": "every interval is a t-interval or jackknife over documents; nothing resamples"}
+
+
 def load_config_file(path: str | Path) -> dict:
     """Read a run configuration into a dict of RunConfig fields.
 
@@ -228,11 +230,16 @@ def load_config_file(path: str | Path) -> dict:
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
+    if path.suffix == ".json":  # a results file of an older release: settings since removed are dropped
+        data = {k: v for k, v in data.items() if k not in REMOVED_FIELDS}
     known = {f.name for f in fields(RunConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         import difflib
 
         hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u for u in unknown]
+        gone = [f"{u} ({REMOVED_FIELDS[u]})" for u in unknown if u in REMOVED_FIELDS]
+        if gone:
+            raise ConfigError(f"config keys no longer used: {', '.join(gone)}")
         raise ConfigError(f"unknown config keys: {', '.join(hints)}")
     return data
