@@ -91,3 +91,16 @@ def test_premise_study_documents_and_skipped_parts(tiny, tmp_path):
     assert res["difficulty"]["documents"] == 2 and res["documents"] == 2 and "skipped" in res["domain_specialization"]
     assert "skipped" in res["vocabulary_specialization"]
     assert all(p.stat().st_size > 10_000 for p in draw_all(res, tmp_path))
+
+
+def test_the_premise_step_passes_the_evaluation_documents(monkeypatch):
+    """Windows of one document are not independent: the step hands premise_study each window's document."""
+    from types import SimpleNamespace
+
+    from bh_routing.analysis.steps import premise as step
+
+    seen = {}
+    monkeypatch.setattr(step, "premise_study", lambda *a, **k: seen.update(k) or {})
+    inputs = SimpleNamespace(eval_seqs=None, eval_domains=["prose", "prose", "code"], eval_documents=["p:0", "p:0", "c:0"])
+    step._premise(SimpleNamespace(model=None, cfg=None, calibration=None, routing=SimpleNamespace(top_k=4), inputs=inputs))
+    assert seen["documents"] == ["p:0", "p:0", "c:0"] and seen["domains"] == ["prose", "prose", "code"]

@@ -10,7 +10,7 @@ from ..registry import Context, Step, register_step
 
 def _premise(ctx: Context) -> dict:
     return premise_study(ctx.model, ctx.inputs.eval_seqs, ctx.cfg, ctx.calibration, top_k=ctx.routing.top_k,
-                         domains=ctx.inputs.eval_domains)
+                         domains=ctx.inputs.eval_domains, documents=ctx.inputs.eval_documents)
 
 
 register_step(Step("premise", _premise, needs=("calibration", "bh_default"), groups=("run",)))  # BH: the reported variant
