@@ -8,12 +8,14 @@ import json
 import os
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-from bh_routing.report import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, fmt
-from bh_routing.report.figures import SEED_FIGURES as FIGURES
+# in the 'test' extra; a machine with only the runtime (the GPU check's `pytest -m gpu`) skips this module
+nbformat = pytest.importorskip("nbformat", reason="nbformat/nbclient are in the 'test' extra")
+NotebookClient = pytest.importorskip("nbclient", reason="nbformat/nbclient are in the 'test' extra").NotebookClient
+
+from bh_routing.report import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, fmt  # noqa: E402
+from bh_routing.report.figures import SEED_FIGURES as FIGURES  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "OLMoE_BenjaminiHochberg_Routing.ipynb"
 ELEVEN = {RESULTS_JSON, COMPARATIVE_CSV, REPORT_MD, *FIGURES}
