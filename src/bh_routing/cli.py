@@ -287,6 +287,9 @@ def _print_certificate(cert: dict, out: Path) -> None:
     from .analysis.certify import chosen_point
 
     typer.echo(f"wrote {out}/")
+    if cert.get("infeasible"):
+        typer.echo(f"nothing can be certified at epsilon={cert['epsilon']:g}: {cert['infeasible']} (see RESULTS.md for "
+                   "what these units certify at larger epsilon)")
     for fam in cert["families"]:
         p = chosen_point(cert, fam)
         held = cert["held_out"]["families"].get(fam)

@@ -141,6 +141,51 @@ def test_too_few_sequences_message(pool_risks):
                        points, risk="top1", epsilon=0.1, delta=0.1)["n_units"] == 29
 
 
+def test_too_few_documents_certify_nothing_and_say_why(pool_risks):
+    """infeasible_ok: 20 documents of 10 windows cannot support ε = 0.1 at δ/2 (29 needed): nothing is
+    certified, the reason is given, and each point keeps its document-level risk, p-value and bound."""
+    from bh_routing.core.risk_control import hb_upper_bound
+
+    per_seq, points = pool_risks
+    groups = [i // 10 for i in range(POOL)]
+    with pytest.raises(C.CertificateError, match="too few calibration documents to certify: got 20, need at least 29"):
+        C.recertify({**per_seq, "groups": groups}, points, risk="top1", epsilon=0.1, delta=0.1)
+    res = C.recertify({**per_seq, "groups": groups}, points, risk="top1", epsilon=0.1, delta=0.1, infeasible_ok=True)
+    assert res["infeasible"].startswith("too few calibration documents to certify: got 20, need at least 29")
+    assert res["best_family"] is None and res["n_units"] == 20 and res["min_units"] == 29
+    assert all(e["chosen"] is None and e["num_certified"] == 0 for e in res["families"].values())
+    doc_means = np.asarray(per_seq["top1"])[1].reshape(20, 10).mean(axis=1)  # TopK(k=7) per document
+    point = res["families"]["topk"]["grid"][1]
+    assert point["risk_mean"] == pytest.approx(doc_means.mean())
+    assert point["p_value"] == pytest.approx(float(hb_pvalue(doc_means.mean(), 20, 0.1)))
+    assert point["upper_bound"] == pytest.approx(float(hb_upper_bound(doc_means.mean(), 20, 0.05)))
+    assert point["upper_bound"] > 0.1 and not point["certified"]
+    # enough documents: the same call certifies as before and says nothing is wrong
+    ok = C.recertify({**per_seq, "groups": [i // 2 for i in range(POOL)]}, points, risk="top1", epsilon=0.1, delta=0.1,
+                     infeasible_ok=True)
+    assert ok["infeasible"] is None and ok["best_family"] is not None
+
+
+def test_run_step_certifies_over_documents_and_draws_the_frontier_when_eps_is_out_of_reach(small_config, tmp_path):
+    """8 calibration documents: ε = 0.2 needs 17 over 4 families, the frontier's 2ε = 0.4 needs 8."""
+    from dataclasses import replace
+
+    from bh_routing.study import Study
+
+    study = Study(replace(small_config, certify_epsilon=0.2), tmp_path / "run", steps=("certify",))
+    cert = study.run("certify")["steps"]["certify"]
+    assert cert["unit"] == "document" and cert["n_units"] == study.inputs.split.calibration.num_documents == 8
+    assert cert["infeasible"].startswith("too few calibration documents to certify: got 8, need at least 17")
+    assert cert["best_family"] is None and cert["held_out"]["families"] == {}
+    assert max(cert["frontier"]["epsilon"]) == pytest.approx(0.4)
+    assert cert["frontier"]["families"]["topk"][-1] is not None  # at 0.4 the model's own k is certified
+    study.export()
+    text = (tmp_path / "run" / "RESULTS.md").read_text()
+    assert "**Nothing can be certified at ε = 0.2, δ = 0.1 with 8 documents**" in text
+    assert "on 8 calibration documents (8 windows" in text and "| 0.4 |" in text
+    assert (tmp_path / "run" / "certified_frontier.png").is_file()
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -307,10 +352,10 @@ def test_run_step_is_skipped_with_too_few_sequences(small_config, tmp_path):
 
     study = Study(small_config, tmp_path / "run", steps=("certify",))
     res = study.run("certify")
-    assert res["steps"]["certify"]["skipped"].startswith("too few calibration sequences to certify: got 8")
+    assert res["steps"]["certify"]["skipped"].startswith("too few calibration documents to certify at any ε up to 0.2: got 8")
     assert "certified" not in res["derived"]
     study.export()
-    assert "No certificate in this run: too few calibration sequences" in (tmp_path / "run" / "RESULTS.md").read_text()
+    assert "No certificate in this run: too few calibration documents" in (tmp_path / "run" / "RESULTS.md").read_text()
     assert not (tmp_path / "run" / "certified_frontier.png").exists()
 
 

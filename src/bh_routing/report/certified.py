@@ -36,13 +36,13 @@ def certified_frontier_figure(cert: dict, path: Path) -> Path:
         none = np.array([k is None for k in ks])
         color = CERT_COLORS.get(fam)
         ax.step(eps, y, where="post", color=color, label=CERT_NAMES.get(fam, fam))
-        ax.plot(eps[~none], y[~none], "o", ms=4, color=color)
-        ax.plot(eps[none], y[none], "o", ms=5, mfc="white", color=color)
+        ax.plot(eps[~none], y[~none], "o", ms=4, color=color, zorder=4)  # certified points drawn over the hollow ones
+        ax.plot(eps[none], y[none], "o", ms=7, mfc="white", color=color, zorder=3)
     ax.axhline(top_k, ls="--", color="black", lw=1, label=f"the model's top-{top_k}")
     ax.axvline(cert["epsilon"], ls=":", color="gray", lw=1, label=f"ε = {cert['epsilon']:g} (this certificate)")
     ax.set_xlabel(f"ε: certified bound on the {cert['risk']} risk", fontsize=11)
     ax.set_ylabel("certified mean experts per token", fontsize=11)
-    ax.set_title(f"Fewest experts certified at level ε (δ = {fr['delta']:g}, n = {cert['n_units']}; "
+    ax.set_title(f"Fewest experts certified at level ε (δ = {fr['delta']:g}, n = {cert['n_units']} {cert.get('unit', 'sequence')}s; "
                  "○ none certified: top-K)", fontsize=11)
     shown = [k for ks in fr["families"].values() for k in ks if k is not None] or [top_k]
     ax.set_ylim(max(0.0, np.floor(min(shown)) - 0.5), top_k + 0.25)
@@ -82,11 +82,14 @@ def certified_section(cert: dict, *, figure: str | None = FIGURE) -> list[str]:
     top_k = cert["model"]["top_k"]
     risk_name = RISK_NAMES[cert["risk"]]
     units = f"{cert.get('unit', 'sequence')}s"
+    where = (f"{cert['n_units']} calibration documents ({cert['n_sequences']} windows, their first {cert['seq_len']} "
+             "tokens; a document's risk is the mean over its windows)" if units == "documents" else
+             f"{cert['n_units']} calibration sequences (their first {cert['seq_len']} tokens)")
     lines = [
         "## Certified",
         "",
-        f"Learn-then-Test (Angelopoulos et al. 2025): on {cert['n_units']} calibration {units} "
-        f"(their first {cert['seq_len']} tokens), disjoint from the evaluation text, each family's grid was tested from its "
+        f"Learn-then-Test (Angelopoulos et al. 2025): on {where}, "
+        f"disjoint from the evaluation text, each family's grid was tested from its "
         f"safest setting down (Hoeffding–Bentkus p-values, fixed-sequence testing at δ/{len(cert['families'])} = "
         f"{cert['delta_per_family']:.3g} per family). Risk: {risk_name}. Guarantee: with probability at least "
         f"1 − δ = {1 - cert['delta']:.3g}, every certified setting has mean risk ≤ ε = {cert['epsilon']:g} on new "
@@ -109,7 +112,11 @@ def certified_section(cert: dict, *, figure: str | None = FIGURE) -> list[str]:
                 f"{p['risk_mean']:.4f} | {p['upper_bound']:.4f} | {nxt_cell} |"
             )
     lines += ["", "A setting is certified when its upper bound is at most ε and every safer setting of its family "
-                  "is certified too (fixed-sequence testing); with more calibration sequences the bounds tighten."]
+                  f"is certified too (fixed-sequence testing); with more calibration {units} the bounds tighten."]
+    if cert.get("infeasible"):
+        lines += ["", f"**Nothing can be certified at ε = {cert['epsilon']:g}, δ = {cert['delta']:g} with "
+                      f"{cert['n_units']} {units}**: {cert['infeasible']}. The bounds above show how far each setting is; "
+                      "the frontier below shows what these units certify at larger ε."]
     docs = cert.get("calibration_documents")
     if docs is not None and cert.get("unit", "sequence") == "sequence" and docs < cert["n_units"]:
         lines += ["", f"Caveat: the {cert['n_units']} calibration sequences come from {docs} documents, and sequences "
@@ -145,6 +152,14 @@ def certified_section(cert: dict, *, figure: str | None = FIGURE) -> list[str]:
         hi = max((q["clip_high"] or 0.0) for e in cert["families"].values() for q in e["grid"])
         lines += ["", f"The loss risk is clipped to [0, {cert['loss_bound']:g}] nats/token; the upper clip bound on at most "
                       f"{100 * hi:.1f}% of calibration sequences at any grid point."]
+    fr = cert.get("frontier")
+    if fr:
+        fams = list(fr["families"])
+        lines += ["", f"Certified experts per token at other ε (same δ = {fr['delta']:g}, same {units}; – none certified):", "",
+                  "| ε | " + " | ".join(CERT_NAMES.get(f, f) for f in fams) + " |", "|---" * (len(fams) + 1) + "|"]
+        for i, e in enumerate(fr["epsilon"]):
+            cells = ["–" if fr["families"][f][i] is None else f"{fr['families'][f][i]:.3f}" for f in fams]
+            lines.append(f"| {e:g} | " + " | ".join(cells) + " |")
     if figure:
         lines += ["", f"![certified frontier]({figure})"]
     return lines + [""]

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from ...core import Calibration
-from ...core.risk_control import TooFewSequencesError, learn_then_test
+from ...core.risk_control import TooFewSequencesError, hb_pvalue, hb_upper_bound, learn_then_test
 from ..outputs import environment
 from .certificate import FORMAT, FORMAT_VERSION, chosen_point, grid_points, model_meta
 from .grid import (
     DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_RISK, FAMILIES, LOSS_BOUND, CertificateError, GridPoint,
-    check_certify_args, check_enough_units, default_grid,
+    check_certify_args, check_enough_units, default_grid, needed_units,
 )
 from .risks import by_group, family_slices, measure_risks, risk_matrix
 
@@ -24,7 +24,7 @@ FRONTIER_POINTS = 12  # ε values of the certified-frontier figure
 
 
 def recertify(per_sequence: dict, points: list[dict], *, risk: str, epsilon: float, delta: float,
-              loss_bound: float = LOSS_BOUND) -> dict:
+              loss_bound: float = LOSS_BOUND, infeasible_ok: bool = False) -> dict:
     """Certify every family from saved per-sequence risks (no model): the ``families`` block.
 
     Parameters
@@ -38,12 +38,16 @@ def recertify(per_sequence: dict, points: list[dict], *, risk: str, epsilon: flo
         ``compute_fraction``), families contiguous, each safest first.
     risk, epsilon, delta, loss_bound
         As in :func:`certify`.
+    infeasible_ok : bool, default False
+        With fewer units than any certificate at (ε, δ/F) needs: certify nothing, report each point's
+        risk, Hoeffding-Bentkus p-value and (1 − δ/F) upper bound, and say why in ``infeasible``,
+        instead of raising CertificateError.
 
     Returns
     -------
     dict
         ``{"families": {...}, "best_family": ..., "delta_per_family": ..., "n_units": ...,
-        "min_units": ...}`` (see the module notes for each point's fields).
+        "min_units": ..., "infeasible": None or the one-line reason nothing could be certified}`` (see the module notes for each point's fields).
     """
     check_certify_args(risk=risk, epsilon=epsilon, delta=delta, loss_bound=loss_bound)
     top1, loss = per_sequence["top1"], per_sequence["loss_delta"]
@@ -59,9 +63,17 @@ def recertify(per_sequence: dict, points: list[dict], *, risk: str, epsilon: flo
     slices = family_slices([p["family"] for p in points])
     d_f = delta / len(slices)
     scale = 1.0 if risk == "top1" else loss_bound
-    need = check_enough_units(units.shape[1], risk=risk, epsilon=epsilon, delta=delta, num_families=len(slices),
-                              loss_bound=loss_bound,
-                              what="documents" if per_sequence.get("groups") is not None else "sequences")
+    n = int(units.shape[1])
+    try:
+        need = check_enough_units(n, risk=risk, epsilon=epsilon, delta=delta, num_families=len(slices),
+                                  loss_bound=loss_bound,
+                                  what="documents" if per_sequence.get("groups") is not None else "sequences")
+        infeasible = None
+    except CertificateError as exc:
+        if not infeasible_ok:
+            raise
+        need, infeasible = needed_units(risk=risk, epsilon=epsilon, delta=delta, num_families=len(slices),
+                                        loss_bound=loss_bound), str(exc)
     families = {}
     for fam, idx in slices.items():
         prefix = []  # the measured points that lead the family's grid
@@ -74,19 +86,24 @@ def recertify(per_sequence: dict, points: list[dict], *, risk: str, epsilon: flo
         chosen, num = None, 0
         if prefix:
             rows = [row_of[i] for i in prefix]
-            try:
-                res = learn_then_test(units[rows], epsilon=epsilon / scale, delta=d_f,
-                                      cost=[points[i]["mean_k"] for i in prefix])
-            except TooFewSequencesError as exc:  # unreachable after the check above; one line anyway
-                raise CertificateError(str(exc)) from None
-            chosen, num = res.chosen, res.num_certified
+            if infeasible is None:
+                try:
+                    res = learn_then_test(units[rows], epsilon=epsilon / scale, delta=d_f,
+                                          cost=[points[i]["mean_k"] for i in prefix])
+                except TooFewSequencesError as exc:  # unreachable after the check above; one line anyway
+                    raise CertificateError(str(exc)) from None
+                chosen, num = res.chosen, res.num_certified
+                mean, pvalues, bounds = res.risk_mean, res.pvalues, res.upper_bounds
+            else:  # no certificate is possible with n units: the same p-values and bounds show how far each setting is
+                mean = units[rows].mean(axis=1)  # (|prefix|,)
+                pvalues, bounds = hb_pvalue(mean, n, epsilon / scale), hb_upper_bound(mean, n, d_f)
             for j, i in enumerate(prefix):
                 grid[j].update({
                     "measured": True,
-                    "risk_mean": float(res.risk_mean[j] * scale),
-                    "p_value": float(res.pvalues[j]),
-                    "upper_bound": float(res.upper_bounds[j] * scale),
-                    "certified": bool(j < res.num_certified),
+                    "risk_mean": float(mean[j] * scale),
+                    "p_value": float(pvalues[j]),
+                    "upper_bound": float(bounds[j] * scale),
+                    "certified": bool(j < num),
                     "clip_high": float(np.mean(l[row_of[i]] > loss_bound)),
                     "clip_low": float(np.mean(l[row_of[i]] < 0.0)),
                 })
@@ -96,8 +113,9 @@ def recertify(per_sequence: dict, points: list[dict], *, risk: str, epsilon: flo
         "families": families,
         "best_family": min(chosen, key=chosen.get) if chosen else None,
         "delta_per_family": d_f,
-        "n_units": int(units.shape[1]),
+        "n_units": n,
         "min_units": need,
+        "infeasible": infeasible,
     }
 
 
@@ -142,6 +160,7 @@ def certify(
     model_name: str | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    infeasible_ok: bool = False,
 ) -> dict:
     """Certify the cheapest setting of each strategy family on calibration ``sequences``.
 
@@ -179,6 +198,10 @@ def certify(
         :func:`measure_risks`): faster, exact for that risk at ε ≤ c, valid (maybe fewer
         certified points) otherwise.
     seed, model_name : recorded in the certificate.
+    infeasible_ok : bool, default False
+        Too few units (``groups``: documents) for any certificate at (ε, δ/F): measure anyway and
+        return a certificate that certifies nothing and says why (``infeasible``); its per-unit
+        risks still give :func:`certified_frontier` at larger ε. Default: raise before any pass.
 
     Returns
     -------
@@ -197,11 +220,13 @@ def certify(
                             coarse=coarse)
     fams = list(dict.fromkeys(g.family for g in grid))
     n_units = len(set(groups)) if groups is not None else int(sequences.shape[0])
-    check_enough_units(n_units, risk=risk, epsilon=epsilon, delta=delta, num_families=len(fams), loss_bound=loss_bound)
+    if not infeasible_ok:
+        check_enough_units(n_units, risk=risk, epsilon=epsilon, delta=delta, num_families=len(fams), loss_bound=loss_bound)
     table = measure_risks(model, sequences, grid, batch_size=batch_size, stop_above=stop_above,
                           loss_bound=loss_bound, progress=progress)
     per_sequence = table.per_sequence(groups)
-    body = recertify(per_sequence, table.points, risk=risk, epsilon=epsilon, delta=delta, loss_bound=loss_bound)
+    body = recertify(per_sequence, table.points, risk=risk, epsilon=epsilon, delta=delta, loss_bound=loss_bound,
+                     infeasible_ok=infeasible_ok)
 
     return {
         "format": FORMAT,
