@@ -63,6 +63,31 @@ def test_hub_id_offline(monkeypatch):
     _one_line(e)
 
 
+def test_hub_id_without_network_fails_at_once(monkeypatch):
+    """No HF_HUB_OFFLINE, but the Hub's host refuses connections: the cache is used, nothing retries."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
+    from bh_routing.models import loading
+
+    import transformers
+
+    assert loading._hub_unreachable()
+    seen = {}
+    real = transformers.AutoConfig.from_pretrained
+
+    def spy(source, **kwargs):
+        seen.update(kwargs)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", spy)
+    with pytest.raises(ModelLoadError, match=r"cannot load 'nobody/no-such-moe': the Hugging Face Hub cannot be reached"):
+        load_model("nobody/no-such-moe", device="cpu")
+    assert seen["local_files_only"] is True  # the cache only: no request, so no retries
+
+
 def test_not_enough_memory(saved_olmoe, monkeypatch):
     monkeypatch.setattr(loading, "available_memory", lambda device: 1000)
     with pytest.raises(ModelLoadError, match=r"not enough memory to load .* in float32 on cpu: needs about 0\.0 GiB, 0\.0 GiB available") as e:

@@ -60,6 +60,23 @@ def _offline() -> bool:
     return any(f in ("1", "true", "yes", "on") for f in flags)
 
 
+def _hub_unreachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's host fails: one quick probe, so that an offline machine
+    gets its answer at once instead of after huggingface_hub's retries (about 25 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return False
+    except OSError:  # no DNS, refused, unreachable, timed out
+        return True
+
+
 def _embedded_dir() -> Path:
     try:
         embedded = importlib.import_module("bh_routing.embedded")
@@ -168,7 +185,7 @@ def load_model(
     device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _resolve_dtype(dtype, device)
     local = Path(source).is_dir()
-    offline = _offline()
+    offline = _offline() or (not local and _hub_unreachable())  # unreachable: the local cache only
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline and not local}
 
     try:
