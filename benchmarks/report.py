@@ -8,6 +8,7 @@ import bench_generation
 import bench_memory
 import bench_model
 import bench_moe
+import bench_overhead
 import bench_peakmem
 import bench_routing
 
@@ -141,6 +142,8 @@ def render(r: dict) -> str:
         add(failed.get("model") or _model(r["model"]))
     if ("moe" in r and "moe" not in failed) or ("model" in r and "model" not in failed):
         add(_analyze(r))
+    if "overhead" in r:
+        add(_failed("overhead", r["overhead"]) or _overhead(r["overhead"]))
     if "memory" in r:
         add(failed.get("memory") or _memory(r["memory"]))
     if not gpu:
@@ -301,6 +304,18 @@ def _analyze(r: dict) -> str:
     return "\n".join(s) + "\n"
 
 
+def _overhead(res: dict) -> str:
+    s = ["### Torch ops and host syncs per MoE layer\n"]
+    s += [_doc(bench_overhead), ""]
+    s.append(
+        "Command: `python benchmarks/run.py --only overhead --markdown FILE`, or standalone "
+        f"`python benchmarks/bench_overhead.py{'' if res['device'] == 'cpu' else ' --device ' + res['device']}`. "
+        f"Backend {res['backend']}, {res['layers']} MoE layers, {res['repeats']} timed rounds.\n"
+    )
+    s.append(bench_overhead.table(res))
+    return "\n".join(s) + "\n"
+
+
 def _memory(res: dict) -> str:
     s = ["## 4. Recording memory\n"]
     if "rows" not in res:
@@ -458,9 +473,10 @@ def _why(name: str, r: dict) -> str:
         per_layer = (pat[step] - base[step]) / gen["layers"] * 1e3
         return (
             f" Why: a decode step of one layer takes {base[step] / gen['layers'] * 1e3:.2f} ms here and the patch adds "
-            f"{per_layer:.3f} ms to it: the strategy's own softmax and top-k after the model's, the logits check, the "
-            "recording (a few small tensor ops) and one host read of the number of pairs in the experts wrapper - a "
-            "fixed cost per layer and step, large where the step is short."
+            f"{per_layer:.3f} ms to it: the patched router and experts forwards (Python calls) and the recording - a "
+            "fixed cost per layer and step, large where the step is short. (TopK at the model's k reuses the router's "
+            "own choice: no second softmax and top-k, no logits check, no host read; the ops and host syncs per layer "
+            "are counted in the section on them.)"
         )
     if name in ("decode_vs_ideal", "decode_gain_vs_ideal") and rows:
         b = gen["headline"]["headline_backend"]

@@ -9,7 +9,8 @@
     python benchmarks/run.py --device cuda --markdown BENCHMARKS-gpu.md   # see benchmarks/gpu_check.sh
 
 Sections: routing (routing cost), moe (one real-size MoE block: compute saved, analyze
-overhead), model (the embedded model: the same), memory (recording memory), generation (tokens/s
+overhead), model (the embedded model: the same), overhead (torch ops and host syncs per MoE layer
+of the patch, and their time; benchmarks/bench_overhead.py), memory (recording memory), generation (tokens/s
 of generate at the real size, by batch size), peakmem (peak GPU memory of bh-routing run --quick
 on the full 16-layer model; GPU or --tiny only), e2e (bh-routing run wall time). Every figure is a
 ratio of two things timed side by side in this run, the median over repeats; see
@@ -33,7 +34,7 @@ import torch  # noqa: E402
 
 from common import ROOT, machine, set_device  # noqa: E402
 
-SECTIONS = ("routing", "moe", "model", "memory", "generation", "peakmem", "e2e")
+SECTIONS = ("routing", "moe", "model", "overhead", "memory", "generation", "peakmem", "e2e")
 CPU_ONLY = ("model", "memory", "e2e")  # the embedded model on the CPU; not part of a GPU run
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GOALS = {
@@ -201,6 +202,10 @@ def main(argv=None) -> int:
     section("routing", routing)
     section("moe", lambda: __import__("bench_moe").run(args.quick, log, device=args.device, dtype=moe_dtype, tiny=args.tiny))
     section("model", model)
+    section(
+        "overhead",
+        lambda: __import__("bench_overhead").run(device=args.device, timing=not args.quick, repeats=15, log=log),
+    )
     section("memory", lambda: __import__("bench_memory").run(args.quick, log, threads=args.threads))
     section("generation", generation)
     def save_partial(name: str):

@@ -102,15 +102,19 @@ def bh_thresholds(alpha: float, num: int, dtype: torch.dtype, device: torch.devi
     p-value is <= t exactly when it is <= the largest float32 not above t, so the thresholds are
     rounded down to ``dtype``: ``p <= t_k`` in ``dtype`` is then the float64 comparison exactly.
     """
-    key = (alpha, num, dtype)
+    device = torch.device(device)
+    key = (alpha, num, dtype, device)
     cached = _THRESHOLDS.get(key)
     if cached is None:
-        ranks = torch.arange(1, num + 1, dtype=torch.float64)  # (E,)
-        cached = _round_down((ranks / num) * alpha, dtype)  # (E,)
+        if device.type == "cpu":
+            ranks = torch.arange(1, num + 1, dtype=torch.float64)  # (E,)
+            cached = _round_down((ranks / num) * alpha, dtype)  # (E,)
+        else:  # kept on the device: a copy from the host on every call would synchronise
+            cached = bh_thresholds(alpha, num, dtype).to(device)
         if len(_THRESHOLDS) > 256:
             _THRESHOLDS.clear()
         _THRESHOLDS[key] = cached
-    return cached.to(device)
+    return cached
 
 
 _THRESHOLDS: dict = {}

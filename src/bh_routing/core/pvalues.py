@@ -145,6 +145,8 @@ def neg_zscores(z: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> t
     flat = scale <= 0  # (T, 1): all logits equal (MAD 0): zscore 0
     safe = torch.where(flat, torch.ones_like(scale), scale)
     neg = (centre - z) / safe  # (T, W)
+    if neg.device.type != "cpu":  # no host read on an accelerator: the same zeros, unconditionally
+        return neg.masked_fill(flat, 0.0)
     if bool(flat.any()):
         neg = neg.masked_fill(flat, 0.0)
     return neg
@@ -206,6 +208,11 @@ def standardized_pvalues(
     check_logits(logits)
     if null_sorted.dim() != 1:
         raise ValueError(f"null_sorted must have shape (R,), got {tuple(null_sorted.shape)}")
+    return _standardized_pvalues(logits, null_sorted, null_count, temperature)
+
+
+def _standardized_pvalues(logits, null_sorted, null_count, temperature: float) -> torch.Tensor:
+    """:func:`standardized_pvalues` without validating the inputs (the caller did)."""
     z = _tempered(logits, temperature)
     centre = _lower_median(z)  # (T, 1)
     scale = MAD_TO_SD * _lower_median((centre - z).abs())  # (T, 1)
@@ -271,6 +278,11 @@ def conformal_pvalues(
         raise ValueError(
             f"null_sorted must have shape (E={num_experts}, R), got {tuple(null_sorted.shape)}"
         )
+    return _conformal_pvalues(logits, null_sorted, null_count, temperature)
+
+
+def _conformal_pvalues(logits, null_sorted, null_count, temperature: float) -> torch.Tensor:
+    """:func:`conformal_pvalues` without validating the inputs (the caller did)."""
     z = apply_temperature(logits, temperature).to(null_sorted.dtype)
     return _conformal_counts(z, null_sorted, null_count)
 

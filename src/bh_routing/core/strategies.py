@@ -22,7 +22,9 @@ import torch
 from ._validate import check_alpha, check_choice, check_k_bounds, check_logits, check_temperature
 from .bh import _bh_count
 from .pvalues import (
+    _conformal_pvalues,
     _empirical_null_pvalues,
+    _standardized_pvalues,
     _tempered,
     apply_temperature,
     empirical_null_pvalues,
@@ -71,16 +73,22 @@ def _finish(
     *,
     renormalize: bool,
     out_dtype: torch.dtype,
+    full: bool = False,
 ) -> RoutingResult:
     """Take the first ``counts[t]`` experts of ``order[t]`` (ranked best first), pad to ``width``.
 
     probs: (T, E) float32 softmax; order: (T, >=width) expert ids by preference; counts: (T,).
+    ``full``: every count is ``width`` (a fixed-width strategy), so no slot is padded and the
+    mask is skipped (multiplying by an all-true mask changes no bit).
     """
     num_experts = probs.shape[-1]
     idx = order[:, :width]  # (T, W)
-    used = torch.arange(width, device=idx.device) < counts.unsqueeze(-1)  # (T, W)
-    indices = torch.where(used, idx, torch.full_like(idx, num_experts))  # (T, W), sentinel E
-    weights = probs.gather(1, idx) * used  # (T, W)
+    if full:
+        indices, weights = idx, probs.gather(1, idx)  # (T, W), (T, W)
+    else:
+        used = torch.arange(width, device=idx.device) < counts.unsqueeze(-1)  # (T, W)
+        indices = torch.where(used, idx, torch.full_like(idx, num_experts))  # (T, W), sentinel E
+        weights = probs.gather(1, idx) * used  # (T, W)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     return RoutingResult(indices=indices, weights=weights.to(out_dtype), counts=counts, num_experts=num_experts)
@@ -96,6 +104,7 @@ class Strategy:
 
     weight_rule: str = "model"
     name: str = "strategy"
+    fixed_width: bool = False  # every token gets exactly W experts (no padding slot), e.g. TopK
 
     def route(
         self,
@@ -121,7 +130,7 @@ class Strategy:
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (T, E)
         order, counts, width = self._choose(logits, probs, layer=layer, model_top_k=model_top_k)
         renorm = {"model": norm_topk_prob, "softmax": False, "renormalize": True}[self.weight_rule]
-        return _finish(probs, order, counts, width, renormalize=renorm, out_dtype=logits.dtype)
+        return _finish(probs, order, counts, width, renormalize=renorm, out_dtype=logits.dtype, full=self.fixed_width)
 
     def _choose(self, logits, probs, *, layer, model_top_k):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -157,6 +166,7 @@ class TopK(Strategy):
     """
 
     name = "topk"
+    fixed_width = True
 
     def __init__(self, k: int, *, weight_rule: str = "model") -> None:
         if isinstance(k, bool) or not isinstance(k, int):
@@ -334,6 +344,20 @@ class BH(Strategy):
             return self.calibration.standardized_pvalues(logits, layer, temperature=self.temperature)
         return self.calibration.pvalues(logits, layer, temperature=self.temperature)
 
+    def _checked_pvalues(self, logits: torch.Tensor, layer: int | None) -> torch.Tensor:
+        """:meth:`p_values` of logits that :meth:`route` validated: no second pass over them
+        (on a GPU that pass is a host read)."""
+        if self.pvalues == "empirical":
+            return _empirical_null_pvalues(logits, self.temperature)
+        if layer is None:
+            raise ValueError(f"pvalues={self.pvalues!r} needs the MoE layer index")
+        cal = self.calibration
+        cal._check_layer(logits, layer)
+        if self.pvalues == "standardized":
+            table, count = cal.standardized_null(layer)
+            return _standardized_pvalues(logits, table, count, self.temperature)
+        return _conformal_pvalues(logits, cal.null_sorted[layer], cal.null_count[layer], self.temperature)
+
     def _choose(self, logits, probs, *, layer, model_top_k):
         width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
         if self.selection == "router":
@@ -343,10 +367,7 @@ class BH(Strategy):
             # rank-consistent: the p-value order with ties by the logit is the logits' descending
             # order (router_count.descending_order); no (T, E) p-values needed
             return descending_order(logits, width), self._count(logits, layer, width).clamp(min=self.min_k), width
-        if self.pvalues == "empirical":  # route() validated the logits: no second pass over them
-            p = _empirical_null_pvalues(logits, self.temperature)  # (T, E)
-        else:
-            p = self.p_values(logits, layer=layer)  # (T, E)
+        p = self._checked_pvalues(logits, layer)  # (T, E); route() validated the logits
         # p-values built here are valid by construction: skip re-validation on the hot path
         counts, order = _bh_count(p, self.alpha, self.min_k, width, width=width, preference=logits)
         return order, counts, width  # (T, W), (T,)
@@ -358,7 +379,7 @@ class BH(Strategy):
                 raise ValueError(f"pvalues={self.pvalues!r} needs the MoE layer index")
             self.calibration._check_layer(logits, layer)
         if logits.device.type != "cpu":  # one generic pass; the CPU paths below avoid its searches
-            return count_by_buckets(self.p_values(logits, layer=layer), self.alpha, width)
+            return count_by_buckets(self._checked_pvalues(logits, layer), self.alpha, width)
         n = logits.shape[-1]
         if self.pvalues == "calibrated":
             z = apply_temperature(logits, self.temperature).to(torch.float32)  # as conformal_pvalues

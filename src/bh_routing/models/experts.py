@@ -27,25 +27,59 @@ import torch
 from .recorder import Recorder
 
 
+class PairHandoff:
+    """The router's word to the experts module of the same layer: "every slot of these indices is real".
+
+    The router forward calls :meth:`give` with the index tensor it returns when it knows that
+    (a fixed-width choice: no sentinel); the experts forward asks :meth:`take` about the tensor
+    it receives, and gets True only for that very tensor (identity, not equality: anything
+    else, e.g. a call of the experts module without its router, counts the pairs itself).
+    """
+
+    __slots__ = ("_indices",)
+
+    def __init__(self) -> None:
+        self._indices: torch.Tensor | None = None
+
+    def give(self, indices: torch.Tensor) -> None:
+        self._indices = indices
+
+    def take(self, indices: torch.Tensor) -> bool:
+        """Whether the router vouched for ``indices`` (every slot real); forgets what it was given."""
+        full = self._indices is indices
+        self._indices = None
+        return full
+
+
 def compacting_forward(
-    original: Callable, num_experts: int, *, recorder: Recorder, layer: int, model_top_k: int
+    original: Callable,
+    num_experts: int,
+    *,
+    recorder: Recorder,
+    layer: int,
+    model_top_k: int,
+    handoff: PairHandoff | None = None,
 ) -> Callable:
     """A forward for an experts module that computes only the real (token, expert) pairs.
 
     ``original`` is the module's own forward (backend dispatch included); ``num_experts`` is
-    the sentinel value. Counts the computed pairs into ``recorder``.
+    the sentinel value. Counts the computed pairs into ``recorder``. ``handoff``: where the
+    router says how many pairs are real (see :class:`PairHandoff`).
     """
 
     def forward(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, *args, **kwargs):
         num_tokens, width = top_k_index.shape  # (T, W)
-        real = top_k_index < num_experts  # (T, W) bool
-        n = int(real.sum())  # host read: the compacted size is data-dependent
+        if handoff is not None and handoff.take(top_k_index):
+            n = num_tokens * width  # the router vouched: every slot real, nothing to read
+        else:
+            real = top_k_index < num_experts  # (T, W) bool
+            token, slot = real.nonzero(as_tuple=True)  # (n,), (n,); host read: the size is data-dependent
+            n = token.numel()
         recorder.add_pairs(layer, computed=n, dense=num_tokens * model_top_k)
         if n == num_tokens * width:  # no padding: the backend as the model calls it
             return original(hidden_states, top_k_index, top_k_weights, *args, **kwargs)
         if n == 0:
             return torch.zeros_like(hidden_states)
-        token, slot = real.nonzero(as_tuple=True)  # (n,), (n,)
         rows = original(
             hidden_states[token],  # (n, H)
             top_k_index[token, slot].unsqueeze(1),  # (n, 1)

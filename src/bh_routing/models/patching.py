@@ -24,7 +24,7 @@ from torch import nn
 from ..core import Strategy
 from .adapters import MoEAdapter, MoELayer, get_adapter
 from .adapters.base import text_config
-from .experts import compacting_forward
+from .experts import PairHandoff, compacting_forward
 from .fingerprint import model_fingerprint
 from .recorder import Recorder
 
@@ -139,27 +139,54 @@ def prepare_strategies(
 
 
 def _router_forward(
-    original, adapter: MoEAdapter, layer: MoELayer, strategy: Strategy, recorder: Recorder, config, mode: str
+    original,
+    adapter: MoEAdapter,
+    layer: MoELayer,
+    strategy: Strategy,
+    recorder: Recorder,
+    config,
+    mode: str,
+    handoff: PairHandoff | None = None,
 ):
-    """The router's new forward: the original router, then the strategy (see the module notes)."""
+    """The router's new forward: the original router, then the strategy (see the module notes).
+
+    Where the strategy routes exactly as the model (``TopK`` with the model's k and weight rule
+    on a softmax top-k router, :meth:`MoEAdapter.routes_as_model`) the router's own output *is*
+    the strategy's choice, bit for bit (tests/models/test_patching.py checks it per family and
+    dtype): it is used as it is, and no second softmax and top-k run. ``handoff`` tells the
+    compacting experts forward of the same layer that a fixed-width choice has no sentinel,
+    so that it needs no host read to find out.
+    """
     top_k = adapter.top_k(config)
+    as_model = adapter.routes_as_model(strategy, config) and not recorder.record_tokens
+    fixed = getattr(strategy, "fixed_width", False)  # every slot real (TopK): no sentinel to remove
 
     def forward(*args, **kwargs):
         out = original(*args, **kwargs)
         adapter.check_router_output(out, layer)
         logits = out[0]  # (T, E)
+        t = logits.shape[0]
+        if as_model:
+            recorder.record_model_choice(layer.ordinal, out[2], analyze=mode == "analyze")
+            if mode == "analyze":
+                recorder.add_pairs(layer.ordinal, computed=t * top_k, dense=t * top_k)
+            elif handoff is not None:
+                handoff.give(out[2])
+            return out
         if mode == "analyze":
             with torch.no_grad():
                 result = adapter.route(strategy, logits, layer, config)
                 weights = adapter.weights(logits, result, strategy, config)
             recorder.record(layer.ordinal, result, weights=weights, logits=logits, model_indices=out[2])
-            t = logits.shape[0]
             recorder.add_pairs(layer.ordinal, computed=t * top_k, dense=t * top_k)
             return out
         result = adapter.route(strategy, logits, layer, config)
         weights = adapter.weights(logits, result, strategy, config)  # (T, W)
         recorder.record(layer.ordinal, result, weights=weights, logits=logits)
-        return adapter.router_output(out, result, weights)
+        routed = adapter.router_output(out, result, weights)
+        if handoff is not None and fixed:
+            handoff.give(routed[2])
+        return routed
 
     forward._bh_routing = True
     return forward
@@ -259,12 +286,21 @@ def patched(
 
     try:
         for layer, s in zip(layers, strategies):
-            install(layer.router, _router_forward(layer.router.forward, adapter, layer, s, recorder, config, mode))
+            handoff = PairHandoff() if mode == "patch" else None
+            install(
+                layer.router,
+                _router_forward(layer.router.forward, adapter, layer, s, recorder, config, mode, handoff),
+            )
             if mode == "patch":
                 install(
                     layer.experts,
                     compacting_forward(
-                        layer.experts.forward, num_experts, recorder=recorder, layer=layer.ordinal, model_top_k=top_k
+                        layer.experts.forward,
+                        num_experts,
+                        recorder=recorder,
+                        layer=layer.ordinal,
+                        model_top_k=top_k,
+                        handoff=handoff,
                     ),
                 )
         hooks.append(model.register_forward_pre_hook(take_mask, with_kwargs=True))

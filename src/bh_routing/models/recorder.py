@@ -68,6 +68,13 @@ class Recorder:
         self._k_hist: torch.Tensor | None = None  # (L, E + 1) int64, k = 0..E
         self._tokens: torch.Tensor | None = None  # (L,) int64
         self._overlap: torch.Tensor | None = None  # (L,) int64, strategy pairs the model also chose
+        self._rows: dict[str, list[torch.Tensor]] = {}  # per-layer views of the four tensors above
+        self._one: torch.Tensor | None = None  # (1,) int64 one on the device, expanded as index_add_'s source
+        # what is known on the host needs no device op: tokens of calls without a mask, k of
+        # fixed-width choices (TopK) and their overlap with the model's own choice
+        self._host_tokens = [0] * self.num_layers
+        self._host_k = [[0] * (self.num_experts + 1) for _ in range(self.num_layers)]
+        self._host_overlap = [0] * self.num_layers
         self._has_model_choice = False
         self._computed = [0] * self.num_layers  # (token, expert) pairs the experts computed
         self._dense = [0] * self.num_layers  # pairs the model's own top-k would compute
@@ -81,6 +88,17 @@ class Recorder:
         self._k_hist = torch.zeros(size, dtype=torch.long, device=device)
         self._tokens = torch.zeros(self.num_layers, dtype=torch.long, device=device)
         self._overlap = torch.zeros(self.num_layers, dtype=torch.long, device=device)
+        self._rows = {
+            "experts": list(self._expert_counts.unbind(0)),  # (E + 1,) views, one per layer
+            "k": list(self._k_hist.unbind(0)),
+            "tokens": list(self._tokens.unbind(0)),  # () views
+            "overlap": list(self._overlap.unbind(0)),
+        }
+        self._one = torch.ones(1, dtype=torch.long, device=device)
+
+    def _ones(self, n: int) -> torch.Tensor:
+        """(n,) int64 ones on the recording device: a stride-0 view, no allocation, no kernel."""
+        return self._one.expand(n)
 
     def set_token_mask(self, attention_mask: torch.Tensor | None) -> None:
         """The 2-D attention mask (B, S) of the model call in progress, or None."""
@@ -110,35 +128,71 @@ class Recorder:
 
         ``model_indices`` (T, k), the model's own choice (analyze mode), feeds :meth:`model_overlap`.
         """
-        indices, counts = result.indices.detach(), result.counts.detach()  # (T, W), (T,)
+        indices, counts = result.indices, result.counts  # (T, W), (T,) int64: no autograd
         t, w = indices.shape
         if self._device is None:
             self._allocate(indices.device)
         dev = self._device
         valid = self._valid(t, indices.device)
-        ones = valid.long() if valid is not None else torch.ones(t, dtype=torch.long, device=indices.device)
-        self._tokens[layer] += ones.sum().to(dev)
-        self._k_hist[layer].index_add_(0, counts.to(dev), ones.to(dev))
-        self._expert_counts[layer].index_add_(0, indices.reshape(-1).to(dev), ones.repeat_interleave(w).to(dev))
         self._max_width = max(self._max_width, w)
         if model_indices is not None:
             self._has_model_choice = True
+        if valid is None:  # every token counts: index_add_ of ones, the token count on the host
+            self._host_tokens[layer] += t
+            self._rows["k"][layer].index_add_(0, _on(counts, dev), self._ones(t))
+            self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), self._ones(t * w))  # (T W,)
+        else:
+            ones = valid.long()  # (T,)
+            self._rows["tokens"][layer].add_(_on(ones.sum(), dev))
+            self._rows["k"][layer].index_add_(0, _on(counts, dev), _on(ones, dev))
+            self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), _on(ones.repeat_interleave(w), dev))
+        if model_indices is not None:
             model_mask = torch.zeros(t, self.num_experts + 1, dtype=torch.bool, device=indices.device)
             model_mask.scatter_(1, model_indices.to(indices.device), True)  # (T, E + 1)
             both = model_mask[:, : self.num_experts].gather(1, indices.clamp(max=self.num_experts - 1))
             both &= indices < self.num_experts  # (T, W): chosen by the strategy and by the model
-            self._overlap[layer] += (both.sum(dim=1) * ones).sum().to(dev)
+            pairs = both.sum() if valid is None else (both.sum(dim=1) * valid).sum()
+            self._rows["overlap"][layer].add_(_on(pairs, dev))
         if self.record_tokens:
             rec = {
                 "indices": indices.cpu(),  # (T, W), sentinel E in unused slots
                 "counts": counts.cpu(),  # (T,)
                 "weights": weights.detach().float().cpu(),  # (T, W)
                 "logits": logits.detach().float().cpu(),  # (T, E)
-                "valid": (valid if valid is not None else ones.bool()).cpu(),  # (T,)
+                "valid": valid.cpu() if valid is not None else torch.ones(t, dtype=torch.bool),  # (T,)
             }
             if model_indices is not None:
                 rec["model_indices"] = model_indices.detach().long().cpu()  # (T, k)
             self._token_records[layer].append(rec)
+
+    def record_model_choice(self, layer: int, indices: torch.Tensor, *, analyze: bool) -> None:
+        """Add one forward call whose choice is the model's own top-k ``indices`` (T, k), every slot real.
+
+        What :meth:`record` adds for a ``TopK(k)`` strategy that routes exactly as the model
+        (see :meth:`bh_routing.models.MoEAdapter.routes_as_model`), with the fixed k and (in
+        analyze mode, ``analyze=True``) the full overlap counted on the host. Not for
+        ``record_tokens=True`` (use :meth:`record`).
+        """
+        t, k = indices.shape
+        if self._device is None:
+            self._allocate(indices.device)
+        dev = self._device
+        valid = self._valid(t, indices.device)
+        self._max_width = max(self._max_width, k)
+        self._has_model_choice |= analyze
+        if valid is None:
+            self._host_tokens[layer] += t
+            self._host_k[layer][k] += t
+            self._host_overlap[layer] += t * k if analyze else 0
+            self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), self._ones(t * k))  # (T k,)
+            return
+        ones = valid.long()  # (T,)
+        tokens = _on(ones.sum(), dev)
+        self._rows["tokens"][layer].add_(tokens)
+        self._rows["k"][layer][k].add_(tokens)
+        self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), _on(ones.repeat_interleave(k), dev))
+        if analyze:
+            self._rows["overlap"][layer].add_(tokens * k)
 
     def add_pairs(self, layer: int, *, computed: int, dense: int) -> None:
         """Count (token, expert) pairs computed by the experts module, and the dense top-k pairs."""
@@ -151,7 +205,7 @@ class Recorder:
 
     def tokens_per_layer(self) -> torch.Tensor:
         """(L,) int64: tokens recorded per MoE layer (padding excluded)."""
-        return self._cpu(self._tokens, (self.num_layers,))
+        return self._cpu(self._tokens, (self.num_layers,)) + torch.tensor(self._host_tokens, dtype=torch.long)
 
     def expert_counts(self) -> torch.Tensor:
         """(L, E) int64: how often each expert was chosen, per MoE layer."""
@@ -159,7 +213,8 @@ class Recorder:
 
     def k_histogram(self) -> torch.Tensor:
         """(L, W + 1) int64: tokens that used k = 0..W experts, W the widest routing seen."""
-        return self._cpu(self._k_hist, (self.num_layers, self.num_experts + 1))[:, : self._max_width + 1]
+        hist = self._cpu(self._k_hist, (self.num_layers, self.num_experts + 1)) + torch.tensor(self._host_k, dtype=torch.long)
+        return hist[:, : self._max_width + 1]
 
     def mean_k_per_layer(self) -> torch.Tensor:
         """(L,) float64: mean experts per token per MoE layer (NaN for a layer with no tokens)."""
@@ -195,7 +250,7 @@ class Recorder:
         pairs = self.expert_counts().sum(dim=1).double()
         if not self._has_model_choice:
             return torch.full_like(pairs, math.nan)
-        overlap = self._cpu(self._overlap, (self.num_layers,)).double()
+        overlap = (self._cpu(self._overlap, (self.num_layers,)) + torch.tensor(self._host_overlap, dtype=torch.long)).double()
         return torch.where(pairs > 0, overlap / pairs.clamp_min(1), torch.full_like(pairs, math.nan))
 
     def tokens(self, layer: int) -> dict[str, torch.Tensor]:
@@ -270,3 +325,8 @@ class Recorder:
             f"Recorder(layers={self.num_layers}, experts={self.num_experts}, "
             f"tokens={int(self.tokens_per_layer().sum())}, mean_experts_per_token={mean:.3f})"
         )
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; no op when it is there already (layers may sit on other devices)."""
+    return t if t.device == device else t.to(device)

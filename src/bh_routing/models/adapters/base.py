@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ...core import RoutingResult, Strategy
+from ...core import RoutingResult, Strategy, TopK
 from ..errors import UnsupportedModelError, version_note
 
 
@@ -61,6 +61,9 @@ class MoEAdapter:
     router_attr: ClassVar[str] = "gate"  # attribute of the block holding the router
     experts_attr: ClassVar[str] = "experts"  # attribute of the block holding the experts
     score: ClassVar[str] = "softmax"  # router probabilities from logits: "softmax" or "sigmoid"
+    # the router returns topk(softmax(logits, float32), k) (renormalised iff norm_topk_prob), the
+    # weights in its dtype: the computation of TopK(k); see routes_as_model
+    softmax_topk_router: ClassVar[bool] = False
     logits_note: ClassVar[str] = "the router logits (T, E) the model's router computes"
 
     # --- the model's routing conventions -------------------------------------------------------
@@ -147,6 +150,23 @@ class MoEAdapter:
         return out[0]
 
     # --- routing with a strategy -----------------------------------------------------------------
+    def routes_as_model(self, strategy: Strategy, config) -> bool:
+        """Whether ``strategy`` chooses exactly what the model's router returns, bit for bit.
+
+        True for ``TopK`` with the model's k and weight convention on a softmax top-k router
+        (:attr:`softmax_topk_router`): the router computes ``softmax(logits, float32)``,
+        ``topk(k)`` and renormalises iff the model does, which is :class:`~bh_routing.core.TopK`'s
+        computation (tests/models/test_patching.py compares the two per family and dtype).
+        The patch then uses the router's own output and does not route a second time.
+        """
+        norm = self.norm_topk_prob(config)
+        return (
+            self.softmax_topk_router
+            and type(strategy) is TopK
+            and strategy.k == self.top_k(config)
+            and renormalize_for(strategy, norm) == norm
+        )
+
     def route(self, strategy: Strategy, logits: torch.Tensor, layer: MoELayer, config) -> RoutingResult:
         """The strategy's choice for router logits (T, E); the strategy sees them in float32."""
         return strategy.route(

@@ -14,6 +14,7 @@ class MixtralAdapter(MoEAdapter):
     model_types = ("mixtral",)
     router_class = "MixtralTopKRouter"
     experts_class = "MixtralExperts"
+    softmax_topk_router = True
 
     def norm_topk_prob(self, config) -> bool:
         return True

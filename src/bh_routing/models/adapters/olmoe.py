@@ -14,3 +14,4 @@ class OlmoeAdapter(MoEAdapter):
     model_types = ("olmoe",)
     router_class = "OlmoeTopKRouter"
     experts_class = "OlmoeExperts"
+    softmax_topk_router = True

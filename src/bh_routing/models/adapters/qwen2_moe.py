@@ -25,6 +25,7 @@ class Qwen2MoeAdapter(MoEAdapter):
     model_types = ("qwen2_moe",)
     router_class = "Qwen2MoeTopKRouter"
     experts_class = "Qwen2MoeExperts"
+    softmax_topk_router = True
 
     def num_experts(self, config) -> int:
         return int(config.num_experts)

@@ -15,6 +15,7 @@ class Qwen3MoeAdapter(MoEAdapter):
     model_types = ("qwen3_moe",)
     router_class = "Qwen3MoeTopKRouter"
     experts_class = "Qwen3MoeExperts"
+    softmax_topk_router = True
 
     def is_moe_layer(self, config, decoder_index: int) -> bool:
         return sparse_step_is_moe(config, decoder_index)

@@ -1,0 +1,345 @@
+"""The fixed cost of routing with a strategy, per MoE layer and forward: torch ops and host syncs.
+
+    python benchmarks/bench_overhead.py                  # CPU: counts and thread-time ratios
+    python benchmarks/bench_overhead.py --device cuda    # on a GPU: counts, syncs and wall-time ratios
+    python benchmarks/bench_overhead.py --no-timing      # counts only (a few seconds)
+
+On a GPU each torch op is (at least) one kernel launch, 5-10 us of host time, and each host
+read of a device value (``.item()``, ``bool(t)``, ``int(t)``, ``.nonzero()``, a boolean-mask
+index, a copy to the host) is a full synchronisation. At batch-1 decode a layer's step is a
+millisecond or two, so tens of ops and a couple of syncs per layer are the whole overhead of the
+patch. They are counted here by machine, not by clock. The patch's own code (router and experts
+wrappers, recording, compaction) takes the same path on every device, so its CPU counts are its
+GPU counts; BH's routing has CPU fast paths (numpy, see ``numpy``), so on a GPU it runs other
+torch ops than here - run ``--device cuda`` there for its exact counts:
+
+* ``ops``: the aten ops one forward executes (a ``TorchDispatchMode`` counting every call that
+  reaches the dispatcher's Python key); ``kernels`` leaves out views and aliases (no launch).
+* ``syncs``: the ops among them that read device data on the host or whose output size depends
+  on the data: ``_local_scalar_dense`` (item / bool / int), ``nonzero``, ``masked_select``,
+  ``unique``, ``repeat_interleave`` with tensor repeats and no ``output_size``, ``bincount``,
+  ``index`` with a boolean index, and blocking copies between the host and a device (both
+  directions: a copy from pageable host memory waits for the stream too). On the CPU none of
+  these waits for anything, but each is one synchronisation on a GPU; host-device copies only
+  show on a GPU run. There, ``cuda_syncs`` also counts what CUDA itself reports
+  (``torch.cuda.set_sync_debug_mode``).
+* ``numpy``: calls of ``Tensor.numpy()`` (the CPU fast paths of BH; on a GPU those branches are
+  not taken and torch ops run instead, so the GPU op count of BH is higher than the CPU's).
+
+Per layer: (count of the variant - count of the unpatched model) / MoE layers; ``syncs / layer``
+is the variant's syncs over the layers (the unpatched model has none at these shapes).
+
+Variants, on the embedded model (``load_model(None)``: 4 MoE layers of 64 experts, top-8,
+float32), ``grouped_mm`` experts: the unpatched model; ``patched(model, TopK(8))``;
+``patched(model, BH(0.05))`` (empirical null, p-value selection); BH calibrated with router
+selection (``BH(0.05, pvalues="calibrated", selection="router")``, calibrated on the held-out
+text); ``patched(model, BH(0.05), "analyze")``. Shapes: one decode step at batch 1 (one new
+token after a 32-token prompt, KV cache) and a prefill of 2,048 tokens (2 x 1,024).
+
+Timing (``--no-timing`` skips it): each variant on its own deep copy of the model, patched for
+the whole run, timed in rounds against the unpatched copy with the order rotated
+(``common.rounds``); the ratio is the median over rounds of t(variant) / t(unpatched) of the same
+round. Clock: the calling thread's CPU time on the CPU (one torch thread: all of torch's work
+runs in it; a shared machine disturbs it least), wall time with a synchronisation on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from common import rounds, set_device  # noqa: E402
+
+PROMPT, DECODE_STEPS = 32, 8
+PREFILL_BATCH, PREFILL_LEN = 2, 1024
+ALPHA = 0.05
+_SYNC_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "unique_dim_consecutive",
+    "bincount",
+}
+
+
+def _is_sync(func, args, kwargs) -> bool:
+    """Whether this aten call reads device data on the host, or sizes its output by the data."""
+    name = func._schema.name.split("::")[-1]
+    if name in _SYNC_OPS:
+        return True
+    if name == "repeat_interleave" and isinstance(args[0] if args else None, torch.Tensor):
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+        return isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None
+    if name in ("index", "index_put", "index_put_"):
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+    if name == "_to_copy":  # a blocking copy between the host and a device waits for the stream
+        src, device = args[0], kwargs.get("device")
+        return device is not None and _crosses(src.device, torch.device(device)) and not kwargs.get("non_blocking")
+    if name == "copy_":
+        dst, src = args[0], args[1]
+        blocking = not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+        return isinstance(src, torch.Tensor) and _crosses(src.device, dst.device) and blocking
+    return False
+
+
+def _crosses(a: torch.device, b: torch.device) -> bool:
+    return a.type != b.type and "cpu" in (a.type, b.type)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten calls, non-view calls (kernels) and host syncs while active; Tensor.numpy too."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.kernels = self.syncs = self.numpy = 0
+        self.cuda_syncs: int | None = None  # on a GPU: the synchronisations CUDA reports (see count)
+        self.sync_names: Counter = Counter()
+        self.names: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops += 1
+        name = func._schema.name.split("::")[-1]
+        self.names[name] += 1
+        if not func.is_view and name not in ("detach", "alias", "lift_fresh"):
+            self.kernels += 1
+        if _is_sync(func, args, kwargs):
+            self.syncs += 1
+            self.sync_names[name] += 1
+        return func(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def counting(self):
+        original = torch.Tensor.numpy
+
+        def numpy(t, *a, **k):
+            self.numpy += 1
+            return original(t, *a, **k)
+
+        torch.Tensor.numpy = numpy
+        try:
+            with self:
+                yield self
+        finally:
+            torch.Tensor.numpy = original
+
+
+def count(fn) -> OpCounter:
+    """Count the ops and syncs of ``fn()``; on a GPU also the synchronisations CUDA itself reports
+    (``torch.cuda.set_sync_debug_mode``: ``cuda_syncs``, None on the CPU)."""
+    counter = OpCounter()
+    if not torch.cuda.is_available():
+        with counter.counting():
+            fn()
+        return counter
+    import warnings
+
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with counter.counting():
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    counter.cuda_syncs = sum("synchroniz" in str(w.message) for w in caught)
+    return counter
+
+
+def calibration_for(model, tokenizer, device):
+    """A calibration of ``model`` fitted on the embedded held-out text (router logits, 'unrouted' null)."""
+    from bh_routing.core.calibration import CalibrationBuilder
+    from bh_routing.embedded import default_eval_text
+    from bh_routing.models import get_adapter, model_fingerprint
+    from bh_routing.models.adapters.base import text_config
+
+    adapter, config = get_adapter(model), text_config(model)
+    ids = torch.tensor(tokenizer(default_eval_text())["input_ids"][: 8 * 256]).view(8, 256).to(device)  # (8, 256)
+    with torch.no_grad():
+        logits = model(ids, output_router_logits=True).router_logits
+    builder = CalibrationBuilder(
+        num_layers=len(logits), num_experts=adapter.num_experts(config), top_k=adapter.top_k(config), reservoir_size=1024
+    )
+    for layer, z in enumerate(logits):
+        builder.update(layer, z)
+    return builder.finalize(model_name="embedded", model_fingerprint=model_fingerprint(model))
+
+
+def variants(calibration) -> dict:
+    """name -> (strategy, mode), or None for the unpatched model."""
+    from bh_routing import BH, TopK
+
+    return {
+        "unpatched": None,
+        "patch TopK(8)": (TopK(8), "patch"),
+        "patch BH(0.05) empirical": (BH(ALPHA), "patch"),
+        "patch BH(0.05) calibrated router": (
+            BH(ALPHA, pvalues="calibrated", calibration=calibration, selection="router"),
+            "patch",
+        ),
+        "analyze BH(0.05)": (BH(ALPHA), "analyze"),
+    }
+
+
+class Workload:
+    """A decode step at batch 1 with a KV cache, or a prefill of 2,048 tokens, on one model copy."""
+
+    def __init__(self, model, kind: str, vocab: int, device):
+        from transformers import DynamicCache
+
+        self.model, self.kind = model, kind
+        g = torch.Generator().manual_seed(0)
+        if kind == "decode":
+            self.prompt = torch.randint(vocab, (1, PROMPT), generator=g).to(device)  # (1, P)
+            self.next = torch.randint(vocab, (1, 1), generator=g).to(device)  # (1, 1)
+            self.cache = DynamicCache(config=model.config)
+            with torch.no_grad():
+                model(self.prompt, past_key_values=self.cache, use_cache=True)
+        else:
+            self.ids = torch.randint(vocab, (PREFILL_BATCH, PREFILL_LEN), generator=g).to(device)  # (B, S)
+
+    def step(self):
+        """One forward: the decode step (cache cropped back to the prompt first) or the prefill."""
+        with torch.no_grad():
+            if self.kind == "decode":
+                extra = self.cache.get_seq_length() - PROMPT
+                if extra:
+                    self.cache.crop(-extra)  # back to the prompt (a negative value removes tokens)
+                return self.model(self.next, past_key_values=self.cache, use_cache=True)
+            return self.model(self.ids, use_cache=False)
+
+    def timed(self):
+        """What one timing round runs: DECODE_STEPS decode steps, or one prefill."""
+        for _ in range(DECODE_STEPS if self.kind == "decode" else 1):
+            self.step()
+
+
+def run(*, device: str = "cpu", backend: str = "grouped_mm", timing: bool = True, repeats: int = 15, log=print) -> dict:
+    """Counts (and timing ratios) per variant and shape; see the module notes."""
+    from bh_routing.models import load_model, patched
+
+    model, tokenizer = load_model(None, device=device, dtype="float32")
+    model.set_experts_implementation(backend)
+    num_layers = sum(1 for m in model.modules() if type(m).__name__ == "OlmoeTopKRouter")
+    vocab = model.config.vocab_size
+    calibration = calibration_for(model, tokenizer, device)
+    rows = []
+    with contextlib.ExitStack() as stack:
+        copies = {}
+        for name, spec in variants(calibration).items():
+            m = copy.deepcopy(model)
+            if spec is not None:
+                stack.enter_context(patched(m, spec[0], spec[1]))
+            copies[name] = m
+        for kind in ("decode", "prefill"):
+            loads = {name: Workload(m, kind, vocab, device) for name, m in copies.items()}
+            counts = {}
+            for name, work in loads.items():
+                work.step()  # warm-up: lazy allocations, caches of thresholds
+                counts[name] = count(work.step)
+            base = counts["unpatched"]
+            times = {}
+            if timing:
+                clock = time.thread_time if device == "cpu" else time.perf_counter
+                others = {name: loads[name].timed for name in loads if name != "unpatched"}
+                times = rounds(loads["unpatched"].timed, others, repeats=repeats, clock=clock)
+            for name, c in counts.items():
+                row = {
+                    "shape": "decode, batch 1" if kind == "decode" else f"prefill, {PREFILL_BATCH * PREFILL_LEN:,} tokens",
+                    "variant": name,
+                    "ops": c.ops,
+                    "kernels": c.kernels,
+                    "syncs": c.syncs,
+                    "numpy": c.numpy,
+                    "ops_per_layer": (c.ops - base.ops) / num_layers,
+                    "kernels_per_layer": (c.kernels - base.kernels) / num_layers,
+                    "syncs_per_layer": (c.syncs - base.syncs) / num_layers,
+                    "sync_ops": dict(c.sync_names),
+                    "cuda_syncs": c.cuda_syncs,
+                    "cuda_syncs_per_layer": None if c.cuda_syncs is None else (c.cuda_syncs - base.cuda_syncs) / num_layers,
+                    "time_ratio": times[name]["ratio"] if name in times else (1.0 if timing else None),
+                }
+                rows.append(row)
+                log(_line(row))
+    return {"device": device, "backend": backend, "layers": num_layers, "repeats": repeats if timing else 0, "rows": rows}
+
+
+def _line(r: dict) -> str:
+    ratio = "" if r["time_ratio"] is None else f", time x{r['time_ratio']:.3f}"
+    return (
+        f"{r['shape']:>24} | {r['variant']:<33} ops {r['ops']:5d} (+{r['ops_per_layer']:6.1f}/layer) "
+        f"kernels +{r['kernels_per_layer']:6.1f}/layer syncs {r['syncs']:3d} ({r['syncs_per_layer']:+.2f}/layer) "
+        f"numpy {r['numpy']:3d}{ratio}" + ("" if r["cuda_syncs"] is None else f", CUDA-reported syncs {r['cuda_syncs']}")
+    )
+
+
+def table(res: dict) -> str:
+    """The results as a Markdown table."""
+    clock = "thread CPU time" if res["device"] == "cpu" else "wall time"
+    cuda = any(r["cuda_syncs"] is not None for r in res["rows"])
+    head = (
+        "| shape | variant | aten ops / forward | extra ops / layer | extra kernels / layer | syncs / forward "
+        f"| syncs / layer |{' CUDA-reported syncs / layer |' if cuda else ''} numpy calls | time / unpatched ({clock}) |\n"
+        f"|---|---|---|---|---|---|---|{'---|' if cuda else ''}---|---|\n"
+    )
+    lines = []
+    for r in res["rows"]:
+        ratio = "-" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}"
+        syncs = ", ".join(f"{k} {v}" for k, v in sorted(r["sync_ops"].items())) or "none"
+        extra = f" {r['cuda_syncs_per_layer']:.2f} |" if cuda else ""
+        lines.append(
+            f"| {r['shape']} | {r['variant']} | {r['ops']} | {r['ops_per_layer']:+.1f} | {r['kernels_per_layer']:+.1f} "
+            f"| {r['syncs']} ({syncs}) | {r['syncs_per_layer']:.2f} |{extra} {r['numpy']} | {ratio} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--backend", default="grouped_mm", choices=("grouped_mm", "eager", "batched_mm"))
+    ap.add_argument("--repeats", type=int, default=15, help="timed rounds (after one warm-up round)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--no-timing", action="store_true", help="only count ops and syncs")
+    args = ap.parse_args(argv)
+    if args.device != "cpu" and not torch.cuda.is_available():
+        print(f"error: --device {args.device} asked for, but no CUDA device is available", file=sys.stderr)
+        return 2
+    if args.repeats < 1 or args.threads < 1:
+        print("error: --repeats and --threads must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    set_device(args.device)
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+    res = run(device=args.device, backend=args.backend, timing=not args.no_timing, repeats=args.repeats)
+    print()
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
