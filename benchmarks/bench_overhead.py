@@ -3,6 +3,7 @@
     python benchmarks/bench_overhead.py                  # CPU: counts and thread-time ratios
     python benchmarks/bench_overhead.py --device cuda    # on a GPU: counts, syncs and wall-time ratios
     python benchmarks/bench_overhead.py --no-timing      # counts only (a few seconds)
+    python benchmarks/bench_overhead.py --before ../main/src   # and another checkout's code beside, in the same rounds
 
 On a GPU each torch op is (at least) one kernel launch, 5-10 us of host time, and each host
 read of a device value (``.item()``, ``bool(t)``, ``int(t)``, ``.nonzero()``, a boolean-mask
@@ -48,7 +49,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -165,39 +169,59 @@ def count(fn) -> OpCounter:
     return counter
 
 
-def calibration_for(model, tokenizer, device):
+def calibration_for(model, tokenizer, device, pkg: str = "bh_routing"):
     """A calibration of ``model`` fitted on the embedded held-out text (router logits, 'unrouted' null)."""
-    from bh_routing.core.calibration import CalibrationBuilder
+    core, models = importlib.import_module(f"{pkg}.core.calibration"), importlib.import_module(f"{pkg}.models")
     from bh_routing.embedded import default_eval_text
-    from bh_routing.models import get_adapter, model_fingerprint
     from bh_routing.models.adapters.base import text_config
 
-    adapter, config = get_adapter(model), text_config(model)
+    adapter, config = models.get_adapter(model), text_config(model)
     ids = torch.tensor(tokenizer(default_eval_text())["input_ids"][: 8 * 256]).view(8, 256).to(device)  # (8, 256)
     with torch.no_grad():
         logits = model(ids, output_router_logits=True).router_logits
-    builder = CalibrationBuilder(
+    builder = core.CalibrationBuilder(
         num_layers=len(logits), num_experts=adapter.num_experts(config), top_k=adapter.top_k(config), reservoir_size=1024
     )
     for layer, z in enumerate(logits):
         builder.update(layer, z)
-    return builder.finalize(model_name="embedded", model_fingerprint=model_fingerprint(model))
+    return builder.finalize(model_name="embedded", model_fingerprint=models.model_fingerprint(model))
 
 
-def variants(calibration) -> dict:
-    """name -> (strategy, mode), or None for the unpatched model."""
-    from bh_routing import BH, TopK
+def variants(calibration, pkg: str = "bh_routing", prefix: str = "") -> dict:
+    """name -> (patched, strategy, mode) of package ``pkg``; None for the unpatched model."""
+    lib = importlib.import_module(pkg)
+    patched = importlib.import_module(f"{pkg}.models").patched
+    out = {} if prefix else {"unpatched": None}
+    out.update(
+        {
+            f"{prefix}patch TopK(8)": (patched, lib.TopK(8), "patch"),
+            f"{prefix}patch BH(0.05) empirical": (patched, lib.BH(ALPHA), "patch"),
+            f"{prefix}patch BH(0.05) calibrated router": (
+                patched,
+                lib.BH(ALPHA, pvalues="calibrated", calibration=calibration, selection="router"),
+                "patch",
+            ),
+            f"{prefix}analyze BH(0.05)": (patched, lib.BH(ALPHA), "analyze"),
+        }
+    )
+    return out
 
-    return {
-        "unpatched": None,
-        "patch TopK(8)": (TopK(8), "patch"),
-        "patch BH(0.05) empirical": (BH(ALPHA), "patch"),
-        "patch BH(0.05) calibrated router": (
-            BH(ALPHA, pvalues="calibrated", calibration=calibration, selection="router"),
-            "patch",
-        ),
-        "analyze BH(0.05)": (BH(ALPHA), "analyze"),
-    }
+
+def import_before(src: Path) -> str:
+    """Import the ``bh_routing`` package of another checkout's ``src`` as ``bh_routing_before``.
+
+    A copy under that name (its modules import each other relatively; the lazy attribute table of
+    its ``__init__`` names the package, and is renamed) so that both versions run in one process.
+    """
+    target = Path(tempfile.mkdtemp(prefix="bh-before-")) / "bh_routing_before"
+    shutil.copytree(src / "bh_routing", target, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in target.rglob("*.py"):
+        text = path.read_text()
+        if '"bh_routing.' in text:
+            path.write_text(text.replace('"bh_routing.', '"bh_routing_before.'))
+    sys.path.insert(0, str(target.parent))
+    importlib.import_module("bh_routing_before")
+    return "bh_routing_before"
 
 
 class Workload:
@@ -233,22 +257,38 @@ class Workload:
             self.step()
 
 
-def run(*, device: str = "cpu", backend: str = "grouped_mm", timing: bool = True, repeats: int = 15, log=print) -> dict:
-    """Counts (and timing ratios) per variant and shape; see the module notes."""
-    from bh_routing.models import load_model, patched
+def run(
+    *,
+    device: str = "cpu",
+    backend: str = "grouped_mm",
+    timing: bool = True,
+    repeats: int = 15,
+    before: Path | None = None,
+    log=print,
+) -> dict:
+    """Counts (and timing ratios) per variant and shape; see the module notes.
+
+    ``before``: another checkout's ``src`` folder; its variants run beside this one's, named
+    "before: ...", in the same rounds (so the two versions' ratios are measured side by side).
+    """
+    from bh_routing.models import load_model
 
     model, tokenizer = load_model(None, device=device, dtype="float32")
     model.set_experts_implementation(backend)
     num_layers = sum(1 for m in model.modules() if type(m).__name__ == "OlmoeTopKRouter")
     vocab = model.config.vocab_size
-    calibration = calibration_for(model, tokenizer, device)
+    specs = variants(calibration_for(model, tokenizer, device))
+    if before is not None:
+        pkg = import_before(before)
+        specs.update(variants(calibration_for(model, tokenizer, device, pkg), pkg, prefix="before: "))
     rows = []
     with contextlib.ExitStack() as stack:
         copies = {}
-        for name, spec in variants(calibration).items():
+        for name, spec in specs.items():
             m = copy.deepcopy(model)
             if spec is not None:
-                stack.enter_context(patched(m, spec[0], spec[1]))
+                patched, strategy, mode = spec
+                stack.enter_context(patched(m, strategy, mode))
             copies[name] = m
         for kind in ("decode", "prefill"):
             loads = {name: Workload(m, kind, vocab, device) for name, m in copies.items()}
@@ -286,7 +326,7 @@ def run(*, device: str = "cpu", backend: str = "grouped_mm", timing: bool = True
 def _line(r: dict) -> str:
     ratio = "" if r["time_ratio"] is None else f", time x{r['time_ratio']:.3f}"
     return (
-        f"{r['shape']:>24} | {r['variant']:<33} ops {r['ops']:5d} (+{r['ops_per_layer']:6.1f}/layer) "
+        f"{r['shape']:>24} | {r['variant']:<41} ops {r['ops']:5d} (+{r['ops_per_layer']:6.1f}/layer) "
         f"kernels +{r['kernels_per_layer']:6.1f}/layer syncs {r['syncs']:3d} ({r['syncs_per_layer']:+.2f}/layer) "
         f"numpy {r['numpy']:3d}{ratio}" + ("" if r["cuda_syncs"] is None else f", CUDA-reported syncs {r['cuda_syncs']}")
     )
@@ -320,12 +360,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=15, help="timed rounds (after one warm-up round)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--no-timing", action="store_true", help="only count ops and syncs")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        metavar="SRC",
+        help="another checkout's src/ folder (e.g. of the commit before a change): its variants run beside, as 'before: ...'",
+    )
     args = ap.parse_args(argv)
     if args.device != "cpu" and not torch.cuda.is_available():
         print(f"error: --device {args.device} asked for, but no CUDA device is available", file=sys.stderr)
         return 2
     if args.repeats < 1 or args.threads < 1:
         print("error: --repeats and --threads must be >= 1", file=sys.stderr)
+        return 2
+    if args.before is not None and not (args.before / "bh_routing" / "__init__.py").is_file():
+        print(f"error: --before {args.before}: no bh_routing package there", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     set_device(args.device)
@@ -335,7 +384,7 @@ def main(argv=None) -> int:
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
-    res = run(device=args.device, backend=args.backend, timing=not args.no_timing, repeats=args.repeats)
+    res = run(device=args.device, backend=args.backend, timing=not args.no_timing, repeats=args.repeats, before=args.before)
     print()
     print(table(res))
     return 0

@@ -71,3 +71,25 @@ def test_analyze_bh_syncs_per_layer(decode_counts):
     """Analyze mode: the finiteness check and the CPU MAD-zero check; nothing is compacted."""
     counts, layers = decode_counts
     assert counts["analyze"].syncs == 2 * layers
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_syncs_per_layer_as_cuda_reports_them():
+    """On a GPU, CUDA's own count (set_sync_debug_mode): TopK(8) adds none, BH(0.05) two per layer
+    (the logits' finiteness check and the compaction's nonzero); the CPU-only reads are gone."""
+    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+    model, _ = load_model(None, device="cuda:0", dtype="float32")
+    model.set_experts_implementation("grouped_mm")
+    layers = model.config.num_hidden_layers
+    got = {}
+    for name, spec in {"unpatched": None, "topk": (TopK(8), "patch"), "bh": (BH(0.05), "patch")}.items():
+        m = copy.deepcopy(model)
+        with patched(m, *spec) if spec else torch.no_grad():
+            work = bo.Workload(m, "decode", m.config.vocab_size, "cuda:0")
+            work.step()
+            got[name] = bo.count(work.step)
+    base = got["unpatched"]
+    assert (got["topk"].cuda_syncs - base.cuda_syncs) == 0 and got["topk"].syncs == base.syncs
+    assert (got["bh"].cuda_syncs - base.cuda_syncs) == 2 * layers
+    assert got["bh"].syncs - base.syncs == 2 * layers

@@ -9,6 +9,14 @@ computes only the chosen (token, expert) pairs (see :mod:`bh_routing.models.expe
 ``"analyze"`` mode the router's own output is returned untouched: the model's outputs are
 bit-identical and the strategy's choice is only recorded. Everything is resolved and checked
 before anything is patched, and every forward is restored on exit, also when the body raises.
+
+Cost per layer and call (counted by ``benchmarks/bench_overhead.py``, pinned by
+tests/benchmarks/test_bench_overhead.py): ``TopK`` at the model's k and weight convention on a
+softmax top-k router *is* the router's output, which is used as it is - one recording op, no
+host read. Any other strategy routes a second time (its p-values, count, weights: tens of small
+ops); its logits check is one host read, and a variable-k choice one more (the ``nonzero`` of the
+compaction). Logits are not checked for being finite when the router's own output is used (the
+model routes them as it would unpatched).
 """
 
 from __future__ import annotations

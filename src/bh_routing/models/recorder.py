@@ -115,6 +115,15 @@ class Recorder:
             return None
         return mask[:, -new:].reshape(-1).to(device=device, dtype=torch.bool)  # (T,)
 
+    def _begin(self, indices: torch.Tensor, *, model_choice: bool) -> tuple[torch.device, torch.Tensor | None]:
+        """Start recording a call with choice ``indices`` (T, W): the recording device and the valid mask."""
+        t, w = indices.shape
+        if self._device is None:
+            self._allocate(indices.device)
+        self._max_width = max(self._max_width, w)
+        self._has_model_choice |= model_choice
+        return self._device, self._valid(t, indices.device)
+
     def record(
         self,
         layer: int,
@@ -130,13 +139,7 @@ class Recorder:
         """
         indices, counts = result.indices, result.counts  # (T, W), (T,) int64: no autograd
         t, w = indices.shape
-        if self._device is None:
-            self._allocate(indices.device)
-        dev = self._device
-        valid = self._valid(t, indices.device)
-        self._max_width = max(self._max_width, w)
-        if model_indices is not None:
-            self._has_model_choice = True
+        dev, valid = self._begin(indices, model_choice=model_indices is not None)
         if valid is None:  # every token counts: index_add_ of ones, the token count on the host
             self._host_tokens[layer] += t
             self._rows["k"][layer].index_add_(0, _on(counts, dev), self._ones(t))
@@ -174,12 +177,7 @@ class Recorder:
         ``record_tokens=True`` (use :meth:`record`).
         """
         t, k = indices.shape
-        if self._device is None:
-            self._allocate(indices.device)
-        dev = self._device
-        valid = self._valid(t, indices.device)
-        self._max_width = max(self._max_width, k)
-        self._has_model_choice |= analyze
+        dev, valid = self._begin(indices, model_choice=analyze)
         if valid is None:
             self._host_tokens[layer] += t
             self._host_k[layer][k] += t
