@@ -88,7 +88,7 @@ def _bh_count(
             order = first.gather(-1, second)  # (..., E)
         below = sorted_p <= thresholds  # (..., E)
         # step-up: the largest k whose sorted p-value is under its threshold (0 if none)
-        k = (below * torch.arange(1, n + 1, device=p.device)).amax(dim=-1)  # (...)
+        k = (below * _arange(1, n + 1, p.device)).amax(dim=-1)  # (...)
         if width is not None:
             order = order[..., :width]
     k = k.clamp(min=min_k, max=n if max_k is None else max_k)
@@ -118,6 +118,21 @@ def bh_thresholds(alpha: float, num: int, dtype: torch.dtype, device: torch.devi
 
 
 _THRESHOLDS: dict = {}
+
+
+def _arange(start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``torch.arange(start, stop, device=device)`` (int64), cached: on a GPU each new one is a kernel
+    launch on the routing hot path. Read-only: callers must not write into it."""
+    key = (start, stop, torch.device(device))
+    cached = _ARANGES.get(key)
+    if cached is None:
+        if len(_ARANGES) > 256:
+            _ARANGES.clear()
+        cached = _ARANGES[key] = torch.arange(start, stop, device=device)
+    return cached
+
+
+_ARANGES: dict = {}
 _MAX_TIE_EXPERTS = 1 << 15  # the tie-breaking key (rank, preference, expert) fits 63 bits up to here
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bh import bh_thresholds
+from .bh import _arange, bh_thresholds
 from .pvalues import MAD_TO_SD, neg_zscores, normal_tail
 
 _LANES = np.uint64(0x0101010101010101)
@@ -42,7 +42,7 @@ def count_by_buckets(p: torch.Tensor, alpha: float, max_k: int) -> torch.Tensor:
     bucket = torch.searchsorted(thresholds, p.to(dtype).contiguous(), side="left")  # (T, E) in [0, E]
     hist = torch.zeros(t, n + 1, dtype=torch.int64, device=p.device)
     hist.scatter_add_(1, bucket, torch.ones_like(bucket))  # (T, E + 1)
-    ranks = torch.arange(1, n + 1, device=p.device)  # (E,)
+    ranks = _arange(1, n + 1, p.device)  # (E,)
     meets = hist[:, :n].cumsum(dim=1) >= ranks  # (T, E): C(k) >= k
     return (meets * ranks).amax(dim=1).clamp(max=max_k)  # (T,)
 

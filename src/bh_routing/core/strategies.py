@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._validate import check_alpha, check_choice, check_k_bounds, check_logits, check_temperature
-from .bh import _bh_count
+from .bh import _arange, _bh_count, bh_thresholds
 from .pvalues import (
     _conformal_pvalues,
     _empirical_null_pvalues,
@@ -30,7 +30,6 @@ from .pvalues import (
     empirical_null_pvalues,
     normal_tail,
 )
-from .bh import bh_thresholds
 from .router_count import (
     conformal_thresholds,
     count_by_buckets,
@@ -86,7 +85,7 @@ def _finish(
     if full:
         indices, weights = idx, probs.gather(1, idx)  # (T, W), (T, W)
     else:
-        used = torch.arange(width, device=idx.device) < counts.unsqueeze(-1)  # (T, W)
+        used = _arange(0, width, idx.device) < counts.unsqueeze(-1)  # (T, W)
         indices = torch.where(used, idx, torch.full_like(idx, num_experts))  # (T, W), sentinel E
         weights = probs.gather(1, idx) * used  # (T, W)
     if renormalize:

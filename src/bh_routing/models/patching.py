@@ -184,7 +184,8 @@ def _router_forward(
         if mode == "analyze":
             with torch.no_grad():
                 result = adapter.route(strategy, logits, layer, config)
-                weights = adapter.weights(logits, result, strategy, config)
+                # the family's weights are recorded only per token; the aggregates do not read them
+                weights = adapter.weights(logits, result, strategy, config) if recorder.record_tokens else result.weights
             recorder.record(layer.ordinal, result, weights=weights, logits=logits, model_indices=out[2])
             recorder.add_pairs(layer.ordinal, computed=t * top_k, dense=t * top_k)
             return out
