@@ -273,6 +273,7 @@ def run(
     """
     from bh_routing.models import load_model
 
+    device = "cuda:0" if device == "cuda" else device  # one device, no device_map="auto" (and no hooks)
     model, tokenizer = load_model(None, device=device, dtype="float32")
     model.set_experts_implementation(backend)
     num_layers = sum(1 for m in model.modules() if type(m).__name__ == "OlmoeTopKRouter")

@@ -25,7 +25,7 @@ export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKE
 start=$(date +%s)
 
 if (( dry )); then
-    run_args=(--device cpu --tiny --quick --only routing,moe,generation,peakmem --threads 1
+    run_args=(--device cpu --tiny --quick --only routing,moe,overhead,generation,peakmem --threads 1
               --markdown "$log/BENCHMARKS-gpu.md" --figure "$log/generation_speed_gpu.png")
 else
     if ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -46,7 +46,7 @@ echo "gpu_check: environment in $log/env.txt"
 "$py" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tee "$log/pytest.log"
 echo "PYTEST-EXIT ${PIPESTATUS[0]}" >>"$log/pytest.log"
 
-# 2. routing, MoE block, generation (bf16, all 16 layers), peak memory of bh-routing run --quick (bf16, fp16)
+# 2. routing, MoE block, ops and host syncs per MoE layer, generation (bf16, all 16 layers), peak memory of bh-routing run --quick (bf16, fp16)
 "$py" benchmarks/run.py "${run_args[@]}" --keep-going --json "$log/gpu.json" --pytest-log "$log/pytest.log" 2>&1 \
     | tee "$log/benchmarks.log"
 rc=${PIPESTATUS[0]}

@@ -721,7 +721,9 @@ interpreter, default `python3`, with `PYTHONPATH=src` so the checkout is what ru
 
 1. `pytest -m gpu` (bf16 forward and `generate` under patch on every experts backend, BH on CUDA);
 2. `python benchmarks/run.py --device cuda --threads 8 --keep-going --markdown BENCHMARKS-gpu.md`: the
-   routing and MoE-block benchmarks (bfloat16 for the block), the generation benchmark in bfloat16 with
+   routing and MoE-block benchmarks (bfloat16 for the block), the torch ops and host syncs per MoE layer
+   of the patch on the embedded model, as CUDA reports them (`benchmarks/bench_overhead.py`; the
+   sync counts are also pinned by a `gpu` test), the generation benchmark in bfloat16 with
    all 16 layers and the full vocabulary (figure `benchmarks/generation_speed_gpu.png`), and the peak
    GPU memory of `bh-routing run --quick` on the full 16-layer random-weight model in bfloat16 and in
    float16 (and float16 with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`) - whether a 16 GB T4

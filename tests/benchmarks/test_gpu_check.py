@@ -27,7 +27,7 @@ def _digest(path: Path) -> str | None:
 
 @pytest.mark.slow
 def test_dry_run_runs_every_step_and_writes_only_into_its_folder(tmp_path):
-    """--dry-run: pytest -m gpu, then routing, MoE block, generation and peak memory at tiny sizes."""
+    """--dry-run: pytest -m gpu, then routing, MoE block, ops and syncs, generation and peak memory at tiny sizes."""
     repo_files = [ROOT / "BENCHMARKS-gpu.md", ROOT / "benchmarks" / "generation_speed_gpu.png", ROOT / "BENCHMARKS.md"]
     before = [_digest(p) for p in repo_files]
     proc = _script("--dry-run", str(tmp_path / "logs"))
@@ -37,13 +37,13 @@ def test_dry_run_runs_every_step_and_writes_only_into_its_folder(tmp_path):
     assert {p.name for p in logs.iterdir()} >= {"env.txt", "pytest.log", "benchmarks.log", "gpu.json", "BENCHMARKS-gpu.md", "generation_speed_gpu.png"}
     assert "PYTEST-EXIT 0" in (logs / "pytest.log").read_text()  # the gpu tests were selected (and skipped: no GPU)
     res = json.loads((logs / "gpu.json").read_text())
-    assert res["sections"] == ["routing", "moe", "generation", "peakmem"]
+    assert res["sections"] == ["routing", "moe", "overhead", "generation", "peakmem"]
     assert not [s for s in res["sections"] if "error" in res[s]]
     for key in ("decode_speedup_bh_batch1", "decode_bh_mean_k", "patch_overhead_decode", "decode_speedup_bh_batch16"):
         assert math_finite(res[key]), key
     assert [r["exit_code"] for r in res["peakmem"]["rows"]] == [0, 0]  # bh-routing run --quick, bf16 and fp16
     md = (logs / "BENCHMARKS-gpu.md").read_text()
-    for heading in ("## 1. Routing cost", "## 2. Compute actually saved", "## 6. Generation speed", "## 7. Peak GPU memory"):
+    for heading in ("## 1. Routing cost", "## 2. Compute actually saved", "### Torch ops and host syncs", "## 6. Generation speed", "## 7. Peak GPU memory"):
         assert heading in md
     assert "Dry run at tiny sizes" in md and "`pytest -m gpu`**:" in md
 
