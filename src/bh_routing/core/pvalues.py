@@ -143,7 +143,7 @@ def neg_zscores(z: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> t
     exactly ``-((z - c) / s)``; both are monotone in ``z``.
     """
     flat = scale <= 0  # (T, 1): all logits equal (MAD 0): zscore 0
-    safe = torch.where(flat, torch.ones_like(scale), scale)
+    safe = scale.masked_fill(flat, 1.0)  # (T, 1)
     neg = (centre - z) / safe  # (T, W)
     if neg.device.type != "cpu":  # no host read on an accelerator: the same zeros, unconditionally
         return neg.masked_fill(flat, 0.0)

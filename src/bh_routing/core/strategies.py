@@ -86,7 +86,7 @@ def _finish(
         indices, weights = idx, probs.gather(1, idx)  # (T, W), (T, W)
     else:
         used = _arange(0, width, idx.device) < counts.unsqueeze(-1)  # (T, W)
-        indices = torch.where(used, idx, torch.full_like(idx, num_experts))  # (T, W), sentinel E
+        indices = torch.where(used, idx, num_experts)  # (T, W), sentinel E
         weights = probs.gather(1, idx) * used  # (T, W)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
