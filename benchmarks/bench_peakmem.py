@@ -117,7 +117,8 @@ def run(log, *, device: str, tiny: bool = False, threads: int | None = None, on_
         for dtype, alloc_conf in variants:
             env_d = dict(env, PYTORCH_CUDA_ALLOC_CONF=alloc_conf) if alloc_conf else env
             cmd = [sys.executable, str(Path(__file__).with_name("run.py")), "--peak-child", dtype, str(folder / "model"),
-                   str(folder / f"run-{dtype}"), "--device", device]
+                   str(folder / f"run-{dtype}{'-expandable' if alloc_conf else ''}"), "--device", device]
+            # a folder of its own per variant: in a folder of a finished run, `run` would resume its steps
             if threads:
                 cmd += ["--threads", str(threads)]
             if tiny:

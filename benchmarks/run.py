@@ -67,6 +67,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--pytest-log", type=Path, help="a pytest log whose summary line goes into the report")
     ap.add_argument("--keep-going", action="store_true", help="a section that fails is reported, the others still run")
     ap.add_argument("--render", type=Path, help="only write --markdown from a saved --json of an earlier run")
+    ap.add_argument("--section-from", action="append", default=[], metavar="NAME=JSON",
+                    help="with --render: take section NAME from another run's --json (e.g. a section run again)")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peak-child", nargs=3, metavar=("DTYPE", "MODEL", "OUT"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -107,6 +109,15 @@ def main(argv=None) -> int:
         saved.setdefault("total_s", 0.0)
         saved["rendered_by"] = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
         saved.update(_headline(saved))
+        for spec in args.section_from:  # the command line (in rendered_by) says where each section came from
+            name, _, path = spec.partition("=")
+            other = json.loads(Path(path).read_text())
+            if name not in other:
+                print(f"error: --section-from: no section {name!r} in {path}", file=sys.stderr)
+                return 2
+            saved[name] = other[name]
+        if args.pytest_log is not None:  # e.g. a rerun of `pytest -m gpu` after the run
+            saved["pytest"] = _pytest_summary(args.pytest_log)
         if saved["sections"] == ["generation"] and saved.get("device", "cpu") == "cpu":  # as --only generation does
             splice(args.markdown, report.generation_section(saved), report.GENERATION_START, report.GENERATION_END)
             splice(args.markdown, report.GPU_CHECK, report.GPU_CHECK_START, report.GPU_CHECK_END)
