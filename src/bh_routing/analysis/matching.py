@@ -170,7 +170,7 @@ class AlphaSearch:
                 k_lo, k_hi = max(k for a, k in below if a == lo), min(k for a, k in above if a == hi)
                 return Match(target, math.exp(best[0]), best[1], False, self.passes - start,
                              f"BH's mean k jumps from {k_lo:.3f} to {k_hi:.3f} within 1% of α "
-                             f"({math.exp(lo):.4g} to {math.exp(hi):.4g})")
+                             f"({math.exp(lo):.6g} to {math.exp(hi):.6g})")
             x = OfflineBH(self.make_bh, best[2], max_k=self.top_k).solve(target, lo, hi)
             if not lo < x < hi or self.passes - start >= 3:  # safeguard: plain bisection after 3 proposals
                 x = 0.5 * (lo + hi)
