@@ -168,9 +168,10 @@ class AlphaSearch:
             lo, hi = max(a for a, _ in below), min(a for a, _ in above)
             if hi - lo < JUMP_WIDTH:  # k jumps across the target: no α hits it
                 k_lo, k_hi = max(k for a, k in below if a == lo), min(k for a, k in above if a == hi)
+                a_lo, a_hi = f"{math.exp(lo):.4g}", f"{math.exp(hi):.4g}"
+                where = f"at α = {a_lo}" if a_lo == a_hi else f"within 1% of α ({a_lo} to {a_hi})"
                 return Match(target, math.exp(best[0]), best[1], False, self.passes - start,
-                             f"BH's mean k jumps from {k_lo:.3f} to {k_hi:.3f} within 1% of α "
-                             f"({math.exp(lo):.6g} to {math.exp(hi):.6g})")
+                             f"BH's mean k jumps from {k_lo:.3f} to {k_hi:.3f} {where}")
             x = OfflineBH(self.make_bh, best[2], max_k=self.top_k).solve(target, lo, hi)
             if not lo < x < hi or self.passes - start >= 3:  # safeguard: plain bisection after 3 proposals
                 x = 0.5 * (lo + hi)
