@@ -112,7 +112,10 @@ def _section(res: dict, figures: list[str]) -> list[str]:
         "needed by this definition. FDP = share of BH's own discoveries (not min_k's forced experts) that are not "
         "needed, per (token, layer), averaged per document; power = share of the needed experts selected. BH runs on "
         "the logits of the model's own routing (every layer as the model computes it). Baselines at BH's mean k "
-        "(FDP of all their selections / power); 95% t-intervals over documents.",
+        "(FDP of all their selections / power): the two settings of the family whose mean k bracket BH's (top-k: "
+        "the integers around it) chosen at random per token in the proportions that give BH's mean k - the exact "
+        "value of that runnable randomised rule, not a curve through measured points; 95% t-intervals over "
+        "documents.",
         "",
     ]
     if "fdr_oracle.png" in figures:
