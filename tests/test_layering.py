@@ -1,8 +1,8 @@
 """The layers of the package: imports point one way, and no module imports itself back.
 
-core (numpy/torch/scipy only) <- models <- analysis <- report <- study <- cli. ``embedded`` (the
-shipped model and texts) sits beside core; ``vllm`` (the vLLM integration) sits on models and
-imports only core and models (analysis may use it: ``bh-routing lm-eval --backend vllm``). Every import counts, also those inside functions and
+core (numpy/torch/scipy only) <- models <- vllm <- analysis <- report <- study <- cli. ``embedded``
+(the shipped model and texts) sits beside core; ``vllm`` (the serving layer) imports only core and
+models, and is used from above through ``bh_routing.vllm`` only (``bh-routing lm-eval --backend vllm``). Every import counts, also those inside functions and
 under ``TYPE_CHECKING``: hiding an import in a function does not remove the dependency.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import bh_routing
 
 SRC = Path(bh_routing.__file__).resolve().parent
-LAYERS = {"core": 0, "embedded": 0, "models": 1, "vllm": 2, "analysis": 2, "report": 3, "study": 4, "cli": 5}
+LAYERS = {"core": 0, "embedded": 0, "models": 1, "vllm": 2, "analysis": 3, "report": 4, "study": 5, "cli": 6}
 
 
 def _modules() -> dict[str, Path]:
@@ -96,17 +96,18 @@ def test_no_upward_imports():
 
 
 def test_vllm_integration_imports_only_core_and_models():
-    """bh_routing.vllm is an integration beside models: never imported by core or models (the
-    layer order), and itself built on core and models only; its plugin may also read certificates
-    (analysis.certify) for ``BH_ROUTING_STRATEGY=certificate:...``."""
+    """bh_routing.vllm is the serving layer on models: never imported by core or models (the
+    layer order), itself built on core and models only (its plugin reads certificates through
+    bh_routing.models.certificate), and used from above only through its public package."""
     vllm_modules = [n for n in GRAPH if n.startswith("bh_routing.vllm")]
     assert "bh_routing.vllm.plugin" in vllm_modules
-    certify = {"bh_routing.analysis", "bh_routing.analysis.certify"}
-    assert certify <= GRAPH["bh_routing.vllm.plugin"]
+    assert "bh_routing.models.certificate" in GRAPH["bh_routing.vllm.plugin"]
     for name in vllm_modules:
-        targets = GRAPH[name] - (certify if name == "bh_routing.vllm.plugin" else set())
-        used = {t.split(".")[1] for t in targets if t.count(".")}
+        used = {t.split(".")[1] for t in GRAPH[name] if t.count(".")}
         assert used <= {"core", "models", "vllm"}, (name, used)
+    private = [f"{a} -> {b}" for a, targets in GRAPH.items() if not a.startswith("bh_routing.vllm")
+               for b in targets if b.startswith("bh_routing.vllm.")]
+    assert not private, "imports of the serving layer's modules instead of bh_routing.vllm:\n" + "\n".join(private)
 
 
 def test_root_package_imports_only_core():

@@ -13,8 +13,11 @@ from .core import (
     Calibration,
     CalibrationBuilder,
     CalibrationMismatchError,
+    Entropy,
     RoutingResult,
     Strategy,
+    StrategyContractError,
+    StrategySpecError,
     TopK,
     TopP,
     WeightRatio,
@@ -24,7 +27,10 @@ from .core import (
     bh_select,
     conformal_pvalues,
     empirical_null_pvalues,
+    register,
+    spec_of,
     standardized_pvalues,
+    strategy_from_spec,
 )
 
 __version__ = "0.1.0"
@@ -37,7 +43,7 @@ _LAZY = {
     "Recorder": "bh_routing.models",
     "default_eval_text": "bh_routing.embedded",
     "default_eval_texts": "bh_routing.embedded",
-    "certified_strategy": "bh_routing.analysis.certify",
+    "certified_strategy": "bh_routing.models.certificate",
     "RunConfig": "bh_routing.analysis",
     "Study": "bh_routing.study",
     "run": "bh_routing.study",

@@ -88,7 +88,7 @@ class _OnlyFirstTwo(Strategy):
     def __init__(self, seed: int) -> None:
         self.g = torch.Generator().manual_seed(seed)
 
-    def _choose(self, logits, probs, *, layer, model_top_k):
+    def choose(self, logits, probs, *, layer, model_top_k):
         t, e = probs.shape
         order = torch.arange(e).expand(t, e)
         counts = torch.randint(0, 3, (t,), generator=self.g)

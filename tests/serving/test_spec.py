@@ -31,8 +31,8 @@ def test_specs_build_the_strategy(spec, expected):
     "spec, message",
     [
         ("", "strategy spec is empty"),
-        ("bhh:alpha=0.05", "unknown strategy 'bhh'; did you mean 'bh'? (available: topk, topp, weight_ratio, bh)"),
-        ("xyz", "unknown strategy 'xyz' (available: topk, topp, weight_ratio, bh)"),
+        ("bhh:alpha=0.05", "unknown strategy 'bhh'; did you mean 'bh'? (available: topk, topp, weight_ratio, entropy, bh, or module:Class)"),
+        ("xyz", "unknown strategy 'xyz' (available: topk, topp, weight_ratio, entropy, bh, or module:Class)"),
         ("bh:alpha", "expected KEY=VALUE in strategy spec 'bh:alpha', got 'alpha'"),
         ("bh:alpha=0.05,alpha=0.1", "key 'alpha' given twice"),
         ("bh:alpha=1.5", "alpha must be in (0, 1], got 1.5"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import os
 
-from . import VLLMIntegrationError, check_vllm
+from .version import VLLMIntegrationError, check_vllm
 
 
 def _vllm_version(name: str, _version=metadata.version) -> str:

@@ -46,7 +46,7 @@ def _skip_unused() -> bool:
 def certified_spec(spec: str):
     """``certificate:PATH[,family=NAME][,calibration=PATH]`` -> (Strategy, the certificate's
     model fingerprint). Raises :class:`~bh_routing.vllm.StrategySpecError` with the reason."""
-    from ..analysis.certify import CertificateError, chosen_point, load_certificate, strategy_from_description
+    from ..models.certificate import CertificateError, chosen_point, load_certificate, strategy_from_description
     from ..core import Calibration
     from .spec import StrategySpecError
 

@@ -63,14 +63,15 @@ sequences) and ``frontier`` (:func:`certified_frontier`).
 """
 
 
-from .certificate import (
+from ...models.certificate import (
+    CertificateError,
     CERTIFICATE_JSON, FORMAT, FORMAT_VERSION, certified_strategy, check_fingerprint, chosen_point, grid_points,
     load_certificate, model_meta, save_certificate, strategy_from_description,
 )
 from .checks import held_out_check, split_experiment
 from .grid import (
     ALPHA_GRID, DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_RISK, FAMILIES, LOSS_BOUND, RATIO_GRID, RISKS, TOPP_GRID,
-    CertificateError, GridPoint, check_certify_args, check_enough_units, check_families, check_request,
+    GridPoint, check_certify_args, check_enough_units, check_families, check_request,
     default_grid, needed_units,
 )
 from .procedure import FRONTIER_POINTS, certified_frontier, certified_rows, certify, frontier_epsilons, recertify

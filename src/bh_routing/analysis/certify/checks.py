@@ -8,7 +8,7 @@ import torch
 
 from ...core import Calibration
 from ...core.risk_control import fixed_sequence_test, hb_pvalue, min_sequences
-from .certificate import check_fingerprint, chosen_point, strategy_from_description
+from ...models.certificate import check_fingerprint, chosen_point, strategy_from_description
 from .grid import LOSS_BOUND, CertificateError, GridPoint, check_certify_args
 from .risks import family_slices, measure_risks, risk_matrix
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ...core import BH, BHRoutingError, Calibration, Strategy, TopK, TopP, WeightRatio
+from ...core import BH, Calibration, Strategy, TopK, TopP, WeightRatio
+from ...models.certificate import CertificateError
 from ...core.risk_control import min_sequences
 
 RISKS = ("top1", "loss")
@@ -26,10 +27,6 @@ DEFAULT_RISK = "top1"
 TOPP_GRID = (0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.4, 0.3, 0.2)
 RATIO_GRID = (0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5)
 ALPHA_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3, 0.1, 0.05, 0.01)
-
-
-class CertificateError(BHRoutingError, ValueError):
-    """A certificate that cannot be made or used; the message is one line for the user."""
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from ...core import Calibration
 from ...core.risk_control import TooFewSequencesError, hb_pvalue, hb_upper_bound, learn_then_test
 from ..outputs import environment
-from .certificate import FORMAT, FORMAT_VERSION, chosen_point, grid_points, model_meta
+from ...models.certificate import FORMAT, FORMAT_VERSION, chosen_point, grid_points, model_meta
 from .grid import (
     DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_RISK, FAMILIES, LOSS_BOUND, CertificateError, GridPoint,
     check_certify_args, check_enough_units, default_grid, needed_units,

@@ -96,8 +96,8 @@ def evaluate_downstream(
     if backend not in BACKENDS:
         raise DownstreamError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "vllm":
+        from ...vllm import lm_eval_vllm
         from ...vllm import patched as vllm_patched
-        from ...vllm.harness import lm_eval_vllm
 
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         lm = lm_eval_vllm(model.config._name_or_path, dtype=dtype, batch_size=batch_size, seed=seed)

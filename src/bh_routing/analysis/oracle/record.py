@@ -73,7 +73,7 @@ class OracleRouting(Strategy):
     def describe(self) -> dict:
         return {"name": self.name, "tau": self.tau, "min_k": self.min_k}
 
-    def _choose(self, logits, probs, *, layer, model_top_k):
+    def choose(self, logits, probs, *, layer, model_top_k):
         recs = self.records[layer]
         if not recs or recs[-1].effect.shape[0] != logits.shape[0]:  # patched()'s dry run
             return torch.topk(probs, model_top_k, dim=-1).indices, torch.full((len(probs),), model_top_k), model_top_k

@@ -1,27 +1,14 @@
-"""Routing strategies: router logits (T, E) -> chosen experts per token, padded to a fixed width.
-
-Every strategy returns a :class:`RoutingResult`: ``indices`` (T, W) with unused slots set to the
-sentinel ``E`` (one past the last expert), ``weights`` (T, W) with 0 in unused slots, and
-``counts`` (T,). The experts modules of transformers read the width W from the tensor shape;
-the model layer makes every experts backend skip the sentinel.
-
-Weights. ``weight_rule="model"`` follows the model's convention, passed in by the model layer
-as ``norm_topk_prob`` (OLMoE: False -> the raw softmax probabilities of the chosen experts;
-Mixtral, Qwen3-MoE: True -> renormalised to sum 1). ``"softmax"`` and ``"renormalize"`` force
-one or the other. Weights always come from the untempered softmax of the router logits: the
-temperature of :class:`BH` changes which experts are chosen, not how they are mixed.
-"""
+"""Benjamini-Hochberg routing: the count from BH over each token's p-values."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from ._validate import check_alpha, check_choice, check_k_bounds, check_logits, check_temperature
-from .bh import _arange, _bh_count, bh_thresholds
-from .pvalues import (
+from .._validate import check_alpha, check_choice, check_k_bounds, check_temperature
+from ..bh import _bh_count, bh_thresholds
+from ..pvalues import (
     _conformal_pvalues,
     _empirical_null_pvalues,
     _standardized_pvalues,
@@ -30,7 +17,7 @@ from .pvalues import (
     empirical_null_pvalues,
     normal_tail,
 )
-from .router_count import (
+from ..router_count import (
     conformal_thresholds,
     count_by_buckets,
     count_calibrated,
@@ -38,209 +25,13 @@ from .router_count import (
     descending_order,
     normal_cutoffs,
 )
+from .base import Strategy, _check_weight_rule, _resolve_max_k
 
 if TYPE_CHECKING:
-    from .calibration import Calibration
+    from ..calibration import Calibration
 
-WEIGHT_RULES = ("model", "softmax", "renormalize")
 PVALUE_METHODS = ("empirical", "calibrated", "standardized")
 SELECTIONS = ("pvalue", "router")
-
-
-@dataclass(frozen=True)
-class RoutingResult:
-    """The experts chosen for T tokens out of E, padded to width W."""
-
-    indices: torch.Tensor  # (T, W) int64, expert ids; sentinel E in unused slots
-    weights: torch.Tensor  # (T, W) mixing weights, 0 in unused slots
-    counts: torch.Tensor  # (T,) int64, experts chosen per token (<= W)
-    num_experts: int  # E, which is also the sentinel value
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """(T, E) bool: True where expert e is chosen for token t."""
-        t = self.indices.shape[0]
-        m = torch.zeros(t, self.num_experts + 1, dtype=torch.bool, device=self.indices.device)
-        return m.scatter(1, self.indices, True)[:, : self.num_experts]
-
-
-def _finish(
-    probs: torch.Tensor,
-    order: torch.Tensor,
-    counts: torch.Tensor,
-    width: int,
-    *,
-    renormalize: bool,
-    out_dtype: torch.dtype,
-    full: bool = False,
-) -> RoutingResult:
-    """Take the first ``counts[t]`` experts of ``order[t]`` (ranked best first), pad to ``width``.
-
-    probs: (T, E) float32 softmax; order: (T, >=width) expert ids by preference; counts: (T,).
-    ``full``: every count is ``width`` (a fixed-width strategy), so no slot is padded and the
-    mask is skipped (multiplying by an all-true mask changes no bit).
-    """
-    num_experts = probs.shape[-1]
-    idx = order[:, :width]  # (T, W)
-    if full:
-        indices, weights = idx, probs.gather(1, idx)  # (T, W), (T, W)
-    else:
-        used = _arange(0, width, idx.device) < counts.unsqueeze(-1)  # (T, W)
-        indices = torch.where(used, idx, num_experts)  # (T, W), sentinel E
-        weights = probs.gather(1, idx) * used  # (T, W)
-    if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-    return RoutingResult(indices=indices, weights=weights.to(out_dtype), counts=counts, num_experts=num_experts)
-
-
-class Strategy:
-    """Base class: subclasses implement :meth:`_choose`.
-
-    ``route(logits, *, layer, model_top_k, norm_topk_prob)`` validates the logits, computes the
-    softmax in float32 (as transformers' routers do) and returns a :class:`RoutingResult` whose
-    weights have the logits' dtype.
-    """
-
-    weight_rule: str = "model"
-    name: str = "strategy"
-    fixed_width: bool = False  # every token gets exactly W experts (no padding slot), e.g. TopK
-
-    def route(
-        self,
-        logits: torch.Tensor,
-        *,
-        layer: int | None = None,
-        model_top_k: int | None = None,
-        norm_topk_prob: bool = False,
-    ) -> RoutingResult:
-        """Choose experts for router logits of shape (T, E).
-
-        Parameters
-        ----------
-        logits : torch.Tensor, shape (T, E)
-        layer : int, optional
-            MoE-layer ordinal (needed by the calibrated null).
-        model_top_k : int, optional
-            The model's own k; the default ``max_k`` of the variable-k strategies.
-        norm_topk_prob : bool, default False
-            The model's weight convention, used by ``weight_rule="model"``.
-        """
-        check_logits(logits)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (T, E)
-        order, counts, width = self._choose(logits, probs, layer=layer, model_top_k=model_top_k)
-        renorm = {"model": norm_topk_prob, "softmax": False, "renormalize": True}[self.weight_rule]
-        return _finish(probs, order, counts, width, renormalize=renorm, out_dtype=logits.dtype, full=self.fixed_width)
-
-    def _choose(self, logits, probs, *, layer, model_top_k):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        """JSON-able parameters."""
-        params = {k: v for k, v in vars(self).items() if k != "calibration" and not k.startswith("_")}
-        return {"name": self.name, **params}
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
-        return f"{type(self).__name__}({params})"
-
-
-def _check_weight_rule(rule: str) -> str:
-    return check_choice(rule, WEIGHT_RULES, name="weight_rule")
-
-
-def _resolve_max_k(max_k: int | None, model_top_k: int | None, num_experts: int, min_k: int) -> int:
-    k = max_k if max_k is not None else (model_top_k if model_top_k is not None else num_experts)
-    check_k_bounds(min_k, k, num_experts)
-    return k
-
-
-class TopK(Strategy):
-    """The standard router: the k experts of highest probability (ties by index, as torch.topk).
-
-    Parameters
-    ----------
-    k : int
-        Experts per token, 1 <= k <= E.
-    weight_rule : {"model", "softmax", "renormalize"}, default "model"
-    """
-
-    name = "topk"
-    fixed_width = True
-
-    def __init__(self, k: int, *, weight_rule: str = "model") -> None:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.k = k
-        self.weight_rule = _check_weight_rule(weight_rule)
-
-    def _choose(self, logits, probs, *, layer, model_top_k):
-        if self.k > probs.shape[-1]:
-            raise ValueError(f"k must be <= the number of experts ({probs.shape[-1]}), got {self.k}")
-        order = torch.topk(probs, self.k, dim=-1).indices  # (T, k), same call as the routers
-        counts = torch.full((probs.shape[0],), self.k, dtype=torch.long, device=probs.device)
-        return order, counts, self.k
-
-
-class TopP(Strategy):
-    """Top-p (nucleus) routing (Huang et al. 2024, "Harder tasks need more experts").
-
-    The smallest set of experts, by descending probability, whose probability mass reaches p:
-    :math:`k = \\min\\{k : \\sum_{j \\le k} \\pi_{(j)} \\ge p\\}`, clamped to [min_k, max_k].
-
-    Parameters
-    ----------
-    p : float in (0, 1]
-    min_k : int, default 1
-    max_k : int or None, default None (the model's top-k, else E)
-    weight_rule : {"model", "softmax", "renormalize"}, default "model"
-    """
-
-    name = "topp"
-
-    def __init__(self, p: float, *, min_k: int = 1, max_k: int | None = None, weight_rule: str = "model") -> None:
-        check_alpha(p, name="p")
-        check_k_bounds(min_k, max_k)
-        self.p, self.min_k, self.max_k = float(p), min_k, max_k
-        self.weight_rule = _check_weight_rule(weight_rule)
-
-    def _choose(self, logits, probs, *, layer, model_top_k):
-        width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E)
-        mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # (T, E): mass of the better experts
-        counts = (mass_before < self.p).sum(dim=-1).clamp(self.min_k, width)  # (T,)
-        return order, counts, width
-
-
-class WeightRatio(Strategy):
-    """Keep the experts whose probability is at least beta times the top one (NAEE, Lu et al. 2024).
-
-    :math:`k = \\#\\{e : \\pi_e \\ge \\beta\\, \\max_j \\pi_j\\}`, clamped to [min_k, max_k].
-
-    Parameters
-    ----------
-    beta : float in (0, 1]
-    min_k : int, default 1
-    max_k : int or None, default None (the model's top-k, else E)
-    weight_rule : {"model", "softmax", "renormalize"}, default "model"
-    """
-
-    name = "weight_ratio"
-
-    def __init__(
-        self, beta: float, *, min_k: int = 1, max_k: int | None = None, weight_rule: str = "model"
-    ) -> None:
-        check_alpha(beta, name="beta")
-        check_k_bounds(min_k, max_k)
-        self.beta, self.min_k, self.max_k = float(beta), min_k, max_k
-        self.weight_rule = _check_weight_rule(weight_rule)
-
-    def _choose(self, logits, probs, *, layer, model_top_k):
-        width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E)
-        counts = (sorted_p >= self.beta * sorted_p[:, :1]).sum(dim=-1).clamp(self.min_k, width)
-        return order, counts, width
 
 
 class BH(Strategy):
@@ -305,6 +96,10 @@ class BH(Strategy):
     """
 
     name = "bh"
+    knob = "alpha"
+    grid = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+    label = "BH"
+    color = "#d62728"
 
     def __init__(
         self,
@@ -357,7 +152,7 @@ class BH(Strategy):
             return _standardized_pvalues(logits, table, count, self.temperature)
         return _conformal_pvalues(logits, cal.null_sorted[layer], cal.null_count[layer], self.temperature)
 
-    def _choose(self, logits, probs, *, layer, model_top_k):
+    def choose(self, logits, probs, *, layer, model_top_k):
         width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
         if self.selection == "router":
             order = torch.topk(probs, width, dim=-1).indices  # (T, W): the router's own call

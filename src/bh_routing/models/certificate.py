@@ -1,7 +1,9 @@
 """The certificate file: writing, reading and checking it, and the strategies it certifies.
 
-Format in :mod:`bh_routing.analysis.certify` (``format: "bh-routing-certificate"``,
-``format_version: "1"``).
+Below the serving layer (the vLLM plugin reads certificates) and beside the model fingerprint
+that ties a certificate to its model. How a certificate is made is
+:mod:`bh_routing.analysis.certify`; its fields are described there (``format:
+"bh-routing-certificate"``, ``format_version: "1"``).
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...core import BH, Calibration, Strategy, TopK, TopP, WeightRatio
-from ...models import get_adapter, model_fingerprint
-from ...models.adapters import text_config
-from ..outputs import atomic_write_text
-from .grid import CertificateError
+from ..core import Calibration, Strategy
+from ..core.errors import BHRoutingError
+from ..core.families import StrategySpecError, get_family
+from ..core.files import atomic_path
+from .adapters import get_adapter, text_config
+from .fingerprint import model_fingerprint
 
 FORMAT = "bh-routing-certificate"
 FORMAT_VERSION = "1"
 CERTIFICATE_JSON = "certificate.json"
+
+
+class CertificateError(BHRoutingError, ValueError):
+    """A certificate request or file that cannot work; the message is one line saying why."""
 
 
 def model_meta(model, model_name: str | None = None) -> dict:
@@ -45,28 +52,29 @@ def grid_points(cert: dict) -> list[dict]:
     return [p for entry in cert["families"].values() for p in entry["grid"]]
 
 
-_STRATEGIES = {"topk": TopK, "topp": TopP, "weight_ratio": WeightRatio, "bh": BH}
-_POSITIONAL = {"topk": "k", "topp": "p", "weight_ratio": "beta", "bh": "alpha"}
-
-
 def strategy_from_description(desc: dict, *, calibration: Calibration | None = None) -> Strategy:
     """Rebuild a Strategy from its :meth:`Strategy.describe` dict (as stored in certificates)."""
-    name = desc.get("name")
-    if name not in _STRATEGIES:
-        raise CertificateError(f"unknown strategy {name!r} in certificate; available: {', '.join(_STRATEGIES)}")
-    kwargs = {k: v for k, v in desc.items() if k not in ("name", _POSITIONAL[name])}
-    if name == "bh" and kwargs.get("pvalues") == "calibrated":
+    kwargs = {k: v for k, v in desc.items() if k not in ("name", "family")}
+    try:
+        cls = get_family(desc.get("family") or desc.get("name"))
+    except StrategySpecError as exc:
+        raise CertificateError(f"certificate: {exc}") from None
+    if kwargs.get("pvalues") in ("calibrated", "standardized"):
         if calibration is None:
             raise CertificateError("the certified BH setting uses a calibrated null: pass its calibration")
         kwargs["calibration"] = calibration
-    return _STRATEGIES[name](desc[_POSITIONAL[name]], **kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CertificateError(f"certificate: strategy {desc.get('name')!r}: {exc}") from None
 
 
 def save_certificate(cert: dict, path: str | Path) -> Path:
     """Write ``cert`` as JSON (atomically)."""
 
     path = Path(path)
-    atomic_write_text(path, json.dumps(cert, indent=1, allow_nan=False))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(cert, indent=1, allow_nan=False), encoding="utf-8")
     return path
 
 
@@ -106,12 +114,13 @@ def certified_strategy(path: str | Path, model, family: str | None = None, *,
     ----------
     path : str or Path
         A certificate.json written by ``bh-routing certify`` or :func:`save_certificate`
-        (format in the notes of :mod:`bh_routing.analysis.certify`).
+        (fields described in :mod:`bh_routing.analysis.certify`).
     model : transformers MoE model
         Must be the model the certificate was made on (checked by fingerprint).
     family : str, optional
-        ``"topk"``, ``"topp"``, ``"weight_ratio"``, ``"bh"`` or ``"bh-calibrated"``; default the
-        family whose certified setting uses the fewest experts per token.
+        A family of the certificate (``"topk"``, ``"topp"``, ``"bh"``, ``"bh-calibrated"``, a user
+        family's name, ...); default the family whose certified setting uses the fewest experts
+        per token.
     calibration : Calibration, optional
         Needed when the chosen setting is BH with a calibrated null.
 
