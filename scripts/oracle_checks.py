@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bh_routing.analysis import RunConfig, oracle
+from bh_routing.analysis import oracle
+from bh_routing.study import RunConfig
 from bh_routing.analysis.evaluate import evaluate_strategy
-from bh_routing.analysis.experiments import bh_strategy, fit_calibration
+from bh_routing.analysis.experiments import fit_calibration
 from bh_routing.analysis.data import split_by_document
-from bh_routing.analysis.inputs import _texts, prepare
+from bh_routing.study.inputs import _texts, prepare
 from bh_routing.analysis.sequential import fit_sequential_calibration
 from bh_routing.core import TopK
 from bh_routing.models import patched
@@ -74,7 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = RunConfig(model=args.model)
-    inputs = prepare(cfg, Path(args.out))
+    inputs = prepare(cfg.validate().effective(), Path(args.out))
     split = split_by_document(
         inputs.tokenizer, _texts(cfg), seq_len=cfg.seq_len, eval_sequences=cfg.eval_sequences,
         calib_sequences=cfg.calib_sequences,
@@ -110,7 +111,7 @@ def main() -> None:
     add_rows("–", "ordinary", "top-k (model)", unpatched, ordinary, [top_k] * len(unpatched.layers))
     for alpha in ALPHAS:
         def make(cal, alpha=alpha):
-            return bh_strategy(cfg, "calibrated", cal, alpha=alpha)
+            return cfg.routing().bh("calibrated", cal, alpha=alpha)
 
         sequential = fit_sequential_calibration(
             model, calib, make, null=cfg.null, reservoir_size=cfg.reservoir_size, seed=cfg.seed, model_name=inputs.model_name

@@ -44,7 +44,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture
 def small_config(tiny_model_dir):
-    from bh_routing.analysis import RunConfig
+    from bh_routing.study import RunConfig
 
     return RunConfig(
         model=str(tiny_model_dir), alphas=[0.05, 0.3], alpha=0.05, temperatures=[0.5, 1.0, 2.0],

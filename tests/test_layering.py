@@ -1,6 +1,7 @@
 """The layers of the package: imports point one way, and no module imports itself back.
 
-core (numpy/torch/scipy only) <- models <- vllm <- analysis <- report <- study <- cli. ``embedded``
+core (numpy/torch/scipy only) <- models <- vllm <- analysis <- report <- study (the run: configuration,
+inputs, steps, the results file) <- cli. ``embedded``
 (the shipped model and texts) sits beside core; ``vllm`` (the serving layer) imports only core and
 models, and is used from above through ``bh_routing.vllm`` only (``bh-routing lm-eval --backend vllm``). Every import counts, also those inside functions and
 under ``TYPE_CHECKING``: hiding an import in a function does not remove the dependency.
@@ -80,8 +81,9 @@ def _layer(name: str) -> int | None:
 
 
 def test_the_graph_sees_the_package():
-    assert {"bh_routing.cli", "bh_routing.core.bh", "bh_routing.analysis.pipeline", "bh_routing.report.base"} <= set(GRAPH)
-    assert "bh_routing.analysis.registry" in GRAPH["bh_routing.analysis.steps.seed"]
+    assert {"bh_routing.cli", "bh_routing.core.bh", "bh_routing.study.pipeline", "bh_routing.report.base"} <= set(GRAPH)
+    assert "bh_routing.study.registry" in GRAPH["bh_routing.study.steps.notebook"]
+    assert "bh_routing.core.families" in GRAPH["bh_routing.study.config"]
     assert set(LAYERS) == {n.split(".")[1] for n in GRAPH if n.count(".")}, "a new subpackage needs a layer here"
 
 

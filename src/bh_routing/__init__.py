@@ -44,7 +44,7 @@ _LAZY = {
     "default_eval_text": "bh_routing.embedded",
     "default_eval_texts": "bh_routing.embedded",
     "certified_strategy": "bh_routing.models.certificate",
-    "RunConfig": "bh_routing.analysis",
+    "RunConfig": "bh_routing.study",
     "Study": "bh_routing.study",
     "run": "bh_routing.study",
 }

@@ -71,7 +71,7 @@ def _threads(n: Optional[int]) -> None:
 
 
 def _config(opts: dict):
-    from .analysis.config import RunConfig, load_config_file
+    from .study.config import RunConfig, load_config_file
 
     values = load_config_file(opts.pop("config")) if opts.get("config") else {}
     opts.pop("config", None)
@@ -81,7 +81,7 @@ def _config(opts: dict):
 
 def _study(group: str, opts: dict, out: Path, force: bool) -> dict:
     """Build the configuration and run the study of ``group``; any user error ends the command."""
-    from .analysis.pipeline import STEP_GROUPS
+    from .study.pipeline import STEP_GROUPS
     from .study import run
 
     return _guard(lambda: run(_config(opts), out, steps=STEP_GROUPS[group], force=force))
@@ -135,7 +135,8 @@ Quick = typer.Option(None, "--quick/--full", metavar="", help="smoke run: at mos
 Alphas = typer.Option(None, help="α sweep, comma-separated, e.g. 0.01,0.05,0.1")
 Alpha = typer.Option(None, help="BH level of the single-setting analyses (default 0.05)")
 Temps = typer.Option(None, "--temperatures", help="temperature sweep, comma-separated")
-Strategies = typer.Option(None, help="frontier families: topk,topp,weight_ratio,bh")
+Strategies = typer.Option(None, help="families compared, comma-separated: topk,topp,weight_ratio,entropy,bh "
+                          "(default all) and your own as module:Class or a registered name")
 Pvalues = typer.Option(None, help="BH variants swept: a p-value method (empirical, calibrated, standardized), "
                        "+ -router (the router's experts), + -wide (max_k 2 x top-k)")
 BhPvalues = typer.Option(None, "--bh-pvalues", help="BH variant of the single-setting analyses; auto: measured on calibration windows")
@@ -205,9 +206,9 @@ def info(model: Optional[str] = Model, device: Optional[str] = Device, dtype: Op
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a folder written by `bh-routing run`")) -> None:
     """Redraw the figures and RESULTS.md of a finished run from its bh_routing_results.json."""
-    from .report import load_results, write_report
+    from .study.results import export, read_results
 
-    _guard(lambda: write_report(load_results(run_dir), run_dir))
+    _guard(lambda: export(read_results(run_dir), run_dir))
     typer.echo(f"wrote {run_dir}/")
 
 
@@ -227,6 +228,8 @@ def lm_eval_command(
                                         "(one process per GPU; merge with analysis.downstream.merge_downstream)"),
     backend: str = typer.Option("hf", "--backend", help="lm-eval model: hf (transformers) or vllm "
                                 "(vLLM engine in this process, routed by bh_routing.vllm; needs make setup-vllm)"),
+    strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="one more strategy by its spec, e.g. "
+                                                 "entropy:scale=1.5 or mymodule:MyRule:scale=1.5 (repeatable)"),
     out: Path = Out, force: bool = Force,
 ) -> None:
     """Downstream benchmarks (lm-evaluation-harness) under top-k and BH, paired tests; added to the run's report."""
@@ -236,7 +239,7 @@ def lm_eval_command(
         "downstream_alphas": _floats("alpha", alpha), "downstream_pvalues": pvalues, "pvalues": [pvalues],
         "bh_pvalues": pvalues, "downstream_include_path": None if include_path is None else str(include_path),
         "downstream_limit": limit, "downstream_batch_size": batch_size, "downstream_shard": _shard(shard),
-        "downstream_backend": backend,
+        "downstream_backend": backend, "downstream_strategies": list(strategy or []),
     }
     opts["alpha"] = opts["downstream_alphas"][0]
     _print_downstream(_study("lm-eval", opts, out, force), out)
@@ -248,7 +251,8 @@ def certify_command(
                              "(loss increase, nats/token, clipped to [0, 1])"),
     epsilon: float = typer.Option(0.1, help="ε in (0, 1]: certify mean risk <= ε on new sequences"),
     delta: float = typer.Option(0.1, help="δ in (0, 1): probability that the certificate is wrong"),
-    strategies: Optional[str] = typer.Option(None, help="families, comma-separated: topk,topp,weight_ratio,bh (default all; δ/F each)"),
+    strategies: Optional[str] = typer.Option(None, help="families, comma-separated: topk,topp,weight_ratio,entropy,bh "
+                                             "or module:Class (default the built-in ones; δ/F each)"),
     calib_sequences: int = typer.Option(128, "--calib-sequences", help="calibration sequences certified on"),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="certify on the first TOKENS tokens of each sequence "
                                          "(default 64; 0 = the whole sequence: about 4x the time at --seq-len 256)"),

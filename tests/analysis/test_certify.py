@@ -167,12 +167,13 @@ def test_too_few_documents_certify_nothing_and_say_why(pool_risks):
 
 
 def test_run_step_certifies_over_documents_and_draws_the_frontier_when_eps_is_out_of_reach(small_config, tmp_path):
-    """8 calibration documents: ε = 0.2 needs 17 over 4 families, the frontier's 2ε = 0.4 needs 8."""
+    """8 calibration documents: ε = 0.2 needs 17 over 4 families, the frontier's 2ε = 0.4 needs 8."""  # 4 named
     from dataclasses import replace
 
     from bh_routing.study import Study
 
-    study = Study(replace(small_config, certify_epsilon=0.2), tmp_path / "run", steps=("certify",))
+    study = Study(replace(small_config, certify_epsilon=0.2, certify_families=["topk", "topp", "weight_ratio", "bh"]),
+                  tmp_path / "run", steps=("certify",))
     cert = study.run("certify")["steps"]["certify"]
     assert cert["unit"] == "document" and cert["n_units"] == study.inputs.split.calibration.num_documents == 8
     assert cert["infeasible"].startswith("too few calibration documents to certify: got 8, need at least 17")
@@ -314,7 +315,7 @@ def test_certify_refuses_too_few_sequences_before_running(embedded, pool, monkey
     from bh_routing.analysis.certify import procedure
 
     monkeypatch.setattr(procedure, "measure_risks", lambda *a, **k: pytest.fail("the model ran"))
-    with pytest.raises(C.CertificateError, match=r"got 10, need at least 36 for epsilon=0.1, delta=0.1 over 4 families"):
+    with pytest.raises(C.CertificateError, match=r"got 10, need at least 38 for epsilon=0.1, delta=0.1 over 5 families"):
         C.certify(model, pool[:10], risk="top1", epsilon=0.1, delta=0.1)
 
 
@@ -371,7 +372,7 @@ def test_run_step_is_skipped_with_too_few_sequences(small_config, tmp_path):
     ],
 )
 def test_run_config_checks_the_certify_settings(field, value, match):
-    from bh_routing.analysis.config import ConfigError, RunConfig
+    from bh_routing.study.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match=match):
         RunConfig(**{field: value}).validate()

@@ -133,7 +133,7 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
     cal = fit_calibration(model, seqs.flip(0), routing=inspect_model(model), null="unrouted", reservoir_size=256, seed=0,
                           model_name="tiny")
     cfg = small_config
-    out = oracle.fdr_oracle(model, seqs, cfg, cal, documents=["x", "y", "y", "z"])
+    out = oracle.fdr_oracle(model, seqs, cfg.routing(), cal, documents=["x", "y", "y", "z"])
     assert out["tau"] == oracle.TAU and out["num_sequences"] == 4 and out["top_k"] == 4
     assert out["num_documents"] == 3
     labels = [r["label"] for r in out["bh"]]
@@ -163,6 +163,6 @@ def test_fdr_oracle_step_on_a_tiny_model(tiny_model_dir, small_config):
 def test_oracle_alphas_thin_a_long_sweep_and_keep_the_reports_alpha():
     from bh_routing import RunConfig
 
-    assert oracle.oracle_alphas(RunConfig()) == [0.001, 0.01, 0.05, 0.2]
-    assert oracle.oracle_alphas(RunConfig(alphas=[0.3, 0.05], alpha=0.1)) == [0.05, 0.1, 0.3]
-    assert len(oracle.oracle_alphas(RunConfig(quick=True).effective())) >= 3
+    assert oracle.oracle_alphas(RunConfig().routing()) == [0.001, 0.01, 0.05, 0.2]
+    assert oracle.oracle_alphas(RunConfig(alphas=[0.3, 0.05], alpha=0.1).routing()) == [0.05, 0.1, 0.3]
+    assert len(oracle.oracle_alphas(RunConfig(quick=True).effective().routing())) >= 3

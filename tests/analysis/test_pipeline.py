@@ -8,7 +8,8 @@ import pytest
 
 from bh_routing import RunConfig, Study, run
 from bh_routing.analysis import experiments
-from bh_routing.report import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, fmt
+from bh_routing.report import COMPARATIVE_CSV, REPORT_MD, fmt
+from bh_routing.study.results import RESULTS_JSON
 from bh_routing.report.figures import SEED_FIGURES
 
 ELEVEN = {RESULTS_JSON, COMPARATIVE_CSV, REPORT_MD, *SEED_FIGURES}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from bh_routing.analysis import RunConfig
+from bh_routing.study import RunConfig
 from bh_routing.analysis.evaluate import sequence_nll
 from bh_routing.analysis.premise import premise_study
 from bh_routing.analysis.token_detail import record_detail, route_recorded
@@ -70,13 +70,14 @@ def draw_all(res, folder):
 
 def test_premise_study_end_to_end(tiny, tmp_path):
     x = seqs(n=6, s=32, vocab=40)  # token ids repeat: vocabulary specialisation has ids to measure
-    res = premise_study(tiny, x, CFG, None, top_k=4, domains=["a", "b"] * 3)
+    res = premise_study(tiny, x, CFG.routing(), None, top_k=4, domains=["a", "b"] * 3)
     st = res["strategies"]
     assert st["bh"]["strategy"]["alpha"] == 0.2 and st["bh"]["strategy"]["pvalues"] == "empirical"  # the config's BH
     assert st["topp"]["param"] in (0.5, 0.9) and st["weight_ratio"]["param"] in (0.5, 0.1)
     d = res["difficulty"]
     assert d["tokens"] == 6 * 31 and d["documents"] == 6 and d["verdict"] == "too few documents"
-    assert {r["strategy"] for r in d["spearman"]} == {"bh", "topp", "weight_ratio", "bh_patched"}
+    assert {r["strategy"] for r in d["spearman"]} == {"bh", "topp", "weight_ratio", "entropy", "bh_patched"}
+    assert st["entropy"]["param"] in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
     assert res["coactivation"]["rules"] == ["topk", "bh"]
     assert res["domain_specialization"]["domains"] == ["a", "b"]
     assert len(res["vocabulary_specialization"]["per_rule"]["bh"]["per_layer"]) == 2
@@ -87,7 +88,7 @@ def test_premise_study_end_to_end(tiny, tmp_path):
 
 def test_premise_study_documents_and_skipped_parts(tiny, tmp_path):
     # documents as the resampling unit (pairs of sequences); no domains; ids too rare for vocabulary
-    res = premise_study(tiny, seqs(n=4, s=16), CFG, None, top_k=4, documents=["x", "x", "y", "y"])
+    res = premise_study(tiny, seqs(n=4, s=16), CFG.routing(), None, top_k=4, documents=["x", "x", "y", "y"])
     assert res["difficulty"]["documents"] == 2 and res["documents"] == 2 and "skipped" in res["domain_specialization"]
     assert "skipped" in res["vocabulary_specialization"]
     assert all(p.stat().st_size > 10_000 for p in draw_all(res, tmp_path))
@@ -97,10 +98,10 @@ def test_the_premise_step_passes_the_evaluation_documents(monkeypatch):
     """Windows of one document are not independent: the step hands premise_study each window's document."""
     from types import SimpleNamespace
 
-    from bh_routing.analysis.steps import premise as step
+    from bh_routing.study.steps import premise as step
 
     seen = {}
     monkeypatch.setattr(step, "premise_study", lambda *a, **k: seen.update(k) or {})
     inputs = SimpleNamespace(eval_seqs=None, eval_domains=["prose", "prose", "code"], eval_documents=["p:0", "p:0", "c:0"])
-    step._premise(SimpleNamespace(model=None, cfg=None, calibration=None, routing=SimpleNamespace(top_k=4), inputs=inputs))
+    step._premise(SimpleNamespace(model=None, rs=None, calibration=None, routing=SimpleNamespace(top_k=4), inputs=inputs))
     assert seen["documents"] == ["p:0", "p:0", "c:0"] and seen["domains"] == ["prose", "prose", "code"]

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from bh_routing import Study
-from bh_routing.analysis.pipeline import STEP_GROUPS
-from bh_routing.analysis.registry import STEPS, Step, closure, register_step
+from bh_routing.study.pipeline import STEP_GROUPS
+from bh_routing.study.registry import STEPS, Step, closure, register_step
 
 
 def test_seed_steps_and_groups():

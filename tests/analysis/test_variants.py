@@ -5,24 +5,25 @@ import torch
 from safetensors.torch import save_file
 
 from bh_routing.analysis import derive, experiments, variants
-from bh_routing.analysis.config import AUTO, VARIANTS, ConfigError, RunConfig
-from bh_routing.analysis.steps.seed import _check_calibration_file, needs_calibration
+from bh_routing.analysis.settings import parse_variant
+from bh_routing.study.config import AUTO, VARIANTS, ConfigError, RunConfig
+from bh_routing.study.steps.notebook import _check_calibration_file, needs_calibration
 from bh_routing.core import CalibrationBuilder
 from bh_routing.models import load_model
 
 
 def test_variant_names_and_strategies():
-    assert experiments.parse_variant("calibrated-router-wide") == ("calibrated", "router", True)
-    assert experiments.parse_variant("standardized") == ("standardized", "pvalue", False)
+    assert parse_variant("calibrated-router-wide") == ("calibrated", "router", True)
+    assert parse_variant("standardized") == ("standardized", "pvalue", False)
     assert len(VARIANTS) == 12 and "empirical-router" in VARIANTS
     b = CalibrationBuilder(num_layers=1, num_experts=8, top_k=2)
     b.update(0, torch.randn(200, 8))
     cal = b.finalize(model_name="m", model_fingerprint="f")
-    s = experiments.bh_strategy(RunConfig(), "calibrated-router-wide", cal, alpha=0.1, wide_k=4)
+    s = RunConfig().routing().bh("calibrated-router-wide", cal, alpha=0.1, wide_k=4)
     assert (s.pvalues, s.selection, s.max_k, s.alpha) == ("calibrated", "router", 4, 0.1)
-    assert experiments.bh_strategy(RunConfig(), "empirical", cal).calibration is None
+    assert RunConfig().routing().bh("empirical", cal).calibration is None
     with pytest.raises(ValueError, match="needs wide_k"):
-        experiments.bh_strategy(RunConfig(), "empirical-wide", None)
+        RunConfig().routing().bh("empirical-wide", None)
 
 
 def test_config_of_variants():
@@ -71,27 +72,30 @@ def test_default_chosen_on_calibration_windows(tiny_model_dir):
 
     cal = b.finalize(model_name="tiny", model_fingerprint=model_fingerprint(model))
     cfg = RunConfig(pvalues=["empirical", "standardized", "calibrated-router", "calibrated-router-wide"])
-    choice = variants.choose_variant(model, seqs, cfg, cal, top_k=info.top_k)
+    choice = variants.choose_variant(model, seqs, cfg.routing(), cal, top_k=info.top_k, configured=None)
     assert choice["how"] in ("measured", "unmatched") and choice["chosen"] in cfg.pvalues
     assert [c["variant"] for c in choice["candidates"]] == ["empirical", "standardized", "calibrated-router"]
     matched = [c for c in choice["candidates"] if c["matched"]]
     if choice["how"] == "measured":
         assert choice["chosen"] == min(matched, key=lambda c: c["loss"])["variant"]
         assert all(abs(c["mean_k"] - choice["target_k"]) <= 0.2 for c in matched)
-    fixed = variants.choose_variant(model, seqs, RunConfig(pvalues=["empirical"], bh_pvalues="empirical"), cal, top_k=info.top_k)
+    fixed = variants.choose_variant(model, seqs, RunConfig(pvalues=["empirical"], bh_pvalues="empirical").routing(), cal,
+                                    top_k=info.top_k, configured="empirical")
     assert fixed == {"chosen": "empirical", "how": "configured", "reason": "set in the configuration", "candidates": []}
-    assert variants.choose_variant(model, seqs, RunConfig(pvalues=["standardized"]), cal, top_k=info.top_k)["how"] == "only"
+    assert variants.choose_variant(model, seqs, RunConfig(pvalues=["standardized"]).routing(), cal, top_k=info.top_k,
+                                   configured=None)["how"] == "only"
 
 
 def test_resolved_variant_keeps_the_step_keys(small_config, tmp_path, monkeypatch):
-    # after "auto" is resolved, later runs of the same study (and of the same folder) reuse the
-    # finished steps: the cache key is that of the configuration as given
+    # "auto" is resolved by a step whose result later steps read; the configuration stays as given
+    # (validated once, never changed during a run), so later runs of the same study (and of the
+    # same folder) reuse the finished steps
     from bh_routing.study import Study
 
     study = Study(small_config, tmp_path / "v")
     res = study.run("bh_default")
     chosen = res["steps"]["bh_default"]["chosen"]
-    assert study.config.bh_pvalues == chosen == res["config"]["bh_pvalues"] and small_config.bh_pvalues == AUTO
+    assert chosen == res["config"]["bh_pvalues"] and study.config.bh_pvalues == small_config.bh_pvalues == AUTO
 
     def boom(*a, **k):
         raise AssertionError("a finished step was recomputed")
@@ -101,4 +105,4 @@ def test_resolved_variant_keeps_the_step_keys(small_config, tmp_path, monkeypatc
     study.run("bh_default")
     again = Study(small_config, tmp_path / "v")
     assert again.run("bh_default")["steps"]["bh_default"]["chosen"] == chosen
-    assert again.config.bh_pvalues == chosen
+    assert again.config.bh_pvalues == AUTO and again.results["config"]["bh_pvalues"] == chosen

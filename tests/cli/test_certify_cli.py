@@ -28,9 +28,10 @@ def _fail(args, message, out):
         (["--delta", "1"], "delta must be in (0, 1), got 1.0"),
         (["--delta", "0"], "delta must be in (0, 1), got 0.0"),
         (["--risk", "kl"], "risk must be one of top1, loss, got 'kl'"),
-        (["--strategies", "topk,nope"], "unknown strategy families ['nope']; available: topk, topp, weight_ratio, bh"),
-        (["--calib-sequences", "20"], "too few calibration sequences to certify: got 20, need at least 36 for "
-                                      "epsilon=0.1, delta=0.1 over 4 families (delta/4 each)"),
+        (["--strategies", "topk,nope"], "unknown strategy families ['nope']; available: topk, topp, weight_ratio, "
+                                        "entropy, bh, or module:Class"),
+        (["--calib-sequences", "20"], "too few calibration sequences to certify: got 20, need at least 38 for "
+                                      "epsilon=0.1, delta=0.1 over 5 families (delta/5 each)"),
         (["--calib-sequences", "30", "--strategies", "topk"], "too few calibration sequences to certify: got 30, "
                                                               "need at least 22 for epsilon=0.1, delta=0.1 over 1 family (delta/1 each)"),
     ],

@@ -72,7 +72,7 @@ def test_config_file_errors(tmp_path, tiny_model_dir):
 
 def test_an_older_results_file_still_loads(tmp_path):
     """A results file's config from before a setting was removed repeats the run (the setting is dropped)."""
-    from bh_routing.analysis.config import RunConfig, load_config_file
+    from bh_routing.study.config import RunConfig, load_config_file
 
     old = tmp_path / "bh_routing_results.json"
     old.write_text(json.dumps({"config": {"seed": 7, "n_resamples": 2000}}))

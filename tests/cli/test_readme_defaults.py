@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from bh_routing.analysis import RunConfig
+from bh_routing.study import RunConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -14,7 +14,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat", reason="nbformat/nbclient are in the 'test' extra")
 NotebookClient = pytest.importorskip("nbclient", reason="nbformat/nbclient are in the 'test' extra").NotebookClient
 
-from bh_routing.report import COMPARATIVE_CSV, REPORT_MD, RESULTS_JSON, fmt  # noqa: E402
+from bh_routing.report import COMPARATIVE_CSV, REPORT_MD, fmt  # noqa: E402
+from bh_routing.study.results import RESULTS_JSON  # noqa: E402
 from bh_routing.report.figures import SEED_FIGURES as FIGURES  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "OLMoE_BenjaminiHochberg_Routing.ipynb"

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from bh_routing.analysis.outputs import RunError
-from bh_routing.report import FIGURES, SECTIONS, load_results, render
+from bh_routing.study.results import RunError
+from bh_routing.report import FIGURES, SECTIONS, render
+from bh_routing.study.results import read_results
 from bh_routing.report.base import fmt, plt, save_figure, table
 from bh_routing.report.registry import Figure, Section, register_figure, register_section
 from bh_routing.report.figures import SEED_FIGURES
@@ -65,9 +66,9 @@ def test_save_figure_writes_a_150_dpi_png_and_leaves_no_temporary_file(tmp_path)
     ("{}", "is not a bh-routing results file"),
     (json.dumps([1, 2]), "is not a bh-routing results file"),
 ])
-def test_load_results_refuses_missing_or_damaged_files_in_one_line(tmp_path, content, message):
+def test_read_results_refuses_missing_or_damaged_files_in_one_line(tmp_path, content, message):
     if content is not None:
         (tmp_path / "bh_routing_results.json").write_text(content)
     with pytest.raises(RunError, match=message) as err:
-        load_results(tmp_path)
+        read_results(tmp_path)
     assert "\n" not in str(err.value)

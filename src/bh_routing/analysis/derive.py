@@ -113,13 +113,13 @@ def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[st
     """
     by_label = {b["label"]: b for b in baselines}
     primary, grid = None, []
-    for t in matched["targets"]:
+    for t in matched["targets"] + _against_bh(matched["targets"]):
         row = {
             "bh_family": t["family"], "baseline": t["baseline"], "baseline_family": t["baseline_family"],
             "target_k": t["target_k"], "alpha": t["param"], "calibration_k": t["calibration_k"], "matched": t["matched"],
             "primary": bool(t.get("primary")),
         }
-        base = by_label.get(t["baseline"])
+        base = t.get("baseline_run") or by_label.get(t["baseline"])
         if not t["matched"] or t.get("run") is None or base is None:
             row.update(word="outside", reason=t.get("reason") or "no evaluation run", comparison=None)
         else:
@@ -136,6 +136,20 @@ def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[st
             r["word"] = _word(r["comparison"])
     return {"primary": primary, "grid": grid, "correction": CORRECTION, "family_size": len(tested),
             "tolerance": matched.get("tolerance"), "significance": SIGNIFICANCE}
+
+
+def _against_bh(targets: list[dict]) -> list[dict]:
+    """Each other family's matched run against BH's matched run at the same top-k target (both met
+    the target on calibration text): targets whose ``baseline`` is BH's run itself."""
+    bh = {t["baseline"]: t for t in targets if t["family"].startswith("bh-") and t["baseline_family"] == "topk"
+          and t.get("run") is not None}
+    out = []
+    for t in targets:
+        if t["family"].startswith("bh-") or t["baseline_family"] != "topk" or t.get("run") is None or t["baseline"] not in bh:
+            continue
+        b = bh[t["baseline"]]
+        out.append({**t, "baseline": b["run"]["label"], "baseline_family": b["family"], "baseline_run": b["run"]})
+    return out
 
 
 def frontier_verdicts(

@@ -17,8 +17,8 @@ class StrategyRun:
     """What one strategy did on a set of sequences (everything JSON-able)."""
 
     label: str  # e.g. "BH(α=0.05, empirical)"
-    family: str  # "topk" | "topp" | "weight_ratio" | "bh-empirical" | "bh-calibrated"
-    param: float  # k, p, beta or alpha: the swept parameter
+    family: str  # a family's name (core.families), or "bh-<variant>" for BH
+    param: float | None  # the family's knob value (k, p, beta, alpha, ...); None for a published setting
     strategy: dict  # Strategy.describe()
     mode: str  # "patch" or "analyze"
     mean_k: float  # mean experts per token over all MoE layers and tokens
@@ -126,7 +126,7 @@ def evaluate_strategy(
         return StrategyRun(
             label=label,
             family=family,
-            param=float(param),
+            param=None if param is None else float(param),
             strategy=desc,
             mode=mode,
             mean_k=rec.mean_experts_per_token(),

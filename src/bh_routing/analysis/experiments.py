@@ -1,4 +1,4 @@
-"""The analyses: each a function of (model, tokenizer, texts, config) returning JSON-able results."""
+"""The analyses of the original notebook: functions of (model, sequences or prompts, routing settings) returning JSON-able results."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import BH, Calibration, CalibrationBuilder, Strategy, TopK, TopP, WeightRatio
+from ..core import BH, Calibration, CalibrationBuilder, TopK
+from ..core.families import get_family
 from ..models import model_fingerprint, patched
-from .config import RunConfig
+from .settings import RoutingSettings, bh_label, parse_variant, setting_label
 from .evaluate import StrategyRun, evaluate_strategy, sequence_nll
 
 
@@ -18,38 +19,9 @@ from .evaluate import StrategyRun, evaluate_strategy, sequence_nll
 SCALE_DEPENDENT = ("calibrated",)
 
 
-def parse_variant(variant: str) -> tuple[str, str, bool]:
-    """``"calibrated-router-wide"`` -> (p-value method, selection, wide): see config.VARIANTS."""
-    method, *flags = variant.split("-")
-    return method, "router" if "router" in flags else "pvalue", "wide" in flags
-
-
 def wide_max_k(routing) -> int:
     """max_k of the "-wide" variants: twice the model's top-k, at most the number of experts."""
     return min(2 * routing.top_k, routing.num_experts)
-
-
-def bh_strategy(
-    cfg: RunConfig, variant: str, calibration: Calibration | None, *, alpha=None, temperature=1.0, wide_k=None
-) -> BH:
-    """The BH strategy of a variant (``"calibrated"``, ``"calibrated-router"``, ``"empirical-wide"``, …)."""
-    method, selection, wide = parse_variant(variant)
-    if wide and wide_k is None:
-        raise ValueError(f"variant {variant!r} needs wide_k (max_k above the model's top-k)")
-    return BH(
-        cfg.alpha if alpha is None else alpha,
-        temperature=temperature,
-        min_k=cfg.min_k,
-        max_k=wide_k if wide else cfg.max_k,
-        pvalues=method,
-        calibration=None if method == "empirical" else calibration,
-        selection=selection,
-    )
-
-
-def bh_label(method: str, alpha: float, temperature: float = 1.0) -> str:
-    t = "" if temperature == 1.0 else f", T={temperature:g}"
-    return f"BH-{method}(α={alpha:g}{t})"
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -82,52 +54,51 @@ def fit_calibration(
 
 
 # ---------------------------------------------------------------------------- sweeps
-def alpha_sweep(model, seqs, cfg: RunConfig, calibration, *, wide_k: int | None = None) -> list[dict]:
+def alpha_sweep(model, seqs, rs: RoutingSettings, calibration, *, wide_k: int | None = None) -> list[dict]:
     """For each BH variant and α: patch-mode experts per token and per-sequence loss."""
     runs = []
-    grid = [(m, a) for m in cfg.pvalues for a in cfg.alphas]
+    grid = [(m, a) for m in rs.variants for a in rs.alphas]
     for method, alpha in tqdm(grid, desc="α sweep"):
-        s = bh_strategy(cfg, method, calibration, alpha=alpha, wide_k=wide_k)
+        s = rs.bh(method, calibration, alpha=alpha, wide_k=wide_k)
         runs.append(evaluate_strategy(model, seqs, s, label=bh_label(method, alpha), family=f"bh-{method}", param=alpha).to_dict())
     return runs
 
 
-def temperature_sweep(model, seqs, cfg: RunConfig, calibration) -> list[dict]:
-    """For each scale-dependent BH variant (calibrated null; not "-wide") and temperature at α = cfg.alpha.
+def temperature_sweep(model, seqs, rs: RoutingSettings, calibration) -> list[dict]:
+    """For each scale-dependent BH variant (calibrated null; not "-wide") and temperature at α = rs.alpha.
 
     The empirical and standardized nulls are left out: they standardise each token's logits by
     its own median and MAD, so a temperature changes none of their p-values (tested in
     tests/core/test_pvalues.py) and sweeping them would only repeat one run per temperature.
     """
     runs = []
-    grid = [(m, t) for m in cfg.pvalues if parse_variant(m)[0] in SCALE_DEPENDENT and not parse_variant(m)[2]
-            for t in cfg.temperatures]
+    grid = [(m, t) for m in rs.variants if parse_variant(m)[0] in SCALE_DEPENDENT and not parse_variant(m)[2]
+            for t in rs.temperatures]
     for method, t in tqdm(grid, desc="temperature sweep"):
-        s = bh_strategy(cfg, method, calibration, temperature=t)
-        run = evaluate_strategy(model, seqs, s, label=bh_label(method, cfg.alpha, t), family=f"bh-{method}", param=t)
+        s = rs.bh(method, calibration, temperature=t)
+        run = evaluate_strategy(model, seqs, s, label=bh_label(method, rs.alpha, t), family=f"bh-{method}", param=t)
         runs.append(run.to_dict())
     return runs
 
 
-def baseline_frontier(model, seqs, cfg: RunConfig, *, top_k: int) -> list[dict]:
-    """TopK (k = 1..K, K = the model's ``top_k``), TopP and WeightRatio sweeps in patch mode, for the Pareto frontier."""
-    k_model = top_k
-    max_k = cfg.max_k
-    items: list[tuple[str, float, Strategy, str]] = [(f"TopK(k={k})", k, TopK(k), "topk") for k in range(1, k_model + 1)]
-    if "topp" in cfg.strategies:
-        items += [(f"TopP(p={p:g})", p, TopP(p, min_k=cfg.min_k, max_k=max_k), "topp") for p in cfg.topp_values]
-    if "weight_ratio" in cfg.strategies:
-        items += [(f"WeightRatio(β={b:g})", b, WeightRatio(b, min_k=cfg.min_k, max_k=max_k), "weight_ratio") for b in cfg.ratio_values]
+def baseline_frontier(model, seqs, rs: RoutingSettings, *, top_k: int) -> list[dict]:
+    """Every non-BH family of ``rs.families`` over its grid (top-k: k = 1..K, K = the model's
+    ``top_k``) in patch mode, for the Pareto frontier."""
+    families = ("topk", *(f for f in rs.families if f != "topk"))
+    items = [(setting_label(f, v), f, v, rs.strategy(f, v)) for f in families for v in rs.grid(f, top_k=top_k)]
+    # published settings of a family (its class's ``references``): family "<name>:<reference>", no knob value
+    items += [(f"{type(s).__name__}({ref})", f"{f}:{ref}", None, s) for f in families
+              for ref, kwargs in get_family(f).references.items() for s in [get_family(f)(**kwargs)]]
     runs = []
-    for label, param, s, fam in tqdm(items, desc="baselines"):
-        runs.append(evaluate_strategy(model, seqs, s, label=label, family=fam, param=param).to_dict())
+    for label, fam, value, s in tqdm(items, desc="baselines"):
+        runs.append(evaluate_strategy(model, seqs, s, label=label, family=fam, param=value).to_dict())
     return runs
 
 
 # ---------------------------------------------------------------------------- prompts
-def topk_and_bh(top_k: int, cfg: RunConfig, calibration) -> tuple[TopK, BH]:
+def topk_and_bh(top_k: int, rs: RoutingSettings, calibration) -> tuple[TopK, BH]:
     """The two strategies the prompt analyses compare: the model's own top-k and the report's BH."""
-    return TopK(top_k), bh_strategy(cfg, cfg.bh_pvalues, calibration)
+    return TopK(top_k), rs.bh(calibration=calibration)
 
 
 def _tokenized(model, tokenizer, prompts: dict[str, str], desc: str):
@@ -138,16 +109,17 @@ def _tokenized(model, tokenizer, prompts: dict[str, str], desc: str):
 
 
 @torch.no_grad()
-def baseline_inference(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str], *, top_k: int) -> list[dict]:
+def baseline_inference(model, tokenizer, rs: RoutingSettings, calibration, prompts: dict[str, str], *, top_k: int,
+                       new_tokens: int) -> list[dict]:
     """Greedy continuations of the baseline prompts under TopK(K) and BH, with experts per token."""
     out = []
-    strategies = dict(zip(("TopK", "BH"), topk_and_bh(top_k, cfg, calibration)))
+    strategies = dict(zip(("TopK", "BH"), topk_and_bh(top_k, rs, calibration)))
     for name, prompt, ids in _tokenized(model, tokenizer, prompts, "baseline inference"):
         row = {"prompt_label": name, "prompt": prompt}
         for sname, s in strategies.items():
             with patched(model, s, mode="patch") as rec:
                 gen = model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.new_tokens,
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                     do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
                 )
                 row[sname] = {
@@ -174,11 +146,11 @@ def token_category(token: str, *, at_start: bool = False) -> str:
 
 
 @torch.no_grad()
-def token_level(model, tokenizer, cfg: RunConfig, calibration, sentence: str) -> dict:
+def token_level(model, tokenizer, rs: RoutingSettings, calibration, sentence: str) -> dict:
     """Experts per token (mean over MoE layers, and per layer) for one sentence, with token kinds."""
     device = next(model.parameters()).device
     ids = tokenizer(sentence, return_tensors="pt").input_ids.to(device)
-    s = bh_strategy(cfg, cfg.bh_pvalues, calibration)
+    s = rs.bh(calibration=calibration)
     with patched(model, s, mode="patch", record_tokens=True) as rec:
         model(input_ids=ids)
         per_layer = torch.stack([rec.tokens(l)["counts"] for l in range(rec.num_layers)]).float()  # (L, T)
@@ -200,10 +172,10 @@ def token_level(model, tokenizer, cfg: RunConfig, calibration, sentence: str) ->
 
 
 @torch.no_grad()
-def comparative(model, tokenizer, cfg: RunConfig, calibration, prompts: dict[str, str], *, top_k: int) -> list[dict]:
+def comparative(model, tokenizer, rs: RoutingSettings, calibration, prompts: dict[str, str], *, top_k: int) -> list[dict]:
     """Per prompt: TopK(K) vs BH mean experts per token and next-token loss (teacher forcing)."""
     rows = []
-    strategies = dict(zip(("topk", "bh"), topk_and_bh(top_k, cfg, calibration)))
+    strategies = dict(zip(("topk", "bh"), topk_and_bh(top_k, rs, calibration)))
     for name, prompt, ids in _tokenized(model, tokenizer, prompts, "comparative"):
         if ids.shape[1] < 2:
             raise ValueError(f"prompt {name!r} has fewer than 2 tokens: {prompt!r}")

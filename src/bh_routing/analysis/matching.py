@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..core import Strategy, TopK, TopP, WeightRatio
+from ..core import Strategy
+from ..core.families import RANK_BASELINES, describe_to_strategy
 from ..models import patched
 from .evaluate import evaluate_strategy
 
@@ -46,7 +47,9 @@ JUMP_WIDTH = 1e-2
 #: Calibration windows the search runs on (the first ones: one window each of as many calibration
 #: documents, the domains in proportion; see :func:`bh_routing.analysis.data.split_by_document`).
 MATCH_WINDOWS = 16
-BASELINE_CLASSES = {"topk": TopK, "topp": TopP, "weight_ratio": WeightRatio}
+#: The adaptive baselines BH is matched to setting by setting (the other families are matched to
+#: top-k by their own knob: :func:`bh_routing.analysis.knobs.matched_family_runs`).
+ADAPTIVE = RANK_BASELINES[1:]
 
 
 @dataclass
@@ -185,8 +188,7 @@ def calibration_k(model, seqs: torch.Tensor, strategy: Strategy) -> float:
 
 def baseline_strategy(run: dict) -> Strategy:
     """The strategy of a baseline run, rebuilt from its saved description."""
-    desc = dict(run["strategy"])
-    return BASELINE_CLASSES[desc.pop("name")](**desc)
+    return describe_to_strategy(run["strategy"])
 
 
 def primary_k(default_k: float, *, lo: int, hi: int) -> int:
@@ -203,7 +205,7 @@ def matched_runs(
     """BH runs matched in mean k to the baselines, for :func:`bh_routing.analysis.derive.matched_verdicts`.
 
     Targets: for every BH method in ``methods``, top-k at each integer k in [min_k + 1, K - 1]
-    (K = min(max_k, top_k)); for ``report_method`` also every top-p and weight-ratio run in
+    (K = min(max_k, top_k)); for ``report_method`` also every top-p and weight-ratio run (:data:`ADAPTIVE`) in
     ``baselines`` with mean k in [min_k + 1/2, K - 1/2] (near min_k or K all rules coincide), whose
     target is its own mean k on the calibration windows. Each target's α is
     found by :class:`AlphaSearch` on the first ``match_windows`` calibration windows, and the BH
@@ -216,7 +218,7 @@ def matched_runs(
     topk = {int(b["param"]): b for b in baselines if b["family"] == "topk"}
     # adaptive baselines where the rules can differ (mean k on the evaluation text decides only
     # which settings are compared, never how: their targets are measured on calibration windows)
-    adaptive = [b for b in baselines if b["family"] != "topk" and min_k + 0.5 <= b["mean_k"] <= k_hi + 0.5]
+    adaptive = [b for b in baselines if b["family"] in ADAPTIVE and min_k + 0.5 <= b["mean_k"] <= k_hi + 0.5]
     targets: list[dict] = []
     passes = 0
     primary = None

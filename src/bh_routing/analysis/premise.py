@@ -20,13 +20,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core import TopP, WeightRatio
 from . import experiments
 from .coactivation import coactivation_analysis
-from .config import RunConfig
 from .difficulty import difficulty_analysis, loss_attribution
-from .outputs import json_clean
+from ..core.files import json_clean
 from .resampling import document_index
+from .settings import RoutingSettings, bh_label, setting_label
 from .specialization import domain_specialization, routed_counts, vocabulary_specialization
 from .token_detail import TokenDetail, record_detail, route_recorded
 
@@ -57,7 +56,7 @@ def matched_parameter(model, detail: TokenDetail, make, values, target: float, *
 def premise_study(
     model,
     sequences: torch.Tensor,
-    cfg: RunConfig,
+    rs: RoutingSettings,
     calibration,
     *,
     top_k: int,
@@ -70,9 +69,9 @@ def premise_study(
     ----------
     model : a supported transformers MoE model
     sequences : LongTensor (N, S)
-    cfg : RunConfig
-        The run's configuration: its BH (``bh_pvalues``, ``alpha``, ``min_k``, ``max_k``), the
-        top-p and weight-ratio grids.
+    rs : RoutingSettings
+        The run's BH (``variant``, ``alpha``, ``min_k``, ``max_k``) and the adaptive families
+        (every family of ``rs.families`` but top-k) with their grids.
     calibration : Calibration or None
         Needed when the run's BH uses the calibrated null.
     top_k : int
@@ -83,7 +82,7 @@ def premise_study(
         The document of each sequence (the statistical unit); default: each sequence its own.
     """
     n, s = sequences.shape
-    topk, bh = experiments.topk_and_bh(top_k, cfg, calibration)
+    topk, bh = experiments.topk_and_bh(top_k, rs, calibration)
     k_model = topk.k
     base = record_detail(model, sequences, bh, mode="analyze")
     routed = record_detail(model, sequences, bh, mode="patch")
@@ -91,19 +90,17 @@ def premise_study(
         raise RuntimeError("analyze mode did not record the model's own choice")
     num_layers, _, _, e = base.shape
     bh_mean = float(base.chosen.sum(axis=-1).mean())
-    tp, tp_mean, tp_chosen = matched_parameter(
-        model, base, lambda p: TopP(p, min_k=cfg.min_k, max_k=cfg.max_k), cfg.topp_values, bh_mean)
-    wr, wr_mean, wr_chosen = matched_parameter(
-        model, base, lambda b: WeightRatio(b, min_k=cfg.min_k, max_k=cfg.max_k), cfg.ratio_values, bh_mean)
+    adaptive = [f for f in rs.families if f != "topk"]
+    nearest = {f: matched_parameter(model, base, lambda v, f=f: rs.strategy(f, v), rs.grid(f, top_k=top_k), bh_mean)
+               for f in adaptive}  # family -> (value, mean k, (L, N, S, E) choice)
 
     strategies = {
         "topk": {"label": f"TopK(k={k_model})", "mean_k": float(k_model), "strategy": topk.describe()},
-        "bh": {"label": experiments.bh_label(cfg.bh_pvalues, cfg.alpha), "mean_k": bh_mean, "strategy": bh.describe(),
+        "bh": {"label": bh_label(rs.variant, rs.alpha), "mean_k": bh_mean, "strategy": bh.describe(),
                "mode": "analyze"},
-        "bh_patched": {"label": experiments.bh_label(cfg.bh_pvalues, cfg.alpha) + ", routing the model",
+        "bh_patched": {"label": bh_label(rs.variant, rs.alpha) + ", routing the model",
                        "mean_k": float(routed.chosen.sum(axis=-1).mean()), "mode": "patch"},
-        "topp": {"label": f"TopP(p={tp:g})", "param": tp, "mean_k": tp_mean},
-        "weight_ratio": {"label": f"WeightRatio(β={wr:g})", "param": wr, "mean_k": wr_mean},
+        **{f: {"label": setting_label(f, v), "param": v, "mean_k": mk} for f, (v, mk, _) in nearest.items()},
     }
     labels = {name: v["label"] for name, v in strategies.items()}
     seq_doc, n_docs = document_index(documents if documents is not None else range(n))  # (N,)
@@ -113,12 +110,12 @@ def premise_study(
         return chosen[:, :, :-1].sum(axis=-1).reshape(num_layers, -1)
 
     pos_doc = np.repeat(seq_doc, s - 1)  # (N * (S - 1),)
-    k = {"bh": per_token(base.chosen), "topp": per_token(tp_chosen), "weight_ratio": per_token(wr_chosen),
+    k = {"bh": per_token(base.chosen), **{f: per_token(c) for f, (_, _, c) in nearest.items()},
          "bh_patched": per_token(routed.chosen)}
     router_entropy = _entropy(base.probs[:, :, :-1]).reshape(num_layers, -1)  # (L, N * (S - 1))
     difficulty = difficulty_analysis(
         k, {"loss": base.loss.reshape(-1), "entropy": base.entropy.reshape(-1)}, router_entropy, pos_doc,
-        primary="bh", compare=("topp", "weight_ratio"), labels=labels)
+        primary="bh", compare=tuple(adaptive), labels=labels)
 
     # --- where the loss goes: BH-routed forward against the model's own
     top_mass = np.sort(routed.probs, axis=-1)[..., -k_model:].sum(axis=-1)  # (L, N, S)

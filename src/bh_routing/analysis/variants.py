@@ -19,9 +19,8 @@ import math
 
 import numpy as np
 
-from .config import AUTO, RunConfig
 from .evaluate import evaluate_strategy
-from .experiments import bh_label, bh_strategy, parse_variant
+from .settings import RoutingSettings, bh_label, parse_variant
 from .matching import AlphaSearch
 
 WINDOWS = 8  # calibration windows the choice is measured on
@@ -33,20 +32,22 @@ def target_k(top_k: int, min_k: int) -> int:
     return int(min(max(math.floor(top_k / 2 + 0.5), min_k + 1), max(top_k - 1, min_k + 1)))
 
 
-def choose_variant(model, calib_seqs, cfg: RunConfig, calibration, *, top_k: int) -> dict:
-    """The reported variant, how it was chosen and every candidate's numbers (JSON-able)."""
-    candidates = [v for v in cfg.pvalues if not parse_variant(v)[2]]
-    if cfg.bh_pvalues != AUTO:
-        return {"chosen": cfg.bh_pvalues, "how": "configured", "reason": "set in the configuration", "candidates": []}
+def choose_variant(model, calib_seqs, rs: RoutingSettings, calibration, *, top_k: int, configured: str | None) -> dict:
+    """The reported variant, how it was chosen and every candidate's numbers (JSON-able).
+
+    ``configured``: the variant the configuration names, or None to choose among ``rs.variants``."""
+    candidates = [v for v in rs.variants if not parse_variant(v)[2]]
+    if configured is not None:
+        return {"chosen": configured, "how": "configured", "reason": "set in the configuration", "candidates": []}
     if len(candidates) == 1 or calib_seqs is None:
         why = "the only variant swept" if len(candidates) == 1 else "no calibration windows in this run: the first swept"
         return {"chosen": candidates[0], "how": "only", "reason": why, "candidates": []}
     seqs = calib_seqs[:WINDOWS]  # (M, S): calibration text only
-    target = target_k(top_k, cfg.min_k)
+    target = target_k(top_k, rs.min_k)
     rows = []
     for variant in candidates:
         def make(a, v=variant):
-            return bh_strategy(cfg, v, calibration, alpha=a)
+            return rs.bh(v, calibration, alpha=a)
 
         search = AlphaSearch(model, seqs, make, model_top_k=top_k, tol=TOLERANCE, max_passes=6)
         m = search.find(target)

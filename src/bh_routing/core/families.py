@@ -25,7 +25,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
+import sys
 from importlib.metadata import entry_points
 
 import torch
@@ -37,6 +39,10 @@ from .strategies.entropy import Entropy
 ENTRY_POINT_GROUP = "bh_routing.strategies"
 #: The built-in families in report order; :func:`register` adds to a copy of this per process.
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (TopK, TopP, WeightRatio, Entropy, BH)}
+#: The rank baselines: each takes a prefix of the router's order whose length a threshold on the
+#: sorted probabilities sets, so their mean k is known in closed form on recorded logits (the
+#: oracle's exact matching) and BH is matched to each of their settings; top-k first.
+RANK_BASELINES: tuple[str, ...] = tuple(c.name for c in (TopK, TopP, WeightRatio))
 _REGISTERED: dict[str, type[Strategy]] = dict(BUILTIN)
 
 _INT = re.compile(r"^[+-]?\d+$")
@@ -96,6 +102,8 @@ def _entry_points() -> dict:
 
 def _import_class(path: str) -> type[Strategy]:
     module, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # the command's folder, as uvicorn's --app-dir
+        sys.path.append(os.getcwd())
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window: the one backend choice of the package
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..analysis.outputs import atomic_write_bytes  # noqa: E402
+from ..core.files import atomic_write_bytes  # noqa: E402
 
 DPI = 150
 

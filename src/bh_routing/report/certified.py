@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from .base import plt, save_figure
+from .figures import _ByFamily
 from .registry import Figure, Section, register_figure, register_section
 
 FIGURE = "certified_frontier.png"
 
-CERT_COLORS = {"topk": "#444444", "topp": "#1f77b4", "weight_ratio": "#2ca02c", "bh": "#d62728", "bh-calibrated": "#9467bd"}
-CERT_NAMES = {"topk": "Top-k", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)", "bh": "BH, empirical null",
-              "bh-calibrated": "BH, calibrated null"}
+CERT_COLORS = _ByFamily("color", {"bh-calibrated": "#9467bd"})
+CERT_NAMES = _ByFamily("label", {"topk": "Top-k", "bh": "BH, empirical null", "bh-calibrated": "BH, calibrated null"})
 RISK_NAMES = {"top1": "top-1 disagreement with the unpatched model (share of tokens)",
               "loss": "loss increase over the unpatched model (nats/token, clipped)"}
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from .base import fmt, plt, save_figure, table
+from ..core.families import RANK_BASELINES
 from .figures import COLORS, NAMES
 from .registry import Figure, Section, register_figure, register_section
 
-BASELINES = ("topk", "topp", "weight_ratio")
+BASELINES = RANK_BASELINES
 VARIANT_COLORS = {"standardized": "#8c564b", "calibrated-router": "#e377c2"}
 VARIANT_NAMES = {"standardized": "BH, standardised null", "calibrated-router": "BH, calibrated null, router order"}
 
@@ -122,13 +123,29 @@ def _section(res: dict, figures: list[str]) -> list[str]:
         out += ["![fdr_oracle](fdr_oracle.png)", ""]
     out += [
         table(["setting", "mean k", "FDP (95% CI)", "FDP, all selected", "power (95% CI)",
-               "top-k FDP / power", "top-p FDP / power", "weight ratio FDP / power"], rows),
+               *[f"{NAMES[f]} FDP / power" for f in BASELINES]], rows),
         "",
         "**Verdict** (paired t-tests over documents, Holm-adjusted within each family): " + fdr_oracle_summary(step),
         "",
         *[f"- {r['verdict']}" for r in step["bh"]],
         "",
     ]
+    others = step.get("others", [])
+    if others:
+        out += [
+            "Other families on the same recorded logits (no α to test: their FDP is the share of all their "
+            "selections not needed; the comparisons with the baselines are in the same Holm family as BH's):",
+            "",
+            table(["setting", "mean k", "FDP (95% CI)", "power (95% CI)",
+                   *[f"{NAMES[f]} FDP / power" for f in BASELINES]],
+                  [[r["label"], r["mean_k"], f"{fmt(r['fdp']['mean'])} ({fmt(r['fdp']['ci_low'])}–{fmt(r['fdp']['ci_high'])})",
+                    f"{fmt(r['power']['mean'])} ({fmt(r['power']['ci_low'])}–{fmt(r['power']['ci_high'])})",
+                    *[("n/a" if (b := r["baselines"].get(f)) is None else f"{fmt(b['fdp']['mean'])} / {fmt(b['power']['mean'])}")
+                      for f in BASELINES]] for r in others]),
+            "",
+            *[f"- {r['verdict']}" for r in others],
+            "",
+        ]
     nulls = step.get("null_rejection", {})
     if nulls:
         out += [

@@ -7,18 +7,41 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.evaluate import document_loss, document_mean_k
+from ..core.families import RANK_BASELINES, StrategySpecError, get_family
 from .base import plt, save_figure
 from .registry import Figure, register_figure
 
-COLORS = {"topk": "#444444", "topp": "#1f77b4", "weight_ratio": "#2ca02c", "bh-empirical": "#d62728", "bh-calibrated": "#9467bd",
-          "bh-standardized": "#ff7f0e", "bh-calibrated-router": "#8c564b", "bh-calibrated-router-wide": "#e377c2",
-          "bh-empirical-router": "#bcbd22", "bh-standardized-router": "#17becf", "bh-calibrated-wide": "#7f7f7f",
-          "bh-empirical-wide": "#aec7e8", "bh-standardized-wide": "#ffbb78", "bh-empirical-router-wide": "#98df8a",
-          "bh-standardized-router-wide": "#c5b0d5"}
 _NULLS = {"empirical": "empirical null", "calibrated": "calibrated null", "standardized": "standardised null"}
-NAMES = {"topk": "Top-k (k = 1…K)", "topp": "Top-p", "weight_ratio": "Weight ratio (NAEE)",
-         **{f"bh-{m}{sel}{wide}": f"BH, {null}" + (", router's experts" if sel else "") + (", max_k 2K" if wide else "")
-            for m, null in _NULLS.items() for sel in ("", "-router") for wide in ("", "-wide")}}
+
+
+class _ByFamily(dict):
+    """Colour or name of a family in the figures: BH's variants (and top-k's name) fixed here, every
+    other family's from the table of families (its class's ``color`` / ``label``)."""
+
+    def __init__(self, attr: str, fixed: dict) -> None:
+        super().__init__(fixed)
+        self.attr = attr
+
+    def __missing__(self, family: str) -> str:
+        base, _, reference = family.partition(":")  # "<family>:<reference>": a published setting
+        try:
+            value = getattr(get_family(base if reference and "." not in base else family), self.attr)
+        except StrategySpecError:
+            raise KeyError(family) from None
+        return f"{value} ({reference})" if reference and self.attr == "label" and "." not in base else value
+
+
+COLORS = _ByFamily("color", {
+    "bh-empirical": "#d62728", "bh-calibrated": "#9467bd", "bh-standardized": "#ff7f0e",
+    "bh-calibrated-router": "#8c564b", "bh-calibrated-router-wide": "#e377c2", "bh-empirical-router": "#bcbd22",
+    "bh-standardized-router": "#17becf", "bh-calibrated-wide": "#7f7f7f", "bh-empirical-wide": "#aec7e8",
+    "bh-standardized-wide": "#ffbb78", "bh-empirical-router-wide": "#98df8a", "bh-standardized-router-wide": "#c5b0d5"})
+NAMES = _ByFamily("label", {
+    "topk": "Top-k (k = 1…K)",
+    **{f"bh-{m}{sel}{wide}": f"BH, {null}" + (", router's experts" if sel else "") + (", max_k 2K" if wide else "")
+       for m, null in _NULLS.items() for sel in ("", "-router") for wide in ("", "-wide")}})
+
+
 def bh_family(res: dict) -> str:
     """The family of the run's reported BH variant ("bh-<variant>"); while ``bh_pvalues`` is still
     "auto" (its choosing step not run), the first BH family of the α sweep."""
@@ -296,7 +319,8 @@ def pareto(res: dict, path: Path) -> Path:
         rs = sorted(rs, key=lambda r: r["mean_k"])
         x = [r["mean_k"] for r in rs]
         # measured points are the markers; the thin dotted lines only join them (nothing measured between)
-        style = dict(marker="o" if fam.startswith("bh") else "s", ms=6, capsize=2, color=COLORS[fam], label=NAMES[fam],
+        marker = "o" if fam.startswith("bh") else "s" if fam in RANK_BASELINES else "*" if ":" in fam else "D"
+        style = dict(marker=marker, ms=6, capsize=2, color=COLORS[fam], label=NAMES[fam],
                      lw=0.8, ls=":")
         y = np.array([[r["ppl"], r["ppl_ci_low"], r["ppl_ci_high"]] for r in rs])
         axes[0].errorbar(x, y[:, 0], yerr=[y[:, 0] - y[:, 1], y[:, 2] - y[:, 0]], **style)

@@ -22,7 +22,13 @@ SHORT = {"loss": "loss", "entropy": "pred. entropy", "router_entropy": "router e
 
 def _colors(res: dict) -> dict[str, str]:
     bh = COLORS.get(f"bh-{res['config']['bh_pvalues']}", COLORS["bh-calibrated"])
-    return {"topk": COLORS["topk"], "bh": bh, "bh_patched": bh, "topp": COLORS["topp"], "weight_ratio": COLORS["weight_ratio"]}
+    return {"topk": COLORS["topk"], "bh": bh, "bh_patched": bh,
+            **{f: COLORS[f] for f in adaptive(res["steps"]["premise"])}}
+
+
+def adaptive(p: dict) -> list[str]:
+    """The adaptive families the premise step compared with BH at its mean k (top-p, weight ratio, ...)."""
+    return [f for f in p["strategies"] if f not in ("topk", "bh", "bh_patched")]
 
 
 def _nan(xs) -> np.ndarray:
@@ -44,7 +50,7 @@ def difficulty(res: dict, path: Path) -> Path:
     for ax, name in ((axes[0, 0], "loss"), (axes[0, 1], "router_entropy")):
         dec = d["deciles"][name]
         x = _nan(dec["x_mean"])
-        for s in ("bh", "topp", "weight_ratio"):
+        for s in ("bh", *adaptive(p)):
             _band(ax, x, dec["values"][s], col[s], f"{st[s]['label']} (mean k {st[s]['mean_k']:.2f})")
         ax.axhline(k, ls="--", color=col["topk"], lw=1, label=f"{st['topk']['label']}")
         ax.set_xlabel(f"{DIFFICULTY_NAMES[name]}, mean of each decile", fontsize=11)
@@ -55,11 +61,11 @@ def difficulty(res: dict, path: Path) -> Path:
     # Spearman rho per strategy and difficulty
     ax = axes[1, 0]
     names = list(DIFFICULTY_NAMES)
-    strategies = ["bh", "bh_patched", "topp", "weight_ratio"]
-    width = 0.2
+    strategies = ["bh", "bh_patched", *adaptive(p)]
+    width = 0.8 / len(strategies)
     for i, s in enumerate(strategies):
         rows = {r["difficulty"]: r for r in d["spearman"] if r["strategy"] == s}
-        xs = np.arange(len(names)) + (i - 1.5) * width
+        xs = np.arange(len(names)) + (i - (len(strategies) - 1) / 2) * width
         rho = _nan([rows[n]["mean"] for n in names])
         lo, hi = _nan([rows[n]["ci_low"] for n in names]), _nan([rows[n]["ci_high"] for n in names])
         err = np.where(np.isnan(lo), 0, [rho - lo, hi - rho])
@@ -213,7 +219,7 @@ def difficulty_section(res: dict, figures: list[str]) -> list[str]:
     p = res["steps"]["premise"]
     d, st = p["difficulty"], p["strategies"]
     rows = []
-    for s in ("bh", "bh_patched", "topp", "weight_ratio"):
+    for s in ("bh", "bh_patched", *adaptive(p)):
         by = {r["difficulty"]: r for r in d["spearman"] if r["strategy"] == s}
         rows.append([st[s]["label"], st[s]["mean_k"], *[_ci(by[n]) for n in DIFFICULTY_NAMES],
                      by["loss"]["pooled_rho"]])

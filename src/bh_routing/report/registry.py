@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..analysis.registry import Registry
+from ..core.registry import Registry
 
 
 @dataclass(frozen=True)

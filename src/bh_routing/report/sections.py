@@ -48,6 +48,14 @@ def pareto(res: dict, figures: list[str]) -> list[str]:
         ),
         "",
     ]
+    k = res["model"]["top_k"]
+    for r in (r for r in d["frontier"] if ":" in r["family"]):  # a family's published setting (its references)
+        ratio = (f"; perplexity {fmt(r['ppl_ratio'])} × top-{k}'s (paired 95% CI {fmt(r['ratio_ci_low'])} to "
+                 f"{fmt(r['ratio_ci_high'])})" if r.get("ppl_ratio") is not None else "")
+        out += [f"Published setting **{r['label']}** (star marker): mean k {fmt(r['mean_k'])}, "
+                f"{fmt(r['reduction_pct'])}% fewer experts than top-{k}; perplexity {fmt(r['ppl'])} (95% CI "
+                f"{fmt(r['ppl_ci_low'])} to {fmt(r['ppl_ci_high'])}){ratio}. One setting, not matched: how it "
+                "compares at equal k is in *Matched comparisons*.", ""]
     return out
 
 

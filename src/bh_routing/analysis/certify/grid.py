@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass, field
 
 from ...core import BH, Calibration, Strategy, TopK, TopP, WeightRatio
+from ...core.families import BUILTIN, StrategySpecError, get_family
 from ...models.certificate import CertificateError
 from ...core.risk_control import min_sequences
 
 RISKS = ("top1", "loss")
 LOSS_BOUND = 1.0  # B, nats/token: the loss-increase risk is clipped to [0, B] (see the module notes)
-FAMILIES = ("topk", "topp", "weight_ratio", "bh")  # "bh-calibrated" too when a calibration is given
+FAMILIES = tuple(BUILTIN)  # the built-in families; "bh-calibrated" too when a calibration is given
 DEFAULT_EPSILON = 0.1  # the certify step of `bh-routing run`: top-1 disagreement at most 10 % ...
 DEFAULT_DELTA = 0.1  # ... with probability at least 90 %
 DEFAULT_RISK = "top1"
@@ -35,7 +36,7 @@ ALPHA_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3, 0.1, 0.05, 0.01)
 class GridPoint:
     """One setting of a family's grid."""
 
-    family: str  # "topk" | "topp" | "weight_ratio" | "bh" | "bh-calibrated"
+    family: str  # a family's name, or "bh-calibrated"
     param: float  # k, p, β or α
     label: str  # e.g. "TopK(k=6)"
     strategy: Strategy = field(repr=False)
@@ -91,11 +92,15 @@ def check_families(families, *, calibrated: bool = False) -> tuple[str, ...]:
     fitted on other text; runs and the command certify BH with the empirical null).
     """
     known = FAMILIES + (("bh-calibrated",) if calibrated else ())
-    fams = tuple(families)
-    bad = [f for f in fams if f not in known]
+    fams, bad = [], []
+    for f in families:
+        try:
+            fams.append(f if f in known else get_family(f).name)
+        except StrategySpecError:
+            bad.append(f)
     if bad or not fams:
-        raise CertificateError(f"unknown strategy families {bad}; available: {', '.join(known)}")
-    return fams
+        raise CertificateError(f"unknown strategy families {bad}; available: {', '.join(known)}, or module:Class")
+    return tuple(fams)
 
 def check_request(*, risk: str, epsilon: float, delta: float, families, units: int | None = None) -> tuple[str, ...]:
     """Every check of a certify request before a model loads: risk, ε, δ, the families, and (with
@@ -118,14 +123,18 @@ def default_grid(
     max_k: int | None = None,
     calibration: Calibration | None = None,
     coarse: bool = False,
+    directions: dict | None = None,
 ) -> list[GridPoint]:
     """The ordered grid of every family, safest setting first.
 
     ``topk``: k = K, K-1, ..., 1. ``topp``: :data:`TOPP_GRID` (p large → small). ``weight_ratio``:
     :data:`RATIO_GRID` (β small → large). ``bh``: BH with the empirical null, :data:`ALPHA_GRID`
     (α large → small). ``bh-calibrated``: the same α with the conformal null of ``calibration``.
-    The variable-k families use ``min_k`` and ``max_k`` (default the model's k). ``coarse``: every
-    other point of the top-p, weight-ratio and α grids (fewer passes; top-k keeps every k).
+    Any other family (the entropy ladder, a user's rule): its class's ``grid``, safest first by
+    ``directions[family]`` (+1: more experts as the knob rises, -1: fewer; measured on calibration
+    text by :func:`bh_routing.analysis.knobs.knob_profile`). The variable-k families use ``min_k``
+    and ``max_k`` (default the model's k) where their constructor takes them. ``coarse``: every
+    other point of the variable-k grids (fewer passes; top-k keeps every k).
     """
     families = check_families(families, calibrated=True)
     if "bh-calibrated" in families and calibration is None:
@@ -142,6 +151,10 @@ def default_grid(
             grid += [
                 GridPoint(fam, b, f"WeightRatio(β={b:g})", WeightRatio(b, min_k=min_k, max_k=max_k)) for b in ratio
             ]
+        elif fam not in ("bh", "bh-calibrated"):
+            if directions is None or fam not in directions:
+                raise CertificateError(f"family {fam!r} needs its knob's direction (measured on calibration text)")
+            grid += family_grid(fam, directions[fam], min_k=min_k, max_k=max_k)[::step]
         else:
             method = "empirical" if fam == "bh" else "calibrated"
             cal = calibration if method == "calibrated" else None
@@ -150,3 +163,13 @@ def default_grid(
                 for a in alpha
             ]
     return grid
+
+
+def family_grid(family: str, direction: int, *, min_k: int = 1, max_k: int | None = None) -> list[GridPoint]:
+    """A family's own grid (its class's ``grid``) as grid points, safest (most experts) first."""
+    from ..settings import RoutingSettings, setting_label
+
+    cls = get_family(family)
+    values = sorted(set(cls.grid), reverse=direction > 0)
+    rs = RoutingSettings(min_k=min_k, max_k=max_k)
+    return [GridPoint(cls.name, v, setting_label(cls.name, v), rs.strategy(cls.name, v)) for v in values]

@@ -10,13 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...core.families import RANK_BASELINES as FAMILIES_WITH_GRIDS, get_family
+
 from ...core import Calibration
 from ...core.risk_control import TooFewSequencesError, hb_pvalue, hb_upper_bound, learn_then_test
-from ..outputs import environment
+from ...models.environment import environment
 from ...models.certificate import FORMAT, FORMAT_VERSION, chosen_point, grid_points, model_meta
 from .grid import (
     DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_RISK, FAMILIES, LOSS_BOUND, CertificateError, GridPoint,
-    check_certify_args, check_enough_units, default_grid, needed_units,
+    check_certify_args, check_enough_units, check_families, default_grid, needed_units,
 )
 from .risks import by_group, family_slices, measure_risks, risk_matrix
 
@@ -215,13 +217,14 @@ def certify(
     """
     check_certify_args(risk=risk, epsilon=epsilon, delta=delta, loss_bound=loss_bound)
     meta = model_meta(model, model_name)
-    if grid is None:
-        grid = default_grid(meta["top_k"], families=tuple(families), min_k=min_k, max_k=max_k, calibration=calibration,
-                            coarse=coarse)
-    fams = list(dict.fromkeys(g.family for g in grid))
+    fams = list(dict.fromkeys(g.family for g in grid)) if grid is not None else list(check_families(families, calibrated=True))
     n_units = len(set(groups)) if groups is not None else int(sequences.shape[0])
     if not infeasible_ok:
         check_enough_units(n_units, risk=risk, epsilon=epsilon, delta=delta, num_families=len(fams), loss_bound=loss_bound)
+    if grid is None:
+        directions = knob_directions(model, sequences, fams, min_k=min_k, max_k=max_k)
+        grid = default_grid(meta["top_k"], families=tuple(fams), min_k=min_k, max_k=max_k, calibration=calibration,
+                            coarse=coarse, directions=directions)
     table = measure_risks(model, sequences, grid, batch_size=batch_size, stop_above=stop_above,
                           loss_bound=loss_bound, progress=progress)
     per_sequence = table.per_sequence(groups)
@@ -287,3 +290,29 @@ def certified_rows(cert: dict, *, epsilon: float | None = None, delta: float | N
             "best": fam == body["best_family"],
         })
     return rows
+
+
+#: The families whose certify grid is fixed in :mod:`.grid`; every other family's is its own grid,
+#: ordered by its knob's measured direction.
+FIXED_GRIDS = (*FAMILIES_WITH_GRIDS, "bh", "bh-calibrated")
+#: Calibration sequences the direction of a knob is measured on (expert counts only, never a risk).
+DIRECTION_SEQUENCES = 8
+
+
+def knob_directions(model, sequences: torch.Tensor, families, *, min_k: int = 1, max_k: int | None = None) -> dict:
+    """family -> +1/-1 for each family without a fixed grid: its knob's direction, measured in patch
+    mode at its grid's two ends on the first :data:`DIRECTION_SEQUENCES` calibration sequences
+    (:func:`bh_routing.analysis.knobs.knob_profile`, which also refuses a knob that does not move k)."""
+    from ..knobs import knob_profile
+    from ..settings import RoutingSettings
+
+    rs = RoutingSettings(min_k=min_k, max_k=max_k)
+    out = {}
+    for fam in families:
+        if fam in FIXED_GRIDS:
+            continue
+        grid = get_family(fam).grid
+        prof = knob_profile(model, sequences[:DIRECTION_SEQUENCES], fam, lambda v, f=fam: rs.strategy(f, v),
+                            (min(grid), max(grid)))
+        out[fam] = prof["direction"]
+    return out

@@ -94,6 +94,8 @@ class Strategy:
         The knob's default values, swept by ``bh-routing run``.
     label, color : str
         The family in figures and tables.
+    references : dict
+        Published settings measured beside the sweep: ``{name: constructor keyword arguments}``.
     fixed_width : bool
         Every token gets exactly ``width`` experts (no padding slot), as top-k.
     """
@@ -104,6 +106,7 @@ class Strategy:
     grid: tuple = ()
     label: str = ""
     color: str = "#7f7f7f"
+    references: dict = {}
     fixed_width: bool = False  # every token gets exactly W experts (no padding slot), e.g. TopK
 
     def route(

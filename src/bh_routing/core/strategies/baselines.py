@@ -90,6 +90,7 @@ class WeightRatio(Strategy):
 
     name = "weight_ratio"
     knob = "beta"
+    knob_symbol = "β"
     grid = (0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
     label = "Weight ratio (NAEE)"
     color = "#2ca02c"

@@ -63,6 +63,7 @@ class Entropy(Strategy):
     grid = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
     label = "Router entropy ladder"
     color = "#9467bd"
+    references = {"adaptive-k-olmoe": {"scale": 1.0, "preset": "adaptive-k-olmoe"}}  # the published preset
 
     def __init__(self, scale: float = 1.0, *, preset: str = "widened", weight_rule: str = "model") -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or scale == float("inf"):

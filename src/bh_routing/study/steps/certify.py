@@ -5,7 +5,7 @@ It certifies on the run's calibration windows (from documents disjoint from the 
 with the **document** as the unit (each document's mean risk over its windows; windows of one
 document are not independent), and applies the certificate to the evaluation sequences (held out:
 not used to certify), with the settings ``certify_risk``, ``certify_epsilon``, ``certify_delta``,
-``certify_families`` and ``certify_tokens`` of :class:`~bh_routing.analysis.config.RunConfig`. It
+``certify_families`` and ``certify_tokens`` of :class:`~bh_routing.study.config.RunConfig`. It
 writes ``OUT/certificate.json`` (format in :mod:`bh_routing.analysis.certify`) and returns the
 certificate without its per-unit risks. With too few documents for a certificate at ε but enough at
 the frontier's largest ε (``STOP_FACTOR`` × ε) it certifies nothing at ε, says why
@@ -23,7 +23,7 @@ grids and whole sequences.
 
 from __future__ import annotations
 
-from .. import certify as C
+from ...analysis import certify as C
 from ..registry import Context, Step, Summary, register_step, register_summary
 
 # measure each family's grid up to mean risk STOP_FACTOR × ε (certificates exact up to there)

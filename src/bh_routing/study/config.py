@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..analysis.settings import DEFAULT_ALPHAS, RoutingSettings
 from ..core import BHRoutingError
 from ..core._validate import check_alpha, check_choice, check_k_bounds, check_temperature
 from ..core.calibration import NULL_CHOICES
+from ..core.families import (
+    BUILTIN, StrategyContractError, StrategySpecError, check_contract, get_family, strategy_from_spec,
+)
 from ..core.strategies import PVALUE_METHODS
 
 #: BH variants a run can sweep: a p-value method, "-router" for BH's count with the router's
@@ -24,12 +28,11 @@ VARIANTS = tuple(f"{m}{sel}{wide}" for m in PVALUE_METHODS for sel in ("", "-rou
 DEFAULT_VARIANTS = ["empirical", "calibrated", "standardized", "calibrated-router", "calibrated-router-wide"]
 AUTO = "auto"  # bh_pvalues chosen by measurement on the calibration windows (analysis.variants)
 
-DEFAULT_ALPHAS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 DEFAULT_TEMPERATURES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
-DEFAULT_TOPP = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-DEFAULT_RATIOS = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02]
-FRONTIER_FAMILIES = ("topk", "topp", "weight_ratio", "bh")
-CERTIFY_FAMILIES = ("topk", "topp", "weight_ratio", "bh")  # "bh": BH with the empirical null
+DEFAULT_TOPP = list(BUILTIN["topp"].grid)
+DEFAULT_RATIOS = list(BUILTIN["weight_ratio"].grid)
+FRONTIER_FAMILIES = tuple(BUILTIN)  # every built-in family, in the table's order
+CERTIFY_FAMILIES = tuple(BUILTIN)  # "bh": BH with the empirical null
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DOWNSTREAM_TASKS = ["bhr_python_mc", "bhr_heldout_rolling"]  # the two offline lm-eval tasks
 
@@ -61,14 +64,15 @@ class RunConfig:
     model: str | None = None  # hub id or local folder; None = the embedded model
     device: str | None = None  # "cpu", "cuda", ...; None = cuda if available
     dtype: str | None = None  # "float32" | "bfloat16" | "float16"; None = bf16 on cuda, fp32 on cpu
-    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the α sweep
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the α sweep (BH's knob)
     alpha: float = 0.05  # BH level of the single-setting analyses
     temperatures: list[float] = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
     pvalues: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))  # BH variants swept (VARIANTS)
     bh_pvalues: str = AUTO  # the BH variant of the single-setting analyses; "auto": measured on calibration text
-    strategies: list[str] = field(default_factory=lambda: list(FRONTIER_FAMILIES))  # on the frontier
-    topp_values: list[float] = field(default_factory=lambda: list(DEFAULT_TOPP))
-    ratio_values: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    strategies: list[str] = field(default_factory=lambda: list(FRONTIER_FAMILIES))  # families compared: names or module:Class
+    topp_values: list[float] = field(default_factory=lambda: list(DEFAULT_TOPP))  # top-p's knob values
+    ratio_values: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))  # the weight ratio's knob values
+    grids: dict = field(default_factory=dict)  # other families' knob values {family: [values]}; default: the family's grid
     min_k: int = 1  # every token gets at least this many experts
     max_k: int | None = None  # None = the model's top-k
     prompts_file: str | None = None  # one prompt per line; None = the 10 default prompts
@@ -92,13 +96,14 @@ class RunConfig:
     downstream_batch_size: int = 1  # lm-eval batch size (1 counts experts without padding)
     downstream_shard: list[int] | None = None  # [rank, world]: every world-th document from rank
     downstream_backend: str = "hf"  # lm-eval model: "hf" (transformers) or "vllm" (needs make setup-vllm)
+    downstream_strategies: list[str] = field(default_factory=list)  # more strategies by spec, e.g. "entropy:scale=1.5"
     # certified routing (Learn-then-Test; the ``certify`` step, analysis/certify.py)
     certify_risk: str = "top1"  # "top1" (greedy-token disagreement) | "loss" (nats/token increase, clipped to [0, 1])
     certify_epsilon: float = 0.1  # ε: certify mean risk <= ε on new calibration-like sequences ...
     certify_delta: float = 0.1  # ... with probability >= 1 - δ
     certify_families: list[str] = field(default_factory=lambda: list(CERTIFY_FAMILIES))  # grids tested (δ/F each)
     certify_tokens: int = 64  # certify on the first tokens of each calibration/evaluation sequence; 0 = all of it
-    certify_grid: str = "coarse"  # "coarse" (every other top-p/β/α point, stop at 1.5ε) | "fine" (stop at 3ε)
+    certify_grid: str = "coarse"  # "coarse" (every other grid point, frontier up to 2ε) | "fine" (every point, up to 3ε)
 
     def effective(self) -> RunConfig:
         """The configuration actually run (``quick`` shrinks sizes)."""
@@ -110,6 +115,7 @@ class RunConfig:
         if len(c.temperatures) > 4:  # every other value, and T = 1 (the untempered test) always
             c.temperatures = sorted(set(c.temperatures[::2]) | ({1.0} & set(c.temperatures)))
         c.topp_values, c.ratio_values = c.topp_values[::2], c.ratio_values[::2]
+        c.grids = {f: list(v)[::2] for f, v in c.grids.items()}
         c.new_tokens = min(c.new_tokens, 8)
         c.reservoir_size = min(c.reservoir_size, 2048)
         return c
@@ -130,8 +136,22 @@ class RunConfig:
             _core(check_choice, self.bh_pvalues, tuple(v for v in VARIANTS if "wide" not in v) + (AUTO,), name="bh_pvalues")
             if self.bh_pvalues not in self.pvalues:
                 raise ConfigError(f"bh_pvalues {self.bh_pvalues!r} must be one of the swept pvalues {self.pvalues}")
+        if not isinstance(self.strategies, (list, tuple)) or not self.strategies:
+            raise ConfigError(f"strategies must be a non-empty list, got {self.strategies!r}")
         for s in self.strategies:
-            _core(check_choice, s, FRONTIER_FAMILIES, name="strategies")
+            self._check_family(s, "strategies")
+        if not isinstance(self.grids, dict):
+            raise ConfigError(f"grids must be a mapping of family -> values, got {self.grids!r}")
+        for fam, values in self.grids.items():
+            cls = self._check_family(fam, "grids")
+            if not isinstance(values, (list, tuple)) or not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"grids[{fam!r}] must be a non-empty list of numbers, got {values!r}")
+            for v in values:
+                try:
+                    cls(**{cls.knob: v})
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"grids[{fam!r}]: {cls.knob}={v!r}: {exc}") from None
         _core(check_choice, self.null, NULL_CHOICES, name="null")
         if self.dtype is not None:
             _core(check_choice, self.dtype, DTYPES, name="dtype")
@@ -150,12 +170,19 @@ class RunConfig:
         _core(check_k_bounds, self.min_k, self.max_k, least=1)
         _each("downstream_alphas", self.downstream_alphas, check_alpha)
         _core(check_choice, self.downstream_backend, ("hf", "vllm"), name="downstream_backend")
+        if not isinstance(self.downstream_strategies, (list, tuple)):
+            raise ConfigError(f"downstream_strategies must be a list of strategy specs, got {self.downstream_strategies!r}")
+        for spec in self.downstream_strategies:
+            try:
+                strategy_from_spec(spec)
+            except StrategySpecError as exc:
+                raise ConfigError(f"downstream_strategies: {exc}") from None
         if self.downstream_tasks:
-            from .downstream.tasks import check_settings, include_paths
+            from ..analysis.downstream.tasks import check_settings, include_paths
 
             check_settings(self.downstream_tasks, limit=self.downstream_limit, shard=self.downstream_shard)
             include_paths(self.downstream_include_path)
-        from .certify import CertificateError, check_certify_args, check_families
+        from ..analysis.certify import CertificateError, check_certify_args, check_families
 
         try:
             check_certify_args(risk=self.certify_risk, epsilon=self.certify_epsilon, delta=self.certify_delta,
@@ -175,6 +202,35 @@ class RunConfig:
             if v is not None and not Path(v).is_file():
                 raise ConfigError(f"{name} not found: {v}")
         return self
+
+    @staticmethod
+    def _check_family(name, where: str):
+        """The family class of a name in ``strategies``/``grids`` whose rule keeps the contract on
+        synthetic router logits (user families; the built-in ones are tested); ConfigError otherwise."""
+        try:
+            cls = get_family(name)
+            if cls.name not in BUILTIN and cls.name != "bh":
+                for v in (min(cls.grid), max(cls.grid)):
+                    check_contract(cls(**{cls.knob: v}))
+        except (StrategySpecError, StrategyContractError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: routing rule {name!r} at its grid's ends: {exc}") from None
+        return cls
+
+    def routing(self, variant: str | None = None) -> RoutingSettings:
+        """The routing settings of the studies, with BH's reported ``variant`` (default: ``bh_pvalues``,
+        or with "auto" the first variant swept; a run passes the variant it chose)."""
+        if variant is None:
+            variant = self.bh_pvalues if self.bh_pvalues != AUTO else next(
+                (v for v in self.pvalues if "wide" not in v), self.pvalues[0])
+        families = tuple(dict.fromkeys(get_family(s).name for s in self.strategies))
+        grids = {"topp": tuple(self.topp_values), "weight_ratio": tuple(self.ratio_values),
+                 **{get_family(f).name: tuple(v) for f, v in self.grids.items()}}
+        return RoutingSettings(
+            min_k=self.min_k, max_k=self.max_k, alpha=self.alpha, variant=variant, variants=tuple(self.pvalues),
+            alphas=tuple(self.alphas), temperatures=tuple(self.temperatures),
+            families=tuple(f for f in families if f != "bh"), grids=grids)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from ..core import Calibration
-from . import data
+from ..analysis import data
 from .config import ConfigError, RunConfig, parse_dataset_id
-from .outputs import RESULTS_JSON, RunError, check_writable
+from .results import RESULTS_JSON, RunError, check_writable, results_model
 
 EMBEDDED_NAME = "embedded:olmoe-tiny"
 
@@ -28,7 +28,6 @@ class Inputs:
     calibration: Calibration | None  # the user's calibration file, loaded and matched to the model
     prompts: dict[str, str]
     split: data.EvalSplit | None  # evaluation and calibration windows; None when no requested step reads the text
-    requested_cfg: RunConfig | None = None  # cfg as given, once a step has resolved a setting ("auto")
 
     @property
     def eval_seqs(self) -> torch.Tensor | None:
@@ -158,27 +157,22 @@ def load_calibration(path: str, model, name: str, routing) -> Calibration:
 
 def check_same_model(out: Path, name: str, *, force: bool) -> None:
     """Refuse to mix another model's results into ``out`` (unless ``force``)."""
-    path = out / RESULTS_JSON
-    if force or not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("name")
-    except (OSError, ValueError, AttributeError):
-        old = None
+    old = None if force else results_model(out)
     if old is not None and old != name:
-        raise RunError(f"{path} holds results of {old!r}, not {name!r}: choose another --out (or --force to replace them)")
+        raise RunError(f"{out / RESULTS_JSON} holds results of {old!r}, not {name!r}: choose another --out (or --force to replace them)")
 
 
-def prepare(config: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool = True, force: bool = False) -> Inputs:
-    """Validate the configuration, the files, the output folder, the model and the calibration.
+def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool = True, force: bool = False) -> Inputs:
+    """Load and check the files, the output folder, the model and the calibration of a run.
 
-    ``model``/``tokenizer``: an already loaded pair (e.g. in a notebook) instead of ``config.model``.
+    ``cfg``: the run's configuration, validated and effective (``RunConfig.validate().effective()``,
+    done once by :class:`~bh_routing.study.api.Study`).
+    ``model``/``tokenizer``: an already loaded pair (e.g. in a notebook) instead of ``cfg.model``.
     ``text``: whether to read and split the evaluation text (steps such as ``downstream`` need none).
     ``force``: replace another model's results in ``out`` instead of refusing.
     """
     from ..models import inspect_model, load_model
 
-    cfg = config.validate().effective()
     check_writable(out)
     prompts = _prompts(cfg)
     texts = _texts(cfg) if text else None

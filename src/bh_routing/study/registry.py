@@ -3,7 +3,7 @@
 A **step** computes one JSON-able result from the model (``compute(ctx)``) and is cached in
 ``OUT/.steps/<name>.json``; a **summary** computes entries of ``results["derived"]`` from finished
 steps only (no model). Both are registered at import time by the modules of
-:mod:`bh_routing.analysis.steps` (see :mod:`bh_routing.analysis.pipeline` for how to add one).
+:mod:`bh_routing.study.steps` (see :mod:`bh_routing.study.pipeline` for how to add one).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..core.registry import Registry
 
 if TYPE_CHECKING:
     from ..core import Calibration
@@ -44,6 +46,26 @@ class Context:
     def routing(self):
         """The model's routing shape (``models.ModelInfo``: num_moe_layers, num_experts, top_k, …)."""
         return self.inputs.routing
+
+    @property
+    def variant(self) -> str:
+        """The reported BH variant: the configured one, or what the ``bh_default`` step chose."""
+        return reported_variant(self.cfg, self.results)
+
+    @property
+    def rs(self):
+        """The routing settings of the studies (``analysis.settings.RoutingSettings``), with :attr:`variant`."""
+        return self.cfg.routing(self.variant)
+
+
+def reported_variant(cfg: RunConfig, steps: dict) -> str:
+    """The BH variant the single-setting analyses use: ``cfg.bh_pvalues``, or with "auto" the
+    ``bh_default`` step's choice (before that step ran: the first variant swept without "-wide")."""
+    if "bh_default" in steps:
+        return steps["bh_default"]["chosen"]
+    if cfg.bh_pvalues != "auto":
+        return cfg.bh_pvalues
+    return next((v for v in cfg.pvalues if "wide" not in v), cfg.pvalues[0])
 
 
 def _always(cfg) -> bool:
@@ -85,20 +107,6 @@ class Summary:
     name: str
     compute: Callable[[dict, Any], dict]
     needs: tuple[str, ...] = ()
-
-
-class Registry(dict):
-    """Name -> registered item (anything with a ``name``), in registration order; each name once."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-
-    def add(self, item):
-        if item.name in self:
-            raise ValueError(f"{self.kind} {item.name!r} is registered twice")
-        self[item.name] = item
-        return item
 
 
 STEPS: Registry = Registry("step")

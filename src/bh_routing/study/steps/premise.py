@@ -4,12 +4,12 @@ evaluation sequences, then statistics over documents)."""
 
 from __future__ import annotations
 
-from ..premise import premise_study
+from ...analysis.premise import premise_study
 from ..registry import Context, Step, register_step
 
 
 def _premise(ctx: Context) -> dict:
-    return premise_study(ctx.model, ctx.inputs.eval_seqs, ctx.cfg, ctx.calibration, top_k=ctx.routing.top_k,
+    return premise_study(ctx.model, ctx.inputs.eval_seqs, ctx.rs, ctx.calibration, top_k=ctx.routing.top_k,
                          domains=ctx.inputs.eval_domains, documents=ctx.inputs.eval_documents)
 
 

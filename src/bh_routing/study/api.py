@@ -1,19 +1,19 @@
 """``Study`` and ``run``: a run driven step by step (the notebook's way) or all at once (the command's).
 
-The front-end layer: above :mod:`bh_routing.analysis` (steps, results) and :mod:`bh_routing.report`
-(figures, RESULTS.md); the CLI and the notebook call this.
+The top of the run package: above the analysis library and :mod:`bh_routing.report` (figures,
+RESULTS.md); the CLI and the notebook call this.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .analysis.config import RunConfig
-from .analysis.inputs import prepare
-from .analysis.outputs import RESULTS_JSON, RunError, out_lock
-from .analysis.pipeline import STEP_GROUPS, assemble, run_steps
-from .analysis.registry import STEPS, closure
-from .report import FIGURES, write_report
+from .config import RunConfig
+from .inputs import prepare
+from .results import RESULTS_JSON, RunError, export, out_lock, read_results
+from .pipeline import STEP_GROUPS, assemble, run_steps
+from .registry import STEPS, closure, reported_variant
+from ..report import FIGURES
 
 
 class Study:
@@ -38,13 +38,20 @@ class Study:
             if STEPS[name].check is not None:
                 STEPS[name].check(cfg)
         text = any(STEPS[name].reads_text(cfg) for name in self.allowed)
-        self.inputs = prepare(config, self.out, model=model, tokenizer=tokenizer, text=text, force=force)
+        self.inputs = prepare(cfg, self.out, model=model, tokenizer=tokenizer, text=text, force=force)
         self.steps: dict = {}
         self._results: dict | None = None  # assembled results, cached until a step is added
 
     @property
     def config(self) -> RunConfig:
+        """The effective configuration, as validated (never changed during the study)."""
         return self.inputs.cfg
+
+    @property
+    def routing(self):
+        """The studies' routing settings (:class:`~bh_routing.analysis.settings.RoutingSettings`), with the
+        reported BH variant: the configured one, or the one the ``bh_default`` step chose."""
+        return self.config.routing(reported_variant(self.config, self.steps))
 
     def run(self, *steps: str) -> dict:
         """Compute the named steps (all when none are named), reusing finished ones; the results dict."""
@@ -78,18 +85,16 @@ class Study:
         a run only (``downstream``) adds its steps to them; a full study keeps their downstream step.
         """
         with out_lock(self.out):
-            written = write_report(self._merged(), self.out)
+            written = export(self._merged(), self.out)
         kept = [self.out / f for name in self.steps for f in STEPS[name].files if (self.out / f).is_file()]
         return written + kept
 
     def _merged(self) -> dict:
-        from .report import load_results
-
         results = self.results
         if not (self.out / RESULTS_JSON).is_file():
             return results
         try:
-            old = load_results(self.out)
+            old = read_results(self.out)
         except RunError:
             return results
         if old["model"].get("name") != results["model"]["name"]:
@@ -114,8 +119,8 @@ def apply_certificate(path: str | Path, config: RunConfig, out: str | Path) -> t
     """A saved certificate's settings on ``config``'s evaluation sequences, each cut to the tokens it
     was certified on (``bh-routing certify --certificate``): ``(certificate, held-out check)``
     (:func:`~bh_routing.analysis.certify.held_out_check`, which refuses another model). Writes nothing."""
-    from .analysis.certify import held_out_check, load_certificate
+    from ..analysis.certify import held_out_check, load_certificate
 
     cert = load_certificate(path)
-    inputs = prepare(config, Path(out))
+    inputs = prepare(config.validate().effective(), Path(out))
     return cert, held_out_check(inputs.model, inputs.eval_seqs[:, : cert["seq_len"]], cert)

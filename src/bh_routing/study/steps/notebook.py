@@ -4,17 +4,21 @@ frontier, token level, comparative) and the summaries derived from them."""
 from __future__ import annotations
 
 from ...core import Calibration
-from .. import data, derive, experiments, variants
+from dataclasses import replace
+
+from ...analysis import data, derive, experiments, knobs, variants
+from ...analysis.settings import parse_variant
+from ...core.families import RANK_BASELINES
 from ..config import AUTO, ConfigError, RunConfig
-from ..outputs import CALIBRATION_FILE
-from ..registry import Context, Step, Summary, register_step, register_summary
+from ..registry import Context, Step, Summary, register_step, register_summary, reported_variant
+from ..results import CALIBRATION_FILE
 
 
 def _methods(cfg: RunConfig) -> set[str]:
     """The p-value methods the analyses of ``cfg`` test."""
     names = [*cfg.pvalues] + ([] if cfg.bh_pvalues == AUTO else [cfg.bh_pvalues])
     downstream = [cfg.downstream_pvalues] if cfg.downstream_tasks else []
-    return {experiments.parse_variant(v)[0] for v in names + downstream}
+    return {parse_variant(v)[0] for v in names + downstream}
 
 
 def needs_calibration(cfg: RunConfig) -> bool:
@@ -60,24 +64,17 @@ def _restore_calibration(ctx: Context, data) -> None:
 
 
 def _alpha(ctx: Context):
-    cfg = ctx.cfg
-    sweep_cfg = RunConfig(**{**cfg.to_dict(), "alphas": sorted(set(cfg.alphas) | {cfg.alpha})})
+    rs = replace(ctx.rs, alphas=tuple(sorted(set(ctx.cfg.alphas) | {ctx.cfg.alpha})))
     wide_k = experiments.wide_max_k(ctx.routing)
-    return experiments.alpha_sweep(ctx.model, ctx.inputs.eval_seqs, sweep_cfg, ctx.calibration, wide_k=wide_k)
+    return experiments.alpha_sweep(ctx.model, ctx.inputs.eval_seqs, rs, ctx.calibration, wide_k=wide_k)
 
 
 def _bh_default(ctx: Context):
-    """Resolve ``bh_pvalues="auto"`` on the calibration windows; later steps read the choice from the config."""
-    choice = variants.choose_variant(ctx.model, ctx.inputs.calib_seqs, ctx.cfg, ctx.calibration, top_k=ctx.routing.top_k)
-    _restore_bh_default(ctx, choice)
-    return choice
-
-
-def _restore_bh_default(ctx: Context, choice) -> None:
-    """The run's configuration from here on says the chosen variant (a copy: the caller's is untouched)."""
-    if ctx.inputs.cfg.bh_pvalues != choice["chosen"]:
-        ctx.inputs.requested_cfg = ctx.inputs.requested_cfg or ctx.inputs.cfg  # step keys stay those of "auto"
-        ctx.inputs.cfg = RunConfig(**{**ctx.inputs.cfg.to_dict(), "bh_pvalues": choice["chosen"]})
+    """Resolve ``bh_pvalues="auto"`` on the calibration windows; later steps read the choice from
+    this step's result (:attr:`Context.variant`), the configuration stays as given."""
+    configured = None if ctx.cfg.bh_pvalues == AUTO else ctx.cfg.bh_pvalues
+    return variants.choose_variant(ctx.model, ctx.inputs.calib_seqs, ctx.rs, ctx.calibration,
+                                   top_k=ctx.routing.top_k, configured=configured)
 
 
 CAL = ("calibration",)
@@ -87,28 +84,43 @@ register_step(Step(
     restore=_restore_calibration, files=(CALIBRATION_FILE,), check=_check_calibration_file,
 ))
 register_step(Step(
-    "bh_default", _bh_default, needs=CAL, groups=("run", "eval"), restore=_restore_bh_default,
+    "bh_default", _bh_default, needs=CAL, groups=("run", "eval"),
     reads_text=lambda cfg: cfg.bh_pvalues == AUTO,
 ))
+
+
+def _knobs(ctx: Context):
+    """Each compared family's knob on the first calibration windows: mean k at every grid value, its
+    direction, and a one-line refusal of a knob that is not monotone (before the sweeps use it)."""
+    rs, top_k = ctx.rs, ctx.routing.top_k
+    seqs = ctx.inputs.calib_seqs[:KNOB_WINDOWS]
+    return {f: knobs.knob_profile(ctx.model, seqs, f, lambda v, f=f: rs.strategy(f, v), rs.grid(f, top_k=top_k))
+            for f in rs.families if f not in RANK_BASELINES} or None
+
+
+KNOB_WINDOWS = 8  # calibration windows a knob is profiled on
+register_step(Step("knobs", _knobs, groups=("run", "eval"),
+                   reads_text=lambda cfg: any(f not in RANK_BASELINES for f in cfg.routing().families)))
 CAL = ("calibration", "bh_default")  # the single-setting steps read the chosen variant
 register_step(Step("baseline", lambda ctx: experiments.baseline_inference(
-    ctx.model, ctx.tokenizer, ctx.cfg, ctx.calibration, data.BASELINE_PROMPTS, top_k=ctx.routing.top_k), needs=CAL))
+    ctx.model, ctx.tokenizer, ctx.rs, ctx.calibration, data.BASELINE_PROMPTS, top_k=ctx.routing.top_k,
+    new_tokens=ctx.cfg.new_tokens), needs=CAL))
 register_step(Step("alpha", _alpha, needs=("calibration",), groups=("run", "sweep", "eval")))
 register_step(Step("temperature", lambda ctx: experiments.temperature_sweep(
-    ctx.model, ctx.inputs.eval_seqs, ctx.cfg, ctx.calibration), needs=("calibration",), groups=("run", "sweep")))
+    ctx.model, ctx.inputs.eval_seqs, ctx.rs, ctx.calibration), needs=("calibration",), groups=("run", "sweep")))
 register_step(Step("frontier", lambda ctx: experiments.baseline_frontier(
-    ctx.model, ctx.inputs.eval_seqs, ctx.cfg, top_k=ctx.routing.top_k), groups=("run", "eval")))
+    ctx.model, ctx.inputs.eval_seqs, ctx.rs, top_k=ctx.routing.top_k), needs=("knobs",), groups=("run", "eval")))
 register_step(Step("token_level", lambda ctx: experiments.token_level(
-    ctx.model, ctx.tokenizer, ctx.cfg, ctx.calibration, data.TOKEN_SENTENCE), needs=CAL))
+    ctx.model, ctx.tokenizer, ctx.rs, ctx.calibration, data.TOKEN_SENTENCE), needs=CAL))
 register_step(Step("comparative", lambda ctx: experiments.comparative(
-    ctx.model, ctx.tokenizer, ctx.cfg, ctx.calibration, ctx.inputs.prompts, top_k=ctx.routing.top_k),
+    ctx.model, ctx.tokenizer, ctx.rs, ctx.calibration, ctx.inputs.prompts, top_k=ctx.routing.top_k),
     needs=CAL, groups=("run", "eval")))
 
 
 def _derived(steps: dict, inputs) -> dict:
     """Sweep tables, measured-point frontier verdicts of every swept variant, utilisation and BH-vs-top-k
     statistics, over evaluation documents (the matched-k verdicts are the ``matched`` summary of
-    :mod:`.evidence`)."""
+    :mod:`.matched`)."""
     cfg = inputs.cfg
     top_k = inputs.routing.top_k
     max_k = cfg.max_k or top_k
@@ -118,7 +130,8 @@ def _derived(steps: dict, inputs) -> dict:
     frontier = steps.get("frontier", [])
     topk_run = next((r for r in frontier if r["family"] == "topk" and r["param"] == top_k), None)
     tkw = {**kw, "top_k": top_k, "max_k": max_k, "min_k": cfg.min_k, "ref": topk_run}
-    bh_run = next((r for r in alpha_runs if r["family"] == f"bh-{cfg.bh_pvalues}" and r["param"] == cfg.alpha), None)
+    variant = reported_variant(cfg, steps)
+    bh_run = next((r for r in alpha_runs if r["family"] == f"bh-{variant}" and r["param"] == cfg.alpha), None)
     if alpha_runs:
         derived["alpha_sensitivity"] = derive.sweep_table(alpha_runs, **tkw)
         derived["layers"] = derive.layers(alpha_runs)

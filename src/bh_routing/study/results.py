@@ -1,4 +1,4 @@
-"""The output folder of a run: its file names (one home), atomic writes, the checks before writing.
+"""The output folder of a run: the results file (its one writer and one reader), the lock, the checks.
 
 A run writes into ``--out``: ``bh_routing_results.json``, ``comparative_results.csv``,
 ``RESULTS.md``, the figures, ``calibration.safetensors`` (when it fits one), ``.steps/`` (one
@@ -21,64 +21,17 @@ except ImportError:  # Windows: no advisory locks; concurrent runs into one fold
     fcntl = None
 
 from ..core import BHRoutingError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, atomic_write_text, json_clean
+from ..report import write_report
 
 RESULTS_JSON = "bh_routing_results.json"
-COMPARATIVE_CSV = "comparative_results.csv"
-REPORT_MD = "RESULTS.md"
 CALIBRATION_FILE = "calibration.safetensors"
 STEPS_DIR = ".steps"
 LOCK_FILE = ".bh_routing.lock"
 
 
-def json_clean(x):
-    """``x`` with every NaN/inf float replaced by None (JSON has no NaN), in nested dicts and lists."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: json_clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_clean(v) for v in x]
-    return x
-
-
 class RunError(BHRoutingError, RuntimeError):
     """A run that cannot start; the message is one line for the user."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (:func:`bh_routing.core.files.atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def environment() -> dict:
-    """Versions and machine of a run (recorded in every results file and certificate)."""
-    import platform
-
-    import numpy as np
-    import scipy
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    return {
-        "bh_routing": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu_threads": torch.get_num_threads(),
-    }
 
 
 def check_writable(out: Path) -> None:
@@ -92,8 +45,20 @@ def check_writable(out: Path) -> None:
         raise RunError(f"output folder is not writable: {out}")
 
 
+#: What the report reads of a results document besides its steps and derived summaries.
+NEEDED = {
+    "config": ("seed",),
+    "environment": ("torch", "transformers", "bh_routing"),
+    "model": ("name", "model_class", "num_moe_layers", "num_experts", "top_k", "norm_topk_prob", "total_params",
+              "active_params", "dtype", "device", "experts_implementation"),
+}
+
+
 def read_results(folder: str | Path) -> dict:
-    """The results document of a finished run in ``folder``; RunError when missing or unreadable."""
+    """The results document of a finished run in ``folder``: the one reader of the results file.
+
+    Raises a one-line RunError when it is missing, unreadable, not a results file, or lacks what
+    the report reads."""
     path = Path(folder) / RESULTS_JSON
     if not path.is_file():
         raise RunError(f"no {RESULTS_JSON} in {folder}: run `bh-routing run` first")
@@ -103,7 +68,37 @@ def read_results(folder: str | Path) -> dict:
         raise RunError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict) or not {"config", "model", "steps", "derived"} <= set(doc):
         raise RunError(f"{path} is not a bh-routing results file (needs config, model, steps and derived)")
+    for part, keys in NEEDED.items():
+        missing = [k for k in keys if not isinstance(doc.get(part), dict) or k not in doc[part]]
+        if missing:
+            raise RunError(f"{path} is incomplete: {part} lacks {', '.join(missing)}")
+    if not isinstance(doc.get("eval_domains"), list):
+        raise RunError(f"{path} is incomplete: no eval_domains list")
     return doc
+
+
+def results_model(folder: str | Path) -> str | None:
+    """The model name recorded in the results file in ``folder`` (even an incomplete one), or None
+    when there is none or it is unreadable."""
+    try:
+        doc = json.loads((Path(folder) / RESULTS_JSON).read_text(encoding="utf-8"))
+        return doc.get("model", {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_results(results: dict, out: str | Path) -> Path:
+    """Write the results document (NaN as null) to ``out``: the one writer of the results file."""
+    return atomic_write_text(Path(out) / RESULTS_JSON, json.dumps(json_clean(results), indent=1, ensure_ascii=False))
+
+
+def export(results: dict, out: str | Path, *, figures: bool = True) -> list[Path]:
+    """The results file, then the report (CSV, figures, RESULTS.md) into ``out``; their paths."""
+    out = Path(out)
+    check_writable(out)  # a read-only folder: one line (RunError), not a traceback halfway through
+    out.mkdir(parents=True, exist_ok=True)
+    results = json_clean(results)
+    return [write_results(results, out), *write_report(results, out, figures=figures)]
 
 
 _HELD: dict[Path, list] = {}  # lock file -> [fd, depth]: re-entrant within one process

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from ...core import TopK
-from .. import experiments
+from ...core.families import strategy_from_spec
 from ..config import RunConfig
 from ..registry import Context, Step, register_step
 
@@ -16,7 +16,7 @@ from ..registry import Context, Step, register_step
 def _check(cfg: RunConfig) -> None:
     """Unknown task or folder: refused before the model loads."""
     if cfg.downstream_tasks:
-        from ..downstream import DownstreamError, task_manager
+        from ...analysis.downstream import DownstreamError, task_manager
 
         task_manager(cfg.downstream_tasks, cfg.downstream_include_path)
         if cfg.downstream_backend == "vllm":
@@ -32,12 +32,14 @@ def _downstream(ctx: Context):
     cfg = ctx.cfg
     if not cfg.downstream_tasks:
         return None
-    from ..downstream import evaluate_downstream
+    from ...analysis.downstream import evaluate_downstream
 
     method = cfg.downstream_pvalues
     strategies = {"topk": TopK(ctx.routing.top_k)}
     for a in cfg.downstream_alphas:
-        strategies[f"bh-{method}-{a:g}"] = experiments.bh_strategy(cfg, method, ctx.calibration, alpha=a)
+        strategies[f"bh-{method}-{a:g}"] = ctx.rs.bh(method, ctx.calibration, alpha=a)
+    for spec in cfg.downstream_strategies:
+        strategies[spec] = strategy_from_spec(spec)
     limit = cfg.downstream_limit
     limit = None if limit is None else (int(limit) if limit >= 1 else float(limit))
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on model objects and local datasets, per call

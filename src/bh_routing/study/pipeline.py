@@ -1,0 +1,94 @@
+"""A run's computation: registered steps (resuming finished ones) and the results document.
+
+Every step of :mod:`bh_routing.study.steps` runs in registration order when it (or a step needing
+it) is asked for, unless ``OUT/.steps/<name>.json`` holds its result for the same configuration,
+model and package version; :func:`assemble` builds the results document. How to add a step, a
+summary, a figure or a command: CONTRIBUTING.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import steps as _steps  # noqa: F401  (imports every step module: fills the registry)
+from .inputs import Inputs
+from ..core.files import atomic_write_text
+from ..models.environment import environment
+from .results import STEPS_DIR
+from .registry import STEPS, SUMMARIES, Context, closure, reported_variant, step_groups
+
+STEP_GROUPS = step_groups()  # command -> the steps it computes
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_key(inputs: Inputs) -> str:
+    """A step is reused only for the same configuration, model and package version."""
+    from .. import __version__
+    from ..models import model_fingerprint
+
+    blob = json.dumps(
+        {"config": inputs.cfg.to_dict(), "model": model_fingerprint(inputs.model), "version": __version__}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cached(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):  # a damaged cache file is recomputed
+        return None
+
+
+def run_steps(inputs: Inputs, out: Path, names: tuple[str, ...]) -> dict:
+    """Compute ``names`` and what they need (reusing finished steps of the same key); all finished steps."""
+    todo = set(closure(names))
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / STEPS_DIR
+    cache.mkdir(exist_ok=True)
+    key = step_key(inputs)
+    ctx = Context(inputs, out, {}, inputs.calibration)
+    for step in STEPS.values():
+        path = cache / f"{step.name}.json"
+        cached = _cached(path)
+        if cached is not None and cached.get("key") == key and all((out / f).is_file() for f in step.files):
+            if step.restore is not None:
+                step.restore(ctx, cached["data"])
+            ctx.results[step.name] = cached["data"]
+        elif step.name in todo:
+            set_seed(inputs.cfg.seed)
+            data = step.compute(ctx)
+            if data is not None:
+                ctx.results[step.name] = data
+                atomic_write_text(path, json.dumps({"key": key, "data": data}))
+    return ctx.results
+
+
+def assemble(inputs: Inputs, steps: dict) -> dict:
+    """The results document: configuration, environment, model, raw steps and derived summaries."""
+    derived: dict = {}
+    for summary in SUMMARIES.values():
+        if all(n in steps for n in summary.needs):
+            derived.update(summary.compute(steps, inputs))
+    config = {**inputs.cfg.to_dict(), "bh_pvalues": reported_variant(inputs.cfg, steps)}  # "auto" as resolved
+    if inputs.eval_seqs is None:  # no perplexity evaluation in this run (e.g. lm-eval only)
+        config.update(eval_sequences=0, calib_sequences=0)
+    return {
+        "config": config,
+        "environment": environment(),
+        "model": {**inputs.routing.to_dict(), "name": inputs.model_name},
+        "eval_domains": inputs.eval_domains,
+        **({} if inputs.split is None else {"evaluation": inputs.split.summary()}),
+        "steps": steps,
+        "derived": derived,
+    }
