@@ -143,7 +143,7 @@ BhPvalues = typer.Option(None, "--bh-pvalues", help="BH variant of the single-se
 Prompts = typer.Option(None, "--prompts", help="prompts file, one prompt per line")
 EvalText = typer.Option(None, "--eval-text", help="UTF-8 text file, or hf:NAME[:CONFIG]:SPLIT when online (default: embedded held-out text)")
 Calib = typer.Option(None, "--calibration", help="a saved calibration.safetensors for this model")
-EvalSeqs = typer.Option(None, "--eval-sequences", help="evaluation sequences (default 32)")
+EvalSeqs = typer.Option(None, "--eval-sequences", help="evaluation sequences (default 64)")
 SeqLen = typer.Option(None, "--seq-len", help="tokens per sequence (default 256)")
 Threads = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
 Force = typer.Option(False, "--force", metavar="", help="replace another model's results in --out instead of refusing")

@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from bh_routing import RunConfig
 from bh_routing.analysis.data import split_by_document, split_documents
-from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_texts
+from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_sources, default_eval_texts
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,47 @@ def test_split_errors_and_single_document_fallback(tok):
     assert torch.equal(torch.cat([sp.evaluation.ids, sp.calibration.ids]).flatten()[:16], sp.evaluation.ids[0])
 
 
-def test_shipped_text_gives_30_evaluation_documents_of_both_domains(tok):
-    sp = split_by_document(tok, default_eval_texts(), seq_len=256, eval_sequences=32, calib_sequences=64)
+def test_seed_and_strata(tok):
+    texts = {"a": _docs("alpha", 12, 60), "b": _docs("beta", 8, 60)}
+    sources = {"a": [{"stratum": "x" if i < 8 else "y", "path": f"a{i}"} for i in range(12)],
+               "b": [{"stratum": "z"} for _ in range(8)]}
+    split = lambda seed: split_by_document(tok, texts, seq_len=16, eval_sequences=5, calib_sequences=15,  # noqa: E731
+                                           seed=seed, sources=sources)
+    sp, again, other = split(3), split(3), split(4)
+    assert sp.evaluation.documents == again.evaluation.documents and sp.documents == again.documents
+    assert sp.evaluation.documents != other.evaluation.documents  # the seed draws the order
+    assert torch.equal(sp.evaluation.ids, again.evaluation.ids)
+    ev = sp.evaluation.documents
+    assert sorted(d.split(":")[0] for d in ev) == ["a", "a", "a", "b", "b"]  # 12:8 in proportion
+    strata = [sources["a"][int(d.split(":")[1])]["stratum"] for d in ev if d.startswith("a:")]
+    assert sorted(strata) == ["x", "x", "y"]  # 8:4 in proportion within the domain
+    rows = {r["id"]: r for r in sp.documents}
+    assert len(rows) == 20 and rows["a:3"]["path"] == "a3"
+    assert {r["id"] for r in sp.documents if r["split"] == "evaluation"} == set(ev)
+    assert {r["id"] for r in sp.documents if r["split"] == "calibration"} == set(sp.calibration.documents)
+    assert all(r["windows"] == 1 for r in sp.documents)  # 5 + 15 = 20 documents: one window each
+    # no seed: each stratum in text order (a: x0 y0 x1 x2 y1 ..., b: b0 b1 ...)
+    assert sorted(split(None).evaluation.documents) == ["a:0", "a:1", "a:8", "b:0", "b:1"]
+    with pytest.raises(ValueError, match="sources\\['a'\\] has 1 entries, the text 12 documents"):
+        split_by_document(tok, texts, seq_len=16, eval_sequences=5, calib_sequences=15, sources={"a": [{}]})
+
+
+def test_default_split_of_the_shipped_text(tok):
+    """The run's default split: >= 64 evaluation documents (>= 24 per domain), >= 100 calibration ones."""
+    cfg = RunConfig()
+    split = lambda seed: split_by_document(  # noqa: E731
+        tok, default_eval_texts(), seq_len=cfg.seq_len, eval_sequences=cfg.eval_sequences,
+        calib_sequences=cfg.calib_sequences, seed=seed, sources=default_eval_sources())
+    sp = split(cfg.seed)
     s = sp.summary()
-    assert s["documents"] == s["sequences"] == 32
-    assert set(s["documents_per_domain"]) == {"prose", "code"}
-    assert min(s["documents_per_domain"].values()) >= 5
-    assert s["calibration"]["documents"] >= 16 and s["calibration"]["sequences"] == 64
+    assert s["documents"] == s["sequences"] == cfg.eval_sequences >= 64
+    assert set(s["documents_per_domain"]) == {"prose", "code"} and min(s["documents_per_domain"].values()) >= 24
+    assert s["calibration"]["documents"] >= 100 and s["calibration"]["sequences"] == cfg.calib_sequences
     assert not set(sp.evaluation.documents) & set(sp.calibration.documents)
+    rows = sp.documents
+    assert len(rows) == sum(len(v) for v in default_eval_sources().values())
+    for split_name in ("evaluation", "calibration"):
+        picked = [r for r in rows if r["split"] == split_name]
+        assert {r["origin"] for r in picked} == {"held-out", "beyond-cap", "other-package"}
+        assert all(r["package"] and r["path"] and r["licence"] for r in picked)
+    assert split(cfg.seed).documents == rows  # deterministic given the seed

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -115,6 +116,10 @@ class EvalSplit:
     calibration: Windows
     unit: str  # "document", or "window" when the text has no document boundaries
     skipped_short: int  # documents shorter than seq_len tokens (not used)
+    #: One row per document of the text, in text order: ``id``, ``domain``, ``split`` ("evaluation",
+    #: "calibration", "unused": a calibration-side document no window was drawn from, "too-short"),
+    #: ``windows`` (how many it gives to its split) and the document's entries of ``sources``.
+    documents: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
         """``results["evaluation"]``: the evaluation set (``documents``, ``sequences``, ...), its unit, and
@@ -136,19 +141,48 @@ def _round_robin(docs: list[tuple[str, str, torch.Tensor]], n: int) -> Windows:
     return Windows(ids, [d for d, _, _ in picked], [m for _, m, _ in picked])
 
 
+def _proportional(groups: dict[str, list]) -> list:
+    """The items of all groups in one order that keeps the groups in proportion.
+
+    Item j of a group of n sits at (j + 1/2)/n; ties go in the groups' order.
+    """
+    keyed = [((j + 0.5) / len(items), rank, item) for rank, items in enumerate(groups.values())
+             for j, item in enumerate(items)]
+    return [item for _, _, item in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
 def split_by_document(
-    tokenizer, texts: dict[str, str], *, seq_len: int, eval_sequences: int, calib_sequences: int
+    tokenizer,
+    texts: dict[str, str],
+    *,
+    seq_len: int,
+    eval_sequences: int,
+    calib_sequences: int,
+    seed: int | None = None,
+    sources: dict[str, list[dict]] | None = None,
 ) -> EvalSplit:
     """Evaluation and calibration windows from **disjoint documents**, every domain in proportion.
 
     Each domain's text is cut into documents (:func:`split_documents`) and each document into
     non-overlapping windows of ``seq_len`` tokens (documents shorter than that are skipped). The
     documents of all domains are put in one order that keeps the domains in proportion (document i
-    of a domain with n documents sits at (i + 1/2)/n). The first
-    ``min(eval_sequences, documents - 1)`` documents are the evaluation documents, the rest the
-    calibration documents. Each set takes windows round-robin (the first window of every
-    document, then the second ones, ...), ``eval_sequences`` and ``calib_sequences`` of them; with
-    at least ``eval_sequences + 1`` documents every evaluation document gives exactly one window.
+    of a domain with n documents sits at (i + 1/2)/n) and, within a domain, the strata of
+    ``sources`` in proportion the same way. The first ``min(eval_sequences, documents - 1)``
+    documents are the evaluation documents, the rest the calibration documents. Each set takes
+    windows round-robin (the first window of every document, then the second ones, ...),
+    ``eval_sequences`` and ``calib_sequences`` of them; with at least ``eval_sequences + 1``
+    documents every evaluation document gives exactly one window, and with at least
+    ``eval_sequences + calib_sequences`` every calibration document too.
+
+    Parameters
+    ----------
+    seed
+        None: the documents of a stratum in text order. An int: in an order drawn from the seed
+        (the same seed gives the same split).
+    sources
+        Per domain of ``texts``, one dict per document of its text (in text order), e.g.
+        :func:`bh_routing.embedded.default_eval_sources`: copied into :attr:`EvalSplit.documents`;
+        its ``"stratum"`` entry, when present, names the document's stratum (default: one stratum).
 
     A text that is a single document cannot be split by document: its windows are then the units
     (``unit="window"``); the first ``eval_sequences`` windows evaluate and the following
@@ -156,17 +190,29 @@ def split_by_document(
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
-    docs: list[tuple[float, int, str, str, torch.Tensor]] = []
+    by_domain: dict[str, list[tuple[str, str, torch.Tensor]]] = {}
+    rows: list[dict] = []
     skipped = 0
-    for rank, (domain, text) in enumerate(texts.items()):
+    for domain, text in texts.items():
         parts = split_documents(text)
-        windows = [chunk_or_none(tokenizer, p, seq_len=seq_len) for p in parts]
-        usable = [(i, w) for i, w in enumerate(windows) if w is not None]
-        skipped += len(parts) - len(usable)
-        for j, (i, w) in enumerate(usable):
-            docs.append(((j + 0.5) / len(usable), rank, f"{domain}:{i}", domain, w))
-    docs.sort(key=lambda d: (d[0], d[1]))
-    ordered = [(doc, dom, w) for _, _, doc, dom, w in docs]
+        meta = (sources or {}).get(domain)
+        if meta is not None and len(meta) != len(parts):
+            raise ValueError(f"sources[{domain!r}] has {len(meta)} entries, the text {len(parts)} documents")
+        strata: dict[str, list[tuple[str, str, torch.Tensor]]] = {}
+        for i, part in enumerate(parts):
+            w = chunk_or_none(tokenizer, part, seq_len=seq_len)
+            info = dict(meta[i]) if meta is not None else {}
+            rows.append({"id": f"{domain}:{i}", "domain": domain, "split": "too-short" if w is None else "",
+                         "windows": 0, **info})
+            if w is None:
+                skipped += 1
+                continue
+            strata.setdefault(str(info.get("stratum", "")), []).append((f"{domain}:{i}", domain, w))
+        if seed is not None:
+            for name, members in strata.items():
+                random.Random(f"{seed}:{domain}:{name}").shuffle(members)  # str seed: same on every platform
+        by_domain[domain] = _proportional(strata)
+    ordered = _proportional(by_domain)
     unit = "document"
     if len(ordered) < 2:  # no boundaries: windows are the units
         unit = "window"
@@ -182,7 +228,15 @@ def split_by_document(
                 f"text too short: {name} needs {need} windows of {seq_len} tokens, its {got.num_documents} "
                 f"documents give {len(got.documents)} (of {len(ordered)} documents in all)"
             )
-    return EvalSplit(evaluation, calibration, unit, skipped)
+    row = {r["id"]: r for r in rows}
+    for name, windows in (("evaluation", evaluation), ("calibration", calibration)):
+        for doc in windows.documents:
+            if doc in row:  # unit "window": window ids, not document ids
+                row[doc]["split"] = name
+                row[doc]["windows"] += 1
+    for r in rows:
+        r["split"] = r["split"] or ("unused" if unit == "document" else "")
+    return EvalSplit(evaluation, calibration, unit, skipped, rows if unit == "document" else [])
 
 
 def chunk_or_none(tokenizer, text: str, *, seq_len: int) -> torch.Tensor | None:

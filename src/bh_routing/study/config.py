@@ -80,8 +80,8 @@ class RunConfig:
     calibration: str | None = None  # a saved calibration; None = fit on the calibration split
     null: str = "unrouted"  # calibration null sample: "unrouted" | "all"
     seq_len: int = 256  # tokens per evaluation sequence
-    eval_sequences: int = 32  # sequences for quality and sweeps
-    calib_sequences: int = 64  # sequences for calibration (disjoint from the evaluation ones)
+    eval_sequences: int = 64  # sequences for quality and sweeps
+    calib_sequences: int = 128  # sequences for calibration (disjoint from the evaluation ones)
     reservoir_size: int = 8192  # calibration values kept per (layer, expert)
     new_tokens: int = 24  # generated tokens per baseline prompt
     seed: int = 42

@@ -124,9 +124,16 @@ def _dataset_text(spec: str) -> str:
 
 def _split(tokenizer, texts: dict[str, str], cfg: RunConfig) -> data.EvalSplit:
     """Evaluation and calibration windows from disjoint documents (:func:`data.split_by_document`)."""
+    if cfg.eval_text is None:  # the embedded text: strata (origin/package) in proportion, order drawn from the seed
+        from ..embedded import default_eval_sources
+
+        sources, seed = default_eval_sources(), cfg.seed
+    else:
+        sources, seed = None, None
     try:
         return data.split_by_document(
-            tokenizer, texts, seq_len=cfg.seq_len, eval_sequences=cfg.eval_sequences, calib_sequences=cfg.calib_sequences
+            tokenizer, texts, seq_len=cfg.seq_len, eval_sequences=cfg.eval_sequences, calib_sequences=cfg.calib_sequences,
+            seed=seed, sources=sources,
         )
     except ValueError as exc:
         raise ConfigError(f"evaluation text: {exc}") from None
