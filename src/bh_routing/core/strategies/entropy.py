@@ -60,7 +60,7 @@ class Entropy(Strategy):
 
     name = "entropy"
     knob = "scale"
-    grid = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+    grid = (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
     label = "Router entropy ladder"
     color = "#9467bd"
     references = {"adaptive-k-olmoe": {"scale": 1.0, "preset": "adaptive-k-olmoe"}}  # the published preset
