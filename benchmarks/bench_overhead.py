@@ -461,6 +461,7 @@ def main(argv=None) -> int:
         "--compiled", action="store_true", help="compile each variant whole (fullgraph=True) and count what it generated"
     )
     ap.add_argument("--compiler", default="inductor", help="torch.compile backend for --compiled (default inductor)")
+    ap.add_argument("--only", default="", help="with --compiled: comma-separated strategy names (default all)")
     args = ap.parse_args(argv)
     if args.device != "cpu" and not torch.cuda.is_available():
         print(f"error: --device {args.device} asked for, but no CUDA device is available", file=sys.stderr)
@@ -480,7 +481,8 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
     if args.compiled:
-        res = compiled(device=args.device, backend=args.backend, compiler=args.compiler)
+        only = [name.strip() for name in args.only.split(",") if name.strip()] or None
+        res = compiled(device=args.device, backend=args.backend, compiler=args.compiler, only=only)
         print()
         print(compiled_table(res))
         return 0 if all(r["fullgraph"] for r in res["rows"]) else 1

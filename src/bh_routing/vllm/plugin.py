@@ -76,12 +76,15 @@ def register() -> None:
         return
     from . import check_vllm, strategy_from_spec
 
-    expected = None  # the model fingerprint a certificate was made on
-    if spec.startswith("certificate:"):
-        strategy, expected = certified_spec(spec)
-    else:
-        strategy = strategy_from_spec(spec)  # a bad spec fails here, in every process, with the reason
-    skip = _skip_unused()
+    def parse(spec: str) -> dict:
+        expected = None  # the model fingerprint a certificate was made on
+        if spec.startswith("certificate:"):
+            strategy, expected = certified_spec(spec)
+        else:
+            strategy = strategy_from_spec(spec)  # a bad spec fails here, in every process, with the reason
+        return {"spec": spec, "strategy": strategy, "expected": expected, "skip": _skip_unused()}
+
+    state = parse(spec)
     check_vllm()
     from vllm.logger import init_logger
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
@@ -98,6 +101,13 @@ def register() -> None:
 
         from . import install_routing
 
+        now = os.environ.get(ENV_STRATEGY, "").strip()  # read at every load: engines made later in this
+        if now != state["spec"]:  # process (a benchmark's) follow the variable as it is then
+            state.clear()
+            state.update(parse(now) if now else {"spec": ""})
+        if not state["spec"]:
+            return model
+        spec, strategy, expected, skip = state["spec"], state["strategy"], state["expected"], state["skip"]
         if not any(isinstance(m, MoERunner) for m in model.modules()):
             logger.info("bh_routing: %s has no MoE layer; left unrouted", type(model).__name__)
             return model
