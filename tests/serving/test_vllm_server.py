@@ -139,3 +139,20 @@ def test_every_built_in_strategy_passes_the_start_check():
     for strategy in (BH(0.05), BH(0.05, selection="router"), TopK(4), TopP(0.6), WeightRatio(0.2), Entropy(1.0)):
         router, config = _router(strategy)
         check_capturable(strategy, config, router, torch.device("cpu"))  # raises if not
+
+
+def test_patched_refuses_a_compiled_engine_with_the_way_out():
+    """A compiled engine runs the routers it captured at start: swapping them would change nothing."""
+    from types import SimpleNamespace
+
+    from bh_routing.vllm import _refuse_compiled
+
+    def llm(enforce_eager: bool, mode: int):
+        config = SimpleNamespace(model_config=SimpleNamespace(enforce_eager=enforce_eager),
+                                 compilation_config=SimpleNamespace(mode=mode))
+        return SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=config))
+
+    _refuse_compiled(llm(True, 2))  # eager: fine
+    _refuse_compiled(llm(False, 0))  # compilation off: fine
+    with pytest.raises(bv.VLLMIntegrationError, match="create the LLM with enforce_eager=True, or set BH_ROUTING_STRATEGY"):
+        _refuse_compiled(llm(False, 2))
