@@ -11,12 +11,14 @@ bit-identical and the strategy's choice is only recorded. Everything is resolved
 before anything is patched, and every forward is restored on exit, also when the body raises.
 
 Cost per layer and call (counted by ``benchmarks/bench_overhead.py``, pinned by
-tests/benchmarks/test_bench_overhead.py): ``TopK`` at the model's k and weight convention on a
-softmax top-k router *is* the router's output, which is used as it is - one recording op, no
-host read. Any other strategy routes a second time (its p-values, count, weights: tens of small
-ops); its logits check is one host read, and a variable-k choice one more (the ``nonzero`` of the
-compaction). Logits are not checked for being finite when the router's own output is used (the
-model routes them as it would unpatched).
+tests/benchmarks/test_bench_overhead.py): no host read and no data-dependent shape, for every
+strategy (the static path, see docs/scaling.md), so a patched model compiles whole with
+``torch.compile(fullgraph=True)``. ``TopK`` at the model's k and weight convention on a softmax
+top-k router *is* the router's output, which is used as it is: two recording kernels. Any other
+strategy routes a second time (its p-values, count, weights: tens of small ops, which a compiled
+model fuses). The logits are checked for being finite on the device (a per-layer sum) and the
+check is read once, when the ``with`` block ends (it raises there); they are not checked when
+the router's own output is used (the model routes them as it would unpatched).
 """
 
 from __future__ import annotations

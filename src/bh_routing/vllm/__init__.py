@@ -338,5 +338,8 @@ def patched(
     )
     try:
         yield recorder
+        bad = recorder.nonfinite_layers()  # the logits check, read once (Recorder.check_finite)
+        if bad:
+            raise ValueError(f"logits must be finite, got NaN or inf in the router logits of MoE layer(s) {bad}")
     finally:
         uninstall_routing(undo)
