@@ -15,10 +15,21 @@ import pytest
 import torch
 from transformers import CompileConfig
 
-import bench_overhead as bo
-from bh_routing import BH, TopP
+from bh_routing import BH, CalibrationBuilder, TopP
 from bh_routing.core.strategies import Entropy
-from bh_routing.models import load_model, patched
+from bh_routing.embedded import default_eval_text
+from bh_routing.models import load_model, model_fingerprint, patched
+
+
+def _calibration(model, tokenizer):
+    """The embedded model's router logits on 8 x 128 tokens of the held-out text ('unrouted' null)."""
+    ids = torch.tensor(tokenizer(default_eval_text())["input_ids"][: 8 * 128]).view(8, 128)  # (8, 128)
+    with torch.no_grad():
+        logits = model(ids, output_router_logits=True).router_logits
+    builder = CalibrationBuilder(num_layers=len(logits), num_experts=64, top_k=8, reservoir_size=512)
+    for layer, z in enumerate(logits):
+        builder.update(layer, z)
+    return builder.finalize(model_name="embedded", model_fingerprint=model_fingerprint(model))
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +37,7 @@ def embedded():
     warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
     model, tokenizer = load_model(None, device="cpu", dtype="float32")
     model.set_experts_implementation("grouped_mm")
-    return model, tokenizer, bo.calibration_for(model, tokenizer, "cpu")
+    return model, tokenizer, _calibration(model, tokenizer)
 
 
 def _strategies(calibration):
