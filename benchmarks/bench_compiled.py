@@ -191,6 +191,32 @@ def table(res: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+SECTION_START, SECTION_END = "<!-- compiled:start -->", "<!-- compiled:end -->"
+
+
+def section(res: dict, command: str) -> str:
+    """The BENCHMARKS.md section of a run (spliced between SECTION_START and SECTION_END)."""
+    where = "CPU, one torch thread, thread CPU time" if res["device"] == "cpu" else f"{res['device']}, wall time"
+    rows = {(r["batch"], r["variant"]): r for r in res["rows"]}
+    lines = [
+        "## 8. Decode compiled whole (the static patch path)", "",
+        f"Command: `{command}` ({where}; {res['layers']} {'tiny' if res.get('tiny') else 'real-size'} layers, "
+        "bfloat16, grouped_mm, "
+        f"{res['repeats']} rounds of {res['steps']} decode steps, compile mode {res['mode'] or 'default'}). "
+        "The patched model is captured in one graph (`fullgraph=True`); see benchmarks/bench_compiled.py for the "
+        "model, the router inputs and the ideal gain.", "",
+    ]
+    for batch in sorted({r["batch"] for r in res["rows"]}):
+        bh, top8 = rows[(batch, "BH 0.05 compiled")], rows[(batch, "top-8 patched compiled")]
+        share = "" if bh["share_of_ideal"] is None else f", {100 * bh['share_of_ideal']:.0f} % of the ideal gain"
+        lines.append(
+            f"- batch {batch}: BH(0.05) compiled decodes at **{bh['speedup_vs_compiled_top8']:.3f}x** compiled top-8 "
+            f"(k = {bh['mean_k']:.2f}, ideal {bh['ideal']:.2f}x from the bytes read{share}); the patch at equal k "
+            f"compiled costs {100 * (1 / top8['speedup_vs_compiled_top8'] - 1):+.1f} %."
+        )
+    return "\n".join(lines) + "\n\n" + table(res)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -201,7 +227,21 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny hidden sizes (a dry run)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="only render a saved run (with --splice)")
+    ap.add_argument("--splice", type=Path, metavar="MD", help="write the section into this file (BENCHMARKS.md)")
+    ap.add_argument("--command", default="", help="with --render: the command that made the run")
     args = ap.parse_args(argv)
+    if args.render:
+        if not args.render.is_file():
+            print(f"error: --render {args.render}: no such file", file=sys.stderr)
+            return 2
+        text = section(json.loads(args.render.read_text()), args.command or "python benchmarks/bench_compiled.py")
+        if args.splice:
+            from run import splice
+
+            splice(args.splice, text, SECTION_START, SECTION_END)
+        print(text)
+        return 0
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
     except ValueError:
