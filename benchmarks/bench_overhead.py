@@ -3,6 +3,7 @@
     python benchmarks/bench_overhead.py                  # CPU: counts and thread-time ratios
     python benchmarks/bench_overhead.py --device cuda    # on a GPU: counts, syncs and wall-time ratios
     python benchmarks/bench_overhead.py --no-timing      # counts only (a few seconds)
+    python benchmarks/bench_overhead.py --compiled       # each variant compiled whole: capture and kernels
     python benchmarks/bench_overhead.py --before ../main/src   # and another checkout's code beside, in the same rounds
 
 On a GPU each torch op is (at least) one kernel launch, 5-10 us of host time, and each host
@@ -31,10 +32,9 @@ Per layer: (count of the variant - count of the unpatched model) / MoE layers; `
 is the variant's syncs over the layers (the unpatched model has none at these shapes).
 
 Variants, on the embedded model (``load_model(None)``: 4 MoE layers of 64 experts, top-8,
-float32), ``grouped_mm`` experts: the unpatched model; ``patched(model, TopK(8))``;
-``patched(model, BH(0.05))`` (empirical null, p-value selection); BH calibrated with router
-selection (``BH(0.05, pvalues="calibrated", selection="router")``, calibrated on the held-out
-text); ``patched(model, BH(0.05), "analyze")``. Shapes: one decode step at batch 1 (one new
+float32), ``grouped_mm`` experts: the unpatched model; every strategy of :func:`strategies` in
+patch mode (TopK(8), TopK(4), TopP, WeightRatio, BH with each p-value method - calibrated on the
+held-out text - and each selection, the entropy ladder); ``patched(model, BH(0.05), "analyze")``. Shapes: one decode step at batch 1 (one new
 token after a 32-token prompt, KV cache) and a prefill of 2,048 tokens (2 x 1,024).
 
 Timing (``--no-timing`` skips it): each variant on its own deep copy of the model, patched for
@@ -187,23 +187,41 @@ def calibration_for(model, tokenizer, device, pkg: str = "bh_routing"):
     return builder.finalize(model_name="embedded", model_fingerprint=models.model_fingerprint(model))
 
 
-def variants(calibration, pkg: str = "bh_routing", prefix: str = "") -> dict:
-    """name -> (patched, strategy, mode) of package ``pkg``; None for the unpatched model."""
+def strategies(calibration, pkg: str = "bh_routing") -> dict:
+    """name -> Strategy of package ``pkg``: every built-in family and BH's p-value methods and selections."""
     lib = importlib.import_module(pkg)
+    entropy = getattr(importlib.import_module(f"{pkg}.core.strategies"), "Entropy", None)
+    out = {
+        "TopK(8)": lib.TopK(8),
+        "TopK(4)": lib.TopK(4),
+        "TopP(0.6)": lib.TopP(0.6),
+        "WeightRatio(0.2)": lib.WeightRatio(0.2),
+        "BH(0.05) empirical": lib.BH(ALPHA),
+        "BH(0.05) empirical router": lib.BH(ALPHA, selection="router"),
+        "BH(0.05) calibrated": lib.BH(ALPHA, pvalues="calibrated", calibration=calibration),
+        "BH(0.05) calibrated router": lib.BH(ALPHA, pvalues="calibrated", calibration=calibration, selection="router"),
+        "BH(0.05) standardized": lib.BH(ALPHA, pvalues="standardized", calibration=calibration),
+        "BH(0.05) standardized router": lib.BH(
+            ALPHA, pvalues="standardized", calibration=calibration, selection="router"
+        ),
+    }
+    if entropy is not None:
+        out["Entropy(1.0)"] = entropy(1.0)
+    return out
+
+
+def variants(calibration, pkg: str = "bh_routing", prefix: str = "", *, only: list[str] | None = None) -> dict:
+    """name -> (patched, strategy, mode) of package ``pkg``; None for the unpatched model.
+
+    Every strategy of :func:`strategies` in patch mode, and BH(0.05) in analyze mode; ``only``:
+    the strategy names to keep (default all)."""
     patched = importlib.import_module(f"{pkg}.models").patched
     out = {} if prefix else {"unpatched": None}
-    out.update(
-        {
-            f"{prefix}patch TopK(8)": (patched, lib.TopK(8), "patch"),
-            f"{prefix}patch BH(0.05) empirical": (patched, lib.BH(ALPHA), "patch"),
-            f"{prefix}patch BH(0.05) calibrated router": (
-                patched,
-                lib.BH(ALPHA, pvalues="calibrated", calibration=calibration, selection="router"),
-                "patch",
-            ),
-            f"{prefix}analyze BH(0.05)": (patched, lib.BH(ALPHA), "analyze"),
-        }
-    )
+    for name, strategy in strategies(calibration, pkg).items():
+        if only is None or name in only:
+            out[f"{prefix}patch {name}"] = (patched, strategy, "patch")
+    if only is None or "analyze" in only:
+        out[f"{prefix}analyze BH(0.05)"] = (patched, importlib.import_module(pkg).BH(ALPHA), "analyze")
     return out
 
 
@@ -324,6 +342,78 @@ def run(
     return {"device": device, "backend": backend, "layers": num_layers, "repeats": repeats if timing else 0, "rows": rows}
 
 
+def compiled(
+    *, device: str = "cpu", backend: str = "grouped_mm", compiler: str = "inductor", only: list[str] | None = None, log=print
+) -> dict:
+    """Each variant compiled whole (``torch.compile(model, fullgraph=True, dynamic=False)``), decode step.
+
+    One decode step at batch 1 with a static cache (the shape a compiled decoder runs). Per
+    variant: whether the fullgraph capture succeeded (else the compiler's first line), the graphs
+    captured, and with inductor the kernels it generated for the step (``kernels``: each runs once
+    per forward; on a GPU each is a launch, which CUDA graphs then replay as one). A fullgraph
+    capture has no host sync in it: a host read is a graph break or a data-dependent error.
+    """
+    from torch._dynamo.utils import counters
+    from transformers import StaticCache
+
+    from bh_routing.models import load_model
+
+    device = "cuda:0" if device == "cuda" else device
+    model, tokenizer = load_model(None, device=device, dtype="float32")
+    model.set_experts_implementation(backend)
+    specs = variants(calibration_for(model, tokenizer, device), only=only)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(model.config.vocab_size, (1, PROMPT), generator=g).to(device)  # (1, P)
+    nxt = torch.randint(model.config.vocab_size, (1, 1), generator=g).to(device)  # (1, 1)
+    rows = []
+    for name, spec in specs.items():
+        m = copy.deepcopy(model)
+        torch._dynamo.reset()
+        counters.clear()
+        row = {"variant": name, "compiler": compiler, "fullgraph": False, "error": None, "graphs": None, "kernels": None}
+        with contextlib.ExitStack() as stack:
+            if spec is not None:
+                patched, strategy, mode = spec
+                stack.enter_context(patched(m, strategy, mode))
+            stack.enter_context(torch.no_grad())
+            cache = StaticCache(config=m.config, max_cache_len=PROMPT + 2)
+            m(prompt, past_key_values=cache, use_cache=True)
+            position = torch.tensor([PROMPT], device=device)
+            step = torch.compile(m, fullgraph=True, dynamic=False, backend=compiler)
+            before = _inductor_kernels()
+            try:
+                for _ in range(2):
+                    step(nxt, past_key_values=cache, cache_position=position, use_cache=True)
+                row.update(fullgraph=True, graphs=counters["stats"]["unique_graphs"])
+                after = _inductor_kernels()
+                row["kernels"] = None if after is None or compiler != "inductor" else after - before
+            except Exception as exc:  # the compiler's refusal is the result
+                row["error"] = str(exc).strip().splitlines()[0][:200]
+        rows.append(row)
+        log(f"compiled {name:<41} fullgraph {'yes' if row['fullgraph'] else 'NO: ' + str(row['error'])}"
+            + (f", kernels {row['kernels']}" if row["kernels"] is not None else ""))
+    return {"device": device, "backend": backend, "compiler": compiler, "rows": rows}
+
+
+def _inductor_kernels() -> int | None:
+    try:
+        from torch._inductor import metrics
+    except ImportError:
+        return None
+    return int(metrics.generated_kernel_count)
+
+
+def compiled_table(res: dict) -> str:
+    """The compiled results as a Markdown table."""
+    head = "| variant | fullgraph capture | graphs | kernels generated (one decode step) |\n|---|---|---|---|\n"
+    lines = [
+        f"| {r['variant']} | {'yes' if r['fullgraph'] else 'no: ' + str(r['error'])} | {r['graphs'] or '-'} "
+        f"| {'-' if r['kernels'] is None else r['kernels']} |"
+        for r in res["rows"]
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
 def _line(r: dict) -> str:
     ratio = "" if r["time_ratio"] is None else f", time x{r['time_ratio']:.3f}"
     return (
@@ -367,6 +457,11 @@ def main(argv=None) -> int:
         metavar="SRC",
         help="another checkout's src/ folder (e.g. of the commit before a change): its variants run beside, as 'before: ...'",
     )
+    ap.add_argument(
+        "--compiled", action="store_true", help="compile each variant whole (fullgraph=True) and count what it generated"
+    )
+    ap.add_argument("--compiler", default="inductor", help="torch.compile backend for --compiled (default inductor)")
+    ap.add_argument("--only", default="", help="with --compiled: comma-separated strategy names (default all)")
     args = ap.parse_args(argv)
     if args.device != "cpu" and not torch.cuda.is_available():
         print(f"error: --device {args.device} asked for, but no CUDA device is available", file=sys.stderr)
@@ -385,6 +480,12 @@ def main(argv=None) -> int:
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+    if args.compiled:
+        only = [name.strip() for name in args.only.split(",") if name.strip()] or None
+        res = compiled(device=args.device, backend=args.backend, compiler=args.compiler, only=only)
+        print()
+        print(compiled_table(res))
+        return 0 if all(r["fullgraph"] for r in res["rows"]) else 1
     res = run(device=args.device, backend=args.backend, timing=not args.no_timing, repeats=args.repeats, before=args.before)
     print()
     print(table(res))

@@ -19,6 +19,8 @@ point of the grid. Standalone: ``python benchmarks/bench_routing.py --selection 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from bh_routing import BH, CalibrationBuilder
@@ -232,6 +234,55 @@ def before_after(log, *, repeats: int) -> list[dict]:
     return rows
 
 
+FUSED_POINTS = ((1, 64), (16, 64), (64, 64), (1_024, 64))  # decode and small-prefill blocks
+
+
+def run_fused(log, *, device: str = "cpu", points=FUSED_POINTS, repeats: int = 15) -> dict:
+    """The routing step as one fused step: ``torch.compile`` of the routing function against eager.
+
+    For (T, E) blocks at decode sizes: the model's top-k router, BH's routing step eager
+    (``Strategy._route``: what the patch runs, the logits check being a device-side sum) and the
+    same function compiled (``torch.compile(fullgraph=True, dynamic=False)``, inductor: one or a
+    few fused kernels instead of tens of small ones), for BH empirical with p-value and router
+    selection and BH calibrated with router selection. Outputs compared (indices and counts equal,
+    weights within 1e-6). Ratios to the top-k router in the same rounds.
+    """
+    rows = []
+    for t, e in points:
+        k = min(8, e)
+        logits = make_logits(t, e, seed=0).to(device)
+        for method, selection in (("empirical", "pvalue"), ("empirical", "router"), ("calibrated", "router")):
+            strategy = make_strategy(method, e, k, device=device, selection=selection)
+
+            def eager(s=strategy, z=logits):
+                return s._route(z, layer=0, model_top_k=k)
+
+            fused = torch.compile(eager, fullgraph=True, dynamic=False)
+            with torch.inference_mode():
+                a, b = eager(), fused()
+                same = torch.equal(a.indices, b.indices) and torch.equal(a.counts, b.counts)
+                close = bool(torch.allclose(a.weights, b.weights, rtol=1e-6, atol=1e-7))
+                res = rounds(lambda z=logits: topk_router(z, k), {"eager": eager, "fused": fused}, repeats=repeats)
+            row = {"T": t, "E": e, "method": method, "selection": selection, "device": device,
+                   "topk_ms": 1e3 * res["eager"]["topk_s"], "eager_ms": 1e3 * res["eager"]["bh_s"],
+                   "fused_ms": 1e3 * res["fused"]["bh_s"], "eager_ratio": res["eager"]["ratio"],
+                   "fused_ratio": res["fused"]["ratio"], "same_choice": same, "weights_close": close}
+            log(f"fused routing T={t} E={e} {method}/{selection}: eager {row['eager_ratio']:.2f}x, "
+                f"compiled {row['fused_ratio']:.2f}x top-k (same choice: {same})")
+            rows.append(row)
+    return {"rows": rows, "device": device}
+
+
+def fused_table(res: dict) -> str:
+    head = ("| T | E | p-values / selection | top-k router ms | BH eager ms | BH compiled ms | eager / top-k "
+            "| compiled / top-k | same choice |\n|---|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {r['T']:,} | {r['E']} | {r['method']} / {r['selection']} | {r['topk_ms']:.3f} | {r['eager_ms']:.3f} "
+        f"| {r['fused_ms']:.3f} | {r['eager_ratio']:.2f}x | **{r['fused_ratio']:.2f}x** | {r['same_choice'] and r['weights_close']} |"
+        for r in res["rows"]
+    ) + "\n"
+
+
 def main(argv=None) -> int:
     """``python benchmarks/bench_routing.py --selection router``: the router-selection grid, a table and JSON."""
     import argparse
@@ -243,7 +294,24 @@ def main(argv=None) -> int:
     ap.add_argument("--points", help="comma-separated TxE points, e.g. 1024x64,65536x256 (default: the grid)")
     ap.add_argument("--repeats", type=int, help="timed repeats per point (default 15, 9 with --quick)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--fused", action="store_true", help="the routing function compiled against eager, decode-size blocks")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")] if args.points else None
+    if args.fused:
+        from common import set_device
+
+        if args.device != "cpu" and not torch.cuda.is_available():
+            print(f"error: --device {args.device} asked for, but no CUDA device is available", file=sys.stderr)
+            return 2
+        torch.set_num_threads(1)
+        set_device(args.device)
+        res = run_fused(print, device=args.device, points=points or FUSED_POINTS, repeats=args.repeats or 15)
+        print(fused_table(res))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return 0
     points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")] if args.points else None
     torch.set_num_threads(1)
     res = run_selection(args.quick, print, points=points, repeats=args.repeats)

@@ -49,7 +49,14 @@ def parse(argv=None):
     ap.add_argument("--prefill-len", type=int, default=256)
     ap.add_argument("--decode-prompts", type=int, default=8)
     ap.add_argument("--decode-new", type=int, default=64)
-    ap.add_argument("--compile", action="store_true", help="let vLLM torch.compile the model (default: eager)")
+    ap.add_argument("--compile", action="store_true",
+                    help="compiled engines (vLLM's default; CUDA graphs on a GPU), routed by the plugin: one engine "
+                         "per variant (top-8 unpatched, TopK(8) and BH via BH_ROUTING_STRATEGY) in this process, "
+                         "timed in rotating rounds, beside an eager top-8 and eager BH engine")
+    ap.add_argument("--engines", default="",
+                    help="with --compile: comma-separated engine names to start (default all; 'top-8 compiled' always)")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.15,
+                    help="with --compile on a GPU: the share of GPU memory each of the engines may take")
     ap.add_argument("--real-size-layers", type=int, default=0, metavar="N",
                     help="instead of the embedded model: OLMoE-1B-7B's layer sizes (hidden 2048, 64 experts of "
                          "intermediate 1024, top-8) with N layers and random weights (vLLM's dummy loader)")
@@ -67,6 +74,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.agreement:
         return agreement()
+    if args.compile:
+        return compiled(args)
     import torch
     from vllm import LLM, SamplingParams
 
@@ -137,6 +146,84 @@ def main(argv=None) -> int:
         args.markdown.write_text(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def compiled(args) -> int:
+    """Compiled engines routed by the plugin, against vLLM's own top-8 compiled (see --compile).
+
+    A compiled engine runs the routing it captured at start, so each variant is its own engine,
+    routed by the plugin before vLLM compiles (``BH_ROUTING_STRATEGY`` read at each model load).
+    Eager engines (``enforce_eager=True``) of top-8 and BH beside them give the eager/compiled ratio.
+    """
+    import gc
+
+    import torch
+    from vllm import LLM, SamplingParams
+
+    import bh_routing.vllm as bv
+    from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text
+    from bh_routing.vllm.plugin import ENV_STRATEGY
+
+    torch.set_num_threads(1)
+    source, extra = str(EMBEDDED_MODEL_DIR), {}
+    if args.real_size_layers:
+        source, extra = real_size_folder(args.real_size_layers), {"load_format": "dummy"}
+    if torch.cuda.is_available():
+        extra["gpu_memory_utilization"] = args.gpu_memory_utilization
+    bh = f"bh:alpha={args.alpha:g},pvalues=empirical"
+    # the plugin is registered at the first engine's start, only if the variable is set then: BH first
+    specs = {f"BH(α={args.alpha:g}) compiled": (bh, False), "TopK(8) via plugin, compiled": ("topk:k=8", False),
+             "top-8 compiled": ("", False), "top-8 eager": ("", True), f"BH(α={args.alpha:g}) eager": (bh, True)}
+    wanted = {w.strip() for w in args.engines.split(",") if w.strip()}
+    unknown = wanted - set(specs)
+    if unknown:
+        print(f"error: --engines: unknown {sorted(unknown)}; available: {list(specs)}", file=sys.stderr)
+        return 2
+    if wanted:
+        specs = {n: v for n, v in specs.items() if n in wanted or n == "top-8 compiled"}
+    engines, starts = {}, {}
+    for name, (spec, eager) in specs.items():
+        os.environ[ENV_STRATEGY] = spec
+        started = time.perf_counter()
+        engines[name] = LLM(model=source, dtype=args.dtype, enforce_eager=eager, max_model_len=1024, seed=0,
+                            enable_prefix_caching=False, max_num_seqs=args.decode_prompts, **extra)
+        starts[name] = time.perf_counter() - started
+        print(f"engine {name}: started in {starts[name]:.0f} s", flush=True)
+    os.environ.pop(ENV_STRATEGY, None)
+    tok = engines["top-8 compiled"].get_tokenizer()
+    ids = tok(default_eval_text())["input_ids"]
+    prompts = [{"prompt_token_ids": ids[i * 32 + 7 : i * 32 + 39]} for i in range(args.decode_prompts)]
+    params = SamplingParams(temperature=0.0, max_tokens=args.decode_new, ignore_eos=True)
+    tokens = args.decode_prompts * args.decode_new
+
+    def run(name):
+        return lambda: engines[name].generate(prompts, params, use_tqdm=False)
+
+    clock = time.process_time if args.clock == "cpu" and not torch.cuda.is_available() else time.perf_counter
+    timed = rounds(run("top-8 compiled"), {n: run(n) for n in engines if n != "top-8 compiled"},
+                   repeats=args.repeats, clock=clock)
+    base_s = next(iter(timed.values()))["topk_s"]
+    rows = {"top-8 compiled": {"tokens_per_s": tokens / base_s, "ratio_time": 1.0, "engine_start_s": starts["top-8 compiled"]}}
+    for name in timed:
+        rows[name] = {"tokens_per_s": tokens / (base_s * timed[name]["ratio"]), "ratio_time": timed[name]["ratio"],
+                      "engine_start_s": starts[name]}
+    results = {"machine": machine(), "vllm": bv.check_vllm(), "dtype": args.dtype, "compile": True,
+               "model": "embedded" if not args.real_size_layers else f"real-size x{args.real_size_layers} (random)",
+               "clock": "wall" if clock is time.perf_counter else "cpu", "decode_prompts": args.decode_prompts,
+               "decode_new": args.decode_new, "repeats": args.repeats, "rows": rows}
+    lines = [f"vLLM {results['vllm']}, {results['model']}, {args.dtype}, decode: {args.decode_prompts} prompts x "
+             f"{args.decode_new} new tokens, {args.repeats} rounds ({results['clock']} clock)", "",
+             "| engine | tokens/s | time / top-8 compiled | engine start s |", "|---|---|---|---|"]
+    lines += [f"| {n} | {r['tokens_per_s']:.1f} | **{r['ratio_time']:.3f}** | {r['engine_start_s']:.0f} |" for n, r in rows.items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    engines.clear()
+    gc.collect()
     return 0
 
 

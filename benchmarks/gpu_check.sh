@@ -8,7 +8,9 @@
 #                                                    LOGDIR (the test suite runs this so the script does not rot)
 #
 # PYTHON picks the interpreter (default python3); the checkout's src/ is put first on PYTHONPATH, so
-# nothing needs installing. Sized to finish in under 5 minutes on one H100. See BENCHMARKS.md, "GPU check".
+# nothing needs installing. Steps 1-2 are sized to finish in under 5 minutes on one H100; steps 3-6 (the
+# compiled / CUDA-graph path of issue 28: compiled decode, compiled capture, fused routing, vLLM with CUDA
+# graphs) add about 10 (BH_GPU_BATCHES=1,16 halves step 3). See BENCHMARKS.md, "GPU check".
 set -uo pipefail
 
 dry=0
@@ -50,5 +52,42 @@ echo "PYTEST-EXIT ${PIPESTATUS[0]}" >>"$log/pytest.log"
 "$py" benchmarks/run.py "${run_args[@]}" --keep-going --json "$log/gpu.json" --pytest-log "$log/pytest.log" 2>&1 \
     | tee "$log/benchmarks.log"
 rc=${PIPESTATUS[0]}
-echo "gpu_check: done in $(( $(date +%s) - start )) s; benchmarks exit code $rc; logs in $log" | tee -a "$log/benchmarks.log"
+
+# 3-6. the captured path (issue 28): each writes LOGDIR/<name>.{log,json,md}; a failure is logged and counted, the rest go on
+if (( dry )); then
+    dev=(--device cpu)
+    compiled_args=(--tiny --layers 1 --batches 1 --repeats 1)
+    overhead_args=(--compiler aot_eager --only "BH(0.05) empirical")
+    fused_args=(--points 1x64 --repeats 2)
+    vllm_args=(--dtype float32 --decode-prompts 1 --decode-new 4 --repeats 1 --engines "BH(α=0.05) compiled")
+else
+    dev=(--device cuda)
+    # 16 real-size layers, CUDA graphs (reduce-overhead); batch dependence 1..64 (about 1 min of compiling per batch size)
+    compiled_args=(--layers 16 --batches "${BH_GPU_BATCHES:-1,4,16,64}" --repeats 5 --mode reduce-overhead --threads 8)
+    overhead_args=(--only "TopK(8),BH(0.05) empirical,BH(0.05) calibrated router,TopP(0.6),Entropy(1.0)")
+    fused_args=(--points 1x64,16x64,64x64,1024x64 --repeats 15)
+    vllm_args=(--dtype bfloat16 --real-size-layers 16 --decode-prompts "${BH_GPU_VLLM_BATCH:-1}" --decode-new 64 --repeats 5
+               --clock wall)
+fi
+failed=0
+step() {  # step NAME COMMAND...: run, log, count a failure
+    local name=$1; shift
+    echo "gpu_check: $name" | tee -a "$log/benchmarks.log"
+    "$@" >"$log/$name.log" 2>&1
+    local code=$?
+    echo "gpu_check: $name exit code $code" | tee -a "$log/benchmarks.log"
+    (( code == 0 )) || failed=$((failed + 1))
+}
+# 3. decode compiled whole (inductor; CUDA graphs on the GPU): BH(0.05) vs top-8 vs the patch at equal k, eager and compiled
+step compiled "$py" benchmarks/bench_compiled.py "${dev[@]}" "${compiled_args[@]}" --json "$log/compiled.json"
+# 4. every strategy compiled with fullgraph=True: capture and kernels generated per decode step
+step overhead_compiled "$py" benchmarks/bench_overhead.py "${dev[@]}" --compiled "${overhead_args[@]}"
+# 5. fused routing: the routing function compiled against eager, decode-size blocks
+step fused_routing "$py" benchmarks/bench_routing.py --fused "${dev[@]}" "${fused_args[@]}" --json "$log/fused_routing.json"
+# 6. vLLM: compiled engines (CUDA graphs on the GPU) routed by the plugin, BH vs top-8, and eager beside
+step vllm_compiled "$py" benchmarks/bench_vllm.py --compile "${vllm_args[@]}" --markdown "$log/vllm_compiled.md" \
+    --json "$log/vllm_compiled.json"
+(( rc == 0 && failed > 0 )) && rc=1
+echo "gpu_check: done in $(( $(date +%s) - start )) s; benchmarks exit code $rc ($failed of the steps 3-6 failed); logs in $log" \
+    | tee -a "$log/benchmarks.log"
 exit "$rc"

@@ -729,7 +729,15 @@ interpreter, default `python3`, with `PYTHONPATH=src` so the checkout is what ru
    all 16 layers and the full vocabulary (figure `benchmarks/generation_speed_gpu.png`), and the peak
    GPU memory of `bh-routing run --quick` on the full 16-layer random-weight model in bfloat16 and in
    float16 (and float16 with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`) - whether a 16 GB T4
-   (Colab) is enough. It also regenerates section 4 of docs/scaling.md from the same run.
+   (Colab) is enough. It also regenerates section 4 of docs/scaling.md from the same run;
+3. the captured path (each step's log and JSON in LOGDIR, a failure counted and the rest run on):
+   decode compiled whole with CUDA graphs, BH(0.05) against top-8 and the patch at equal k, batch
+   1 to 64 (`bench_compiled.py --mode reduce-overhead`, `compiled.json`: the share of the ideal
+   gain); every strategy compiled with `fullgraph=True` (`bench_overhead.py --compiled`); the
+   routing function compiled against eager at decode sizes (`bench_routing.py --fused`); and vLLM
+   engines compiled with CUDA graphs and routed by the plugin, BH against top-8, eager beside
+   (`bench_vllm.py --compile --real-size-layers 16`, `vllm_compiled.md`). About 10 more minutes
+   (`BH_GPU_BATCHES=1,16` shortens the first).
 
 Logs and the JSON of the run go to LOGDIR; the last line of `LOGDIR/benchmarks.log` says how long it
 took. It is sized to finish in under 5 minutes on one H100; the committed run's files are in

@@ -27,14 +27,23 @@ def _digest(path: Path) -> str | None:
 
 @pytest.mark.slow
 def test_dry_run_runs_every_step_and_writes_only_into_its_folder(tmp_path):
-    """--dry-run: pytest -m gpu, then routing, MoE block, ops and syncs, generation and peak memory at tiny sizes."""
+    """--dry-run: pytest -m gpu, then routing, MoE block, ops and syncs, generation and peak memory at tiny sizes,
+    then the compiled path: decode compiled whole, capture, fused routing, compiled vLLM engines."""
     repo_files = [ROOT / "BENCHMARKS-gpu.md", ROOT / "benchmarks" / "generation_speed_gpu.png", ROOT / "BENCHMARKS.md"]
     before = [_digest(p) for p in repo_files]
     proc = _script("--dry-run", str(tmp_path / "logs"))
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     assert [_digest(p) for p in repo_files] == before
     logs = tmp_path / "logs"
-    assert {p.name for p in logs.iterdir()} >= {"env.txt", "pytest.log", "benchmarks.log", "gpu.json", "BENCHMARKS-gpu.md", "generation_speed_gpu.png"}
+    assert {p.name for p in logs.iterdir()} >= {"env.txt", "pytest.log", "benchmarks.log", "gpu.json", "BENCHMARKS-gpu.md", "generation_speed_gpu.png",
+                                                "compiled.json", "fused_routing.json", "vllm_compiled.json", "vllm_compiled.md"}
+    assert "(0 of the steps 3-6 failed)" in (logs / "benchmarks.log").read_text()
+    compiled = json.loads((logs / "compiled.json").read_text())  # step 3: decode compiled whole, BH vs top-8
+    assert {r["variant"] for r in compiled["rows"]} >= {"top-8 compiled", "BH 0.05 compiled", "top-8 patched compiled"}
+    assert "fullgraph yes" in (logs / "overhead_compiled.log").read_text()  # step 4
+    assert all(r["same_choice"] for r in json.loads((logs / "fused_routing.json").read_text())["rows"])  # step 5
+    engines = json.loads((logs / "vllm_compiled.json").read_text())["rows"]  # step 6: compiled vLLM engines
+    assert set(engines) == {"top-8 compiled", "BH(α=0.05) compiled"} and all(r["tokens_per_s"] > 0 for r in engines.values())
     assert "PYTEST-EXIT 0" in (logs / "pytest.log").read_text()  # the gpu tests were selected (and skipped: no GPU)
     res = json.loads((logs / "gpu.json").read_text())
     assert res["sections"] == ["routing", "moe", "overhead", "generation", "peakmem"]

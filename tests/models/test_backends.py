@@ -11,6 +11,7 @@ import torch
 from moe_tiny import BACKENDS, E, FAMILIES, H, tiny_model
 
 from bh_routing import BH, Strategy, TopP, WeightRatio
+from bh_routing.models import experts as experts_module
 from bh_routing.models import get_adapter, patched
 
 PASSES = 200  # random forward passes per family and backend
@@ -106,6 +107,14 @@ def test_unchosen_experts_are_never_computed(family, backend):
             for p in layer.experts.parameters():
                 p[2:] = float("nan")
     seen: list[torch.Tensor] = []
+    rows: list[tuple[int, int]] = []  # grouped_mm's static path: (rows handed, rows below the last offset)
+    real_grouped_mm = experts_module._grouped_mm
+
+    def grouped_spy(x, weight, offsets):
+        rows.append((x.shape[0], int(offsets[-1])))
+        return real_grouped_mm(x, weight, offsets)
+
+    experts_module._grouped_mm = grouped_spy
     for layer in layers:  # a spy under the patch: what the backend really receives
         original = layer.experts.forward
 
@@ -119,9 +128,16 @@ def test_unchosen_experts_are_never_computed(family, backend):
         with torch.no_grad(), patched(model, _OnlyFirstTwo(seed=1)) as rec:
             out = model(x).logits
     finally:
+        experts_module._grouped_mm = real_grouped_mm
         for layer in layers:
             del layer.experts.forward
     assert torch.isfinite(out).all()
+    if backend == "grouped_mm":  # our own grouped forward: the backend is not called, the GEMMs are
+        assert not seen and len(rows) == 2 * len(layers)  # up and down projection per layer
+        assert all(n == 4 * x.numel() for n, _ in rows)  # static shape: every slot handed, T x W ...
+        computed = sum(real for _, real in rows[::2])  # ... but only the rows below the last offset computed
+        assert computed == sum(rec.computed_pairs()) == rec.selected_pairs()
     assert all(bool((s < 2).all()) for s in seen)  # only experts 0 and 1, never the padding index
-    assert sum(s.numel() for s in seen) == sum(rec.computed_pairs()) == rec.selected_pairs()
+    if backend != "grouped_mm":
+        assert sum(s.numel() for s in seen) == sum(rec.computed_pairs()) == rec.selected_pairs()
     assert rec.selected_pairs() < len(layers) * x.numel() * 4

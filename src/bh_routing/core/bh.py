@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._paths import compiling, host_fast
 from ._validate import check_alpha, check_k_bounds, check_pvalues
 
 
@@ -103,6 +104,9 @@ def bh_thresholds(alpha: float, num: int, dtype: torch.dtype, device: torch.devi
     rounded down to ``dtype``: ``p <= t_k`` in ``dtype`` is then the float64 comparison exactly.
     """
     device = torch.device(device)
+    if compiling():  # traced: computed in the graph (constant-folded), no global cache
+        ranks = torch.arange(1, num + 1, dtype=torch.float64, device=device)  # (E,)
+        return _round_down((ranks / num) * alpha, dtype)
     key = (alpha, num, dtype, device)
     cached = _THRESHOLDS.get(key)
     if cached is None:
@@ -123,6 +127,8 @@ _THRESHOLDS: dict = {}
 def _arange(start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``torch.arange(start, stop, device=device)`` (int64), cached: on a GPU each new one is a kernel
     launch on the routing hot path. Read-only: callers must not write into it."""
+    if compiling():
+        return torch.arange(start, stop, device=device)
     key = (start, stop, torch.device(device))
     cached = _ARANGES.get(key)
     if cached is None:
@@ -144,8 +150,8 @@ def _round_down(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _numpy_sortable(p: torch.Tensor) -> bool:
-    """Whether :func:`_bh_count_keys` applies: float32 on the CPU, no autograd, E < 2**31."""
-    return p.device.type == "cpu" and p.dtype == torch.float32 and not p.requires_grad and p.shape[-1] < 2**31
+    """Whether :func:`_bh_count_keys` applies: float32 on the CPU fast path (see core._paths), E < 2**31."""
+    return host_fast(p) and p.dtype == torch.float32 and p.shape[-1] < 2**31
 
 
 _BLOCK = 1 << 16  # elements per block of rows: the int64 temporaries stay in cache (512 KiB)

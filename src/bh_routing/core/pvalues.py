@@ -49,6 +49,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._paths import host_fast
 from ._validate import check_logits, check_temperature
 
 MAD_TO_SD = 1.482602218505602  # 1 / Phi^{-1}(3/4): the MAD of a normal sample estimates 0.6745 sd
@@ -82,7 +83,7 @@ def _lower_median(x: torch.Tensor) -> torch.Tensor:
     On the CPU (float32/float64, no autograd) numpy's SIMD selection finds the same element
     several times faster than ``torch.median`` on short rows.
     """
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad and x.dim() == 2:
+    if host_fast(x) and x.dtype in (torch.float32, torch.float64) and x.dim() == 2:
         m = (x.shape[-1] - 1) // 2
         return torch.from_numpy(np.partition(x.numpy(), m, axis=-1)[:, m : m + 1].copy())  # (T, 1)
     return x.median(dim=-1, keepdim=True).values
@@ -145,11 +146,7 @@ def neg_zscores(z: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> t
     flat = scale <= 0  # (T, 1): all logits equal (MAD 0): zscore 0
     safe = scale.masked_fill(flat, 1.0)  # (T, 1)
     neg = (centre - z) / safe  # (T, W)
-    if neg.device.type != "cpu":  # no host read on an accelerator: the same zeros, unconditionally
-        return neg.masked_fill(flat, 0.0)
-    if bool(flat.any()):
-        neg = neg.masked_fill(flat, 0.0)
-    return neg
+    return neg.masked_fill(flat, 0.0)  # unconditionally: asking whether any row is flat is a host read
 
 
 def normal_tail(neg_zscore: torch.Tensor) -> torch.Tensor:
@@ -303,7 +300,8 @@ def _conformal_counts(z: torch.Tensor, null_sorted: torch.Tensor, null_count: to
 def _merge_applies(table: torch.Tensor, z: torch.Tensor) -> bool:
     """Whether :func:`_conformal_merged` is used: many tokens, CPU, float32, no autograd."""
     return (
-        table.device.type == "cpu"
+        host_fast(z)
+        and table.device.type == "cpu"
         and table.dtype == torch.float32
         and z.dtype == torch.float32
         and not z.requires_grad

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ._paths import host_fast
 from .bh import _arange, bh_thresholds
 from .pvalues import MAD_TO_SD, neg_zscores, normal_tail
 
@@ -71,7 +72,7 @@ def count_rank_consistent(
     scale = MAD_TO_SD * torch.maximum(low, high).amin(dim=1, keepdim=True)  # (T, 1)
     j0 = m + 1 if above_median else 0
     ok = meets(neg_zscores(sorted_z[:, j0:], centre, scale), j0)  # (T, E - j0): column j is rank E - j0 - j
-    if ok.device.type == "cpu":  # the largest rank that meets its threshold: the first such column
+    if host_fast(ok):  # the largest rank that meets its threshold: the first such column
         okn = ok.numpy()
         k = torch.from_numpy(np.where(okn.any(axis=1), n - j0 - okn.argmax(axis=1), 0))
     else:
@@ -100,7 +101,7 @@ def descending_order(scores: torch.Tensor, width: int) -> torch.Tensor:
 
 def _sort_rows(z: torch.Tensor) -> torch.Tensor:
     """Each row sorted ascending; numpy's SIMD sort on the CPU (several times torch.sort's speed)."""
-    if z.device.type == "cpu" and not z.requires_grad:
+    if host_fast(z):
         return torch.from_numpy(np.sort(z.detach().numpy(), axis=-1))
     return torch.sort(z, dim=-1).values
 
@@ -191,15 +192,17 @@ def count_calibrated(z: torch.Tensor, thresholds: torch.Tensor, max_k: int) -> t
     k = ((counts[:, : len(first)] >= ks) * ks).amax(dim=1).clamp(max=max_k)  # (T,)
     if first[-1] == n:
         return k
-    c_alpha = counts[:, -1]  # (T,) C(E): p-values at or below alpha
+    # a host path (BH._count calls it on the CPU fast path only): the undecided rows by numpy
+    kn, c_alpha = k.numpy(), counts[:, -1].numpy()  # (T,), (T,) C(E): p-values at or below alpha
+    zn = z.detach().numpy()
     lo = first[-1] + 1
-    rows = ((k < max_k) & (c_alpha >= lo)).nonzero().flatten()  # undecided: some k >= lo may qualify
-    while rows.numel() and lo <= n:
+    rows = np.flatnonzero((kn < max_k) & (c_alpha >= lo))  # undecided: some k >= lo may qualify
+    while rows.size and lo <= n:
         hi = min(lo + max_k, n)
-        ks = torch.arange(lo, hi + 1, device=counts.device)  # (J,)
-        sub = _count_above(z[rows], thresholds[:, lo - 1 : hi])  # (r, J)
-        found = (sub >= ks).any(dim=1)  # some k in [lo, hi] qualifies: the count is >= max_k
-        k[rows[found]] = max_k
+        ks = np.arange(lo, hi + 1)  # (J,)
+        sub = _count_above(torch.from_numpy(zn[rows]), thresholds[:, lo - 1 : hi]).numpy()  # (r, J)
+        found = (sub >= ks).any(axis=1)  # some k in [lo, hi] qualifies: the count is >= max_k
+        kn[rows[found]] = max_k
         rows = rows[~found & (c_alpha[rows] > hi)]
         lo = hi + 1
     return k
@@ -208,7 +211,7 @@ def count_calibrated(z: torch.Tensor, thresholds: torch.Tensor, max_k: int) -> t
 def _count_above(z: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """(T, J): ``#{e : z[t, e] > thresholds[e, j]}``; numpy byte-lane counting on the CPU."""
     t, n = z.shape
-    if z.device.type != "cpu" or n % 8 or n > 2040:
+    if not host_fast(z) or n % 8 or n > 2040:
         return (z.unsqueeze(2) > thresholds.to(z.device)).sum(dim=1)  # (T, J)
     zn = np.ascontiguousarray(z.detach().numpy())
     th = np.ascontiguousarray(thresholds.numpy().T)  # (J, E)

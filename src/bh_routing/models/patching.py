@@ -11,12 +11,14 @@ bit-identical and the strategy's choice is only recorded. Everything is resolved
 before anything is patched, and every forward is restored on exit, also when the body raises.
 
 Cost per layer and call (counted by ``benchmarks/bench_overhead.py``, pinned by
-tests/benchmarks/test_bench_overhead.py): ``TopK`` at the model's k and weight convention on a
-softmax top-k router *is* the router's output, which is used as it is - one recording op, no
-host read. Any other strategy routes a second time (its p-values, count, weights: tens of small
-ops); its logits check is one host read, and a variable-k choice one more (the ``nonzero`` of the
-compaction). Logits are not checked for being finite when the router's own output is used (the
-model routes them as it would unpatched).
+tests/benchmarks/test_bench_overhead.py): no host read and no data-dependent shape, for every
+strategy (the static path, see docs/scaling.md), so a patched model compiles whole with
+``torch.compile(fullgraph=True)``. ``TopK`` at the model's k and weight convention on a softmax
+top-k router *is* the router's output, which is used as it is: two recording kernels. Any other
+strategy routes a second time (its p-values, count, weights: tens of small ops, which a compiled
+model fuses). The logits are checked for being finite on the device (a per-layer sum) and the
+check is read once, when the ``with`` block ends (it raises there); they are not checked when
+the router's own output is used (the model routes them as it would unpatched).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import nn
 from ..core import Strategy
 from .adapters import MoEAdapter, MoELayer, get_adapter
 from .adapters.base import text_config
-from .experts import PairHandoff, compacting_forward
+from .experts import PairHandoff, experts_forward
 from .fingerprint import model_fingerprint
 from .recorder import Recorder
 
@@ -173,23 +175,22 @@ def _router_forward(
         out = original(*args, **kwargs)
         adapter.check_router_output(out, layer)
         logits = out[0]  # (T, E)
-        t = logits.shape[0]
         if as_model:
             recorder.record_model_choice(layer.ordinal, out[2], analyze=mode == "analyze")
-            if mode == "analyze":
-                recorder.add_pairs(layer.ordinal, computed=t * top_k, dense=t * top_k)
-            elif handoff is not None:
-                handoff.give(out[2])
+            if handoff is not None:
+                handoff.give(out[2], counted=True)
             return out
+        recorder.check_finite(layer.ordinal, logits)  # on the device; read once, at the block's end
         if mode == "analyze":
             with torch.no_grad():
-                result = adapter.route(strategy, logits, layer, config)
+                result = adapter.route(strategy, logits, layer, config, checked=False)
                 # the family's weights are recorded only per token; the aggregates do not read them
                 weights = adapter.weights(logits, result, strategy, config) if recorder.record_tokens else result.weights
-            recorder.record(layer.ordinal, result, weights=weights, logits=logits, model_indices=out[2])
-            recorder.add_pairs(layer.ordinal, computed=t * top_k, dense=t * top_k)
+            recorder.record(
+                layer.ordinal, result, weights=weights, logits=logits, model_indices=out[2], pairs_per_token=top_k
+            )
             return out
-        result = adapter.route(strategy, logits, layer, config)
+        result = adapter.route(strategy, logits, layer, config, checked=False)
         weights = adapter.weights(logits, result, strategy, config)  # (T, W)
         recorder.record(layer.ordinal, result, weights=weights, logits=logits)
         routed = adapter.router_output(out, result, weights)
@@ -276,6 +277,7 @@ def patched(
             "layers": [layer.name for layer in layers],
         },
     )
+    recorder.allocate(_compute_device(layers[0].router))  # before any call: a compiled model allocates nothing
 
     saved: list[tuple[nn.Module, object]] = []
     hooks = []
@@ -303,8 +305,9 @@ def patched(
             if mode == "patch":
                 install(
                     layer.experts,
-                    compacting_forward(
+                    experts_forward(
                         layer.experts.forward,
+                        layer.experts,
                         num_experts,
                         recorder=recorder,
                         layer=layer.ordinal,
@@ -315,6 +318,9 @@ def patched(
         hooks.append(model.register_forward_pre_hook(take_mask, with_kwargs=True))
         hooks.append(model.register_forward_hook(drop_mask, always_call=True))
         yield recorder
+        bad = recorder.nonfinite_layers()  # the logits check, read once (see Recorder.check_finite)
+        if bad:
+            raise ValueError(f"logits must be finite, got NaN or inf in the router logits of MoE layer(s) {bad}")
     finally:
         for hook in hooks:
             hook.remove()

@@ -1,12 +1,18 @@
 """The Recorder: what a routing strategy chose, per MoE layer, in bounded memory.
 
-Always kept (streaming, O(layers x experts), on the model's device so recording adds no
-host-device synchronisation): tokens seen, experts chosen per (layer, expert), a histogram of k
-per layer, the (token, expert) pairs the experts modules computed against the pairs a dense
-top-k would have computed, and (in analyze mode) how many of the strategy's pairs the model's own
-top-k also chose. With ``record_tokens=True`` it also keeps, per layer and forward call,
-every token's chosen experts, their count and weights, the router logits, a validity flag and
-(in analyze mode) the model's own choice (CPU tensors: memory grows with the number of tokens).
+Always kept (streaming, O(layers x experts)): tokens seen, experts chosen per (layer, expert), a
+histogram of k per layer, the (token, expert) pairs the experts modules computed against the
+pairs a dense top-k would have computed, and (in analyze mode) how many of the strategy's pairs
+the model's own top-k also chose. With ``record_tokens=True`` it also keeps, per layer and
+forward call, every token's chosen experts, their count and weights, the router logits, a
+validity flag and (in analyze mode) the model's own choice (CPU tensors: memory grows with the
+number of tokens).
+
+Recording is device-side accumulation, read once at the end: every count lives in one int64
+tensor ``(L, C)`` on the model's device, added to in place by a few kernels per layer and call
+(``index_add_`` of the chosen experts and counts, one add of a constant column vector), with
+no host read and no Python state that changes from call to call, so a patched model can be
+captured whole by ``torch.compile``/CUDA graphs. The reading methods copy it to the host.
 
 Padding. When the model is called with a 2-D ``attention_mask``, tokens whose mask is 0 are left
 out of the token, expert and k statistics (they are still routed and computed by the model, so
@@ -21,6 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from ..core import RoutingResult
+from ..core._paths import compiling
 
 
 class Recorder:
@@ -58,47 +65,69 @@ class Recorder:
         self.record_tokens, self.score = record_tokens, score
         self.meta = dict(meta or {})
         self._token_mask: torch.Tensor | None = None  # (B, S) attention mask of the current call
+        e1 = num_experts + 1
+        # columns of the (L, C) counts: experts chosen (column E = padding), k = 0..E, pairs
+        self._k0, self._computed, self._dense, self._overlap = e1, 2 * e1, 2 * e1 + 1, 2 * e1 + 2
+        self._columns = 2 * e1 + 3
+        self._device: torch.device | None = None
         self.reset()
 
     # --- writing ---------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget everything recorded so far."""
-        self._device: torch.device | None = None
-        self._expert_counts: torch.Tensor | None = None  # (L, E + 1) int64, column E = padding
-        self._k_hist: torch.Tensor | None = None  # (L, E + 1) int64, k = 0..E
-        self._tokens: torch.Tensor | None = None  # (L,) int64
-        self._overlap: torch.Tensor | None = None  # (L,) int64, strategy pairs the model also chose
-        self._rows: dict[str, list[torch.Tensor]] = {}  # per-layer views of the four tensors above
-        self._one: torch.Tensor | None = None  # (1,) int64 one on the device, expanded as index_add_'s source
-        # what is known on the host needs no device op: tokens of calls without a mask, k of
-        # fixed-width choices (TopK) and their overlap with the model's own choice
-        self._host_tokens = [0] * self.num_layers
-        self._host_k = [[0] * (self.num_experts + 1) for _ in range(self.num_layers)]
-        self._host_overlap = [0] * self.num_layers
+        """Forget everything recorded so far (the device tensors are zeroed in place)."""
+        if self._device is not None:
+            self._counts.zero_()
+            self._logit_sums.zero_()
         self._has_model_choice = False
-        self._computed = [0] * self.num_layers  # (token, expert) pairs the experts computed
-        self._dense = [0] * self.num_layers  # pairs the model's own top-k would compute
-        self._max_width = 0
+        self._widths = {layer: 0 for layer in range(self.num_layers)}  # written, never read per call
         self._token_records: list[list[dict]] = [[] for _ in range(self.num_layers)]
 
-    def _allocate(self, device: torch.device) -> None:
-        size = (self.num_layers, self.num_experts + 1)
+    def allocate(self, device: torch.device | str) -> None:
+        """Put the counts on ``device`` (done by the patch before the first call: a compiled model
+        then finds them there and allocates nothing). A no-op once allocated."""
+        if self._device is not None:
+            return
+        device = torch.device(device)
         self._device = device
-        self._expert_counts = torch.zeros(size, dtype=torch.long, device=device)
-        self._k_hist = torch.zeros(size, dtype=torch.long, device=device)
-        self._tokens = torch.zeros(self.num_layers, dtype=torch.long, device=device)
-        self._overlap = torch.zeros(self.num_layers, dtype=torch.long, device=device)
-        self._rows = {
-            "experts": list(self._expert_counts.unbind(0)),  # (E + 1,) views, one per layer
-            "k": list(self._k_hist.unbind(0)),
-            "tokens": list(self._tokens.unbind(0)),  # () views
-            "overlap": list(self._overlap.unbind(0)),
-        }
+        self._counts = torch.zeros(self.num_layers, self._columns, dtype=torch.long, device=device)  # (L, C)
+        # the sum of every routed logit, per layer: finite exactly when every logit was (float64:
+        # no finite float32 sum overflows it); MPS has no float64
+        sums_dtype = torch.float32 if device.type == "mps" else torch.float64
+        self._logit_sums = torch.zeros(self.num_layers, dtype=sums_dtype, device=device)  # (L,)
+        if device.type == "cuda":  # fixed addresses: CUDA graphs need no copy of them
+            for t in (self._counts, self._logit_sums):
+                torch._dynamo.mark_static_address(t)
+        self._rows = list(self._counts.unbind(0))  # (C,) views, one per layer
+        self._sum_rows = list(self._logit_sums.unbind(0))  # () views
         self._one = torch.ones(1, dtype=torch.long, device=device)
+        self._vectors: dict = {}  # column values -> (C,) int64 constant on the device
 
     def _ones(self, n: int) -> torch.Tensor:
         """(n,) int64 ones on the recording device: a stride-0 view, no allocation, no kernel."""
         return self._one.expand(n)
+
+    def _add_columns(self, layer: int, columns: dict, scale) -> None:
+        """``counts[layer, c] += v * scale`` for every column c -> v; ``scale`` an int or a 0-d tensor.
+
+        One kernel (a cached constant vector) outside a compiled graph; per-column adds inside
+        (which the compiler fuses), so that no tensor is created and cached during a trace.
+        """
+        row = self._rows[layer]
+        if compiling():
+            for column, value in columns.items():
+                row[column].add_(scale * value)
+            return
+        key = tuple(sorted(columns.items()))
+        vector = self._vectors.get(key)
+        if vector is None:
+            vector = torch.zeros(self._columns, dtype=torch.long)
+            for column, value in columns.items():
+                vector[column] = value
+            vector = self._vectors[key] = vector.to(self._device)
+        if isinstance(scale, torch.Tensor):
+            row.add_(vector * scale)
+        else:
+            row.add_(vector, alpha=scale)
 
     def set_token_mask(self, attention_mask: torch.Tensor | None) -> None:
         """The 2-D attention mask (B, S) of the model call in progress, or None."""
@@ -115,14 +144,27 @@ class Recorder:
             return None
         return mask[:, -new:].reshape(-1).to(device=device, dtype=torch.bool)  # (T,)
 
-    def _begin(self, indices: torch.Tensor, *, model_choice: bool) -> tuple[torch.device, torch.Tensor | None]:
+    def _begin(self, layer: int, indices: torch.Tensor, *, model_choice: bool):
         """Start recording a call with choice ``indices`` (T, W): the recording device and the valid mask."""
         t, w = indices.shape
-        if self._device is None:
-            self._allocate(indices.device)
-        self._max_width = max(self._max_width, w)
-        self._has_model_choice |= model_choice
+        self.allocate(indices.device)
+        self._widths[layer] = max(w, self._widths[layer]) if not compiling() else w
+        if model_choice:
+            self._has_model_choice = True
         return self._device, self._valid(t, indices.device)
+
+    def check_finite(self, layer: int, logits: torch.Tensor) -> None:
+        """Add the sum of ``logits`` (T, E) to the layer's sum: two kernels, no host read.
+
+        :meth:`nonfinite_layers` reads it once at the end (the patch raises there)."""
+        self.allocate(logits.device)
+        self._sum_rows[layer].add_(_on(logits.detach().sum(dtype=self._logit_sums.dtype), self._device))
+
+    def nonfinite_layers(self) -> list[int]:
+        """MoE layers whose routed logits held a NaN or an inf (checked by :meth:`check_finite`)."""
+        if self._device is None:
+            return []
+        return [i for i, s in enumerate(self._logit_sums.cpu().tolist()) if not math.isfinite(s)]
 
     def record(
         self,
@@ -132,30 +174,36 @@ class Recorder:
         weights: torch.Tensor,
         logits: torch.Tensor,
         model_indices: torch.Tensor | None = None,
+        pairs_per_token: int | None = None,
     ) -> None:
         """Add one forward call of MoE layer ``layer``: the strategy's choice for T tokens.
 
         ``model_indices`` (T, k), the model's own choice (analyze mode), feeds :meth:`model_overlap`.
+        ``pairs_per_token``: the experts compute that many pairs per token (analyze mode: the
+        model's k; else the experts module counts them, :meth:`add_pairs`); with it the dense
+        pairs T x model k are added too.
         """
         indices, counts = result.indices, result.counts  # (T, W), (T,) int64: no autograd
         t, w = indices.shape
-        dev, valid = self._begin(indices, model_choice=model_indices is not None)
-        if valid is None:  # every token counts: index_add_ of ones, the token count on the host
-            self._host_tokens[layer] += t
-            self._rows["k"][layer].index_add_(0, _on(counts, dev), self._ones(t))
-            self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), self._ones(t * w))  # (T W,)
+        e1 = self.num_experts + 1
+        dev, valid = self._begin(layer, indices, model_choice=model_indices is not None)
+        row = self._rows[layer]
+        if valid is None:  # every token counts: index_add_ of ones
+            row[self._k0 : self._k0 + e1].index_add_(0, _on(counts, dev), self._ones(t))
+            row[:e1].index_add_(0, _on(indices.reshape(-1), dev), self._ones(t * w))  # (T W,)
         else:
-            ones = valid.long()  # (T,)
-            self._rows["tokens"][layer].add_(_on(ones.sum(), dev))
-            self._rows["k"][layer].index_add_(0, _on(counts, dev), _on(ones, dev))
-            self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), _on(ones.repeat_interleave(w), dev))
+            ones = _on(valid.long(), dev)  # (T,)
+            row[self._k0 : self._k0 + e1].index_add_(0, _on(counts, dev), ones)
+            row[:e1].index_add_(0, _on(indices.reshape(-1), dev), ones.repeat_interleave(w))
+        if pairs_per_token is not None:
+            self._add_columns(layer, {self._computed: pairs_per_token, self._dense: self.model_top_k}, t)
         if model_indices is not None:
-            model_mask = torch.zeros(t, self.num_experts + 1, dtype=torch.bool, device=indices.device)
+            model_mask = torch.zeros(t, e1, dtype=torch.bool, device=indices.device)
             model_mask.scatter_(1, model_indices.to(indices.device), True)  # (T, E + 1)
             both = model_mask[:, : self.num_experts].gather(1, indices.clamp(max=self.num_experts - 1))
             both &= indices < self.num_experts  # (T, W): chosen by the strategy and by the model
             pairs = both.sum() if valid is None else (both.sum(dim=1) * valid).sum()
-            self._rows["overlap"][layer].add_(_on(pairs, dev))
+            row[self._overlap].add_(_on(pairs, dev))
         if self.record_tokens:
             rec = {
                 "indices": indices.cpu(),  # (T, W), sentinel E in unused slots
@@ -172,47 +220,56 @@ class Recorder:
         """Add one forward call whose choice is the model's own top-k ``indices`` (T, k), every slot real.
 
         What :meth:`record` adds for a ``TopK(k)`` strategy that routes exactly as the model
-        (see :meth:`bh_routing.models.MoEAdapter.routes_as_model`), with the fixed k and (in
-        analyze mode, ``analyze=True``) the full overlap counted on the host. Not for
-        ``record_tokens=True`` (use :meth:`record`).
+        (see :meth:`bh_routing.models.MoEAdapter.routes_as_model`), with the fixed k, the pairs
+        (T x k computed, T x k dense) and, in analyze mode (``analyze=True``), the full overlap:
+        two kernels. Not for ``record_tokens=True`` (use :meth:`record`).
         """
         t, k = indices.shape
-        dev, valid = self._begin(indices, model_choice=analyze)
+        e1 = self.num_experts + 1
+        dev, valid = self._begin(layer, indices, model_choice=analyze)
+        row = self._rows[layer]
+        pairs = {self._computed: k, self._dense: self.model_top_k}
+        per_token = {self._k0 + k: 1, **({self._overlap: k} if analyze else {})}
         if valid is None:
-            self._host_tokens[layer] += t
-            self._host_k[layer][k] += t
-            self._host_overlap[layer] += t * k if analyze else 0
-            self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), self._ones(t * k))  # (T k,)
+            row[:e1].index_add_(0, _on(indices.reshape(-1), dev), self._ones(t * k))  # (T k,)
+            self._add_columns(layer, {**per_token, **pairs}, t)
             return
-        ones = valid.long()  # (T,)
-        tokens = _on(ones.sum(), dev)
-        self._rows["tokens"][layer].add_(tokens)
-        self._rows["k"][layer][k].add_(tokens)
-        self._rows["experts"][layer].index_add_(0, _on(indices.reshape(-1), dev), _on(ones.repeat_interleave(k), dev))
-        if analyze:
-            self._rows["overlap"][layer].add_(tokens * k)
+        ones = _on(valid.long(), dev)  # (T,)
+        row[:e1].index_add_(0, _on(indices.reshape(-1), dev), ones.repeat_interleave(k))
+        self._add_columns(layer, per_token, ones.sum())
+        self._add_columns(layer, pairs, t)
 
-    def add_pairs(self, layer: int, *, computed: int, dense: int) -> None:
-        """Count (token, expert) pairs computed by the experts module, and the dense top-k pairs."""
-        self._computed[layer] += int(computed)
-        self._dense[layer] += int(dense)
+    def add_pairs(self, layer: int, *, computed, dense: int) -> None:
+        """Count (token, expert) pairs computed by the experts module (an int or a 0-d device
+        tensor), and the dense top-k pairs (an int)."""
+        if self._device is None:
+            self.allocate(computed.device if isinstance(computed, torch.Tensor) else "cpu")
+        row = self._rows[layer]
+        row[self._computed].add_(_on(computed, self._device) if isinstance(computed, torch.Tensor) else int(computed))
+        row[self._dense].add_(int(dense))
 
     # --- reading ---------------------------------------------------------------------------------
-    def _cpu(self, t: torch.Tensor | None, shape) -> torch.Tensor:
-        return torch.zeros(shape, dtype=torch.long) if t is None else t.cpu()
+    def _host(self) -> torch.Tensor:
+        """(L, C) int64 counts on the host (one copy)."""
+        if self._device is None:
+            return torch.zeros(self.num_layers, self._columns, dtype=torch.long)
+        return self._counts.cpu()
+
+    @property
+    def _max_width(self) -> int:
+        return max(self._widths.values())
 
     def tokens_per_layer(self) -> torch.Tensor:
         """(L,) int64: tokens recorded per MoE layer (padding excluded)."""
-        return self._cpu(self._tokens, (self.num_layers,)) + torch.tensor(self._host_tokens, dtype=torch.long)
+        return self._host()[:, self._k0 : self._computed].sum(dim=1)
 
     def expert_counts(self) -> torch.Tensor:
         """(L, E) int64: how often each expert was chosen, per MoE layer."""
-        return self._cpu(self._expert_counts, (self.num_layers, self.num_experts + 1))[:, : self.num_experts]
+        return self._host()[:, : self.num_experts]
 
     def k_histogram(self) -> torch.Tensor:
         """(L, W + 1) int64: tokens that used k = 0..W experts, W the widest routing seen."""
-        hist = self._cpu(self._k_hist, (self.num_layers, self.num_experts + 1)) + torch.tensor(self._host_k, dtype=torch.long)
-        return hist[:, : self._max_width + 1]
+        return self._host()[:, self._k0 : self._k0 + self._max_width + 1]
 
     def mean_k_per_layer(self) -> torch.Tensor:
         """(L,) float64: mean experts per token per MoE layer (NaN for a layer with no tokens)."""
@@ -231,16 +288,17 @@ class Recorder:
 
     def computed_pairs(self) -> list[int]:
         """Per layer, the (token, expert) pairs the experts modules computed (padding included)."""
-        return list(self._computed)
+        return self._host()[:, self._computed].tolist()
 
     def dense_pairs(self) -> list[int]:
         """Per layer, the pairs the model's own top-k computes on the same calls (T x k)."""
-        return list(self._dense)
+        return self._host()[:, self._dense].tolist()
 
     def compute_fraction(self) -> float:
         """Computed pairs / dense top-k pairs over all layers (1.0 = no saving; NaN before any call)."""
-        dense = sum(self._dense)
-        return sum(self._computed) / dense if dense else math.nan
+        host = self._host()
+        dense = int(host[:, self._dense].sum())
+        return int(host[:, self._computed].sum()) / dense if dense else math.nan
 
     def model_overlap(self) -> torch.Tensor:
         """(L,) float64: share of the strategy's (token, expert) pairs that the model's own top-k also
@@ -248,7 +306,7 @@ class Recorder:
         pairs = self.expert_counts().sum(dim=1).double()
         if not self._has_model_choice:
             return torch.full_like(pairs, math.nan)
-        overlap = (self._cpu(self._overlap, (self.num_layers,)) + torch.tensor(self._host_overlap, dtype=torch.long)).double()
+        overlap = self._host()[:, self._overlap].double()
         return torch.where(pairs > 0, overlap / pairs.clamp_min(1), torch.full_like(pairs, math.nan))
 
     def tokens(self, layer: int) -> dict[str, torch.Tensor]:

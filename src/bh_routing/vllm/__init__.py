@@ -10,8 +10,9 @@ How it works (vLLM 0.32): each MoE layer is a ``MoERunner`` that holds a ``route
 :class:`~bh_routing.vllm._router.StrategyRouter` that routes with the strategy exactly as
 :func:`bh_routing.models.patched` does (same adapter calls, same weights), and, with
 ``skip_unused=True``, wrap the experts call so that only the chosen (token, expert) pairs are
-computed. Nothing else in the engine changes: sampling, KV cache, scheduling, compilation (the
-MoE layer is an opaque custom op, so routing runs eagerly inside a compiled model).
+computed. Nothing else in the engine changes: sampling, KV cache, scheduling, compilation. The
+routing is on the static path (no host read, fixed shapes), so vLLM compiles it into its graph
+(and captures it in CUDA graphs on a GPU); the plugin installs it before vLLM compiles.
 
 - :func:`patched` ``(llm, strategy)``: a context manager for a ``vllm.LLM`` whose engine runs in
   this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); records what was chosen (a
@@ -246,6 +247,22 @@ def _local_model(llm) -> nn.Module:
     return models[0]
 
 
+def _refuse_compiled(llm) -> None:
+    """A compiled engine (vLLM's default) runs the graph it captured at start, with the routers it
+    had then: swapping them afterwards would change nothing, silently."""
+    config = getattr(llm.llm_engine, "vllm_config", None)
+    model_config = getattr(config, "model_config", None)
+    if model_config is None or getattr(model_config, "enforce_eager", True):
+        return
+    mode = getattr(getattr(config, "compilation_config", None), "mode", 0)
+    if int(getattr(mode, "value", mode) or 0) != 0:
+        raise VLLMIntegrationError(
+            "patched() swaps the routers of a running engine, but this engine is compiled (vLLM's default) and runs "
+            "the routing it captured at start: create the LLM with enforce_eager=True, or set "
+            "BH_ROUTING_STRATEGY before creating it (the plugin routes before vLLM compiles)"
+        )
+
+
 @contextmanager
 def patched(
     llm,
@@ -259,7 +276,9 @@ def patched(
     Parameters
     ----------
     llm : vllm.LLM
-        Created with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process). With prefix
+        Created with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process) and
+        ``enforce_eager=True`` (a compiled engine is refused: it runs the routers it captured at
+        start; for a compiled engine use the plugin, ``BH_ROUTING_STRATEGY``). With prefix
         caching on, a repeated prompt prefix is not recomputed, so its tokens are neither routed
         nor recorded again.
     strategy : Strategy or mapping
@@ -292,6 +311,7 @@ def patched(
     """
     check_vllm()
     model = _local_model(llm)
+    _refuse_compiled(llm)
     config = text_config(llm.llm_engine.model_config.hf_config)
     adapter = get_adapter(config)
     recorder = Recorder(
@@ -318,5 +338,8 @@ def patched(
     )
     try:
         yield recorder
+        bad = recorder.nonfinite_layers()  # the logits check, read once (Recorder.check_finite)
+        if bad:
+            raise ValueError(f"logits must be finite, got NaN or inf in the router logits of MoE layer(s) {bad}")
     finally:
         uninstall_routing(undo)

@@ -7,12 +7,14 @@ logits)`` -> ``(topk_weights (T, W) float32, topk_ids (T, W) int32)`` and then
 ``self.routed_experts.forward_modular(x, topk_weights, topk_ids, ...)``, which runs the fused
 experts kernel. :class:`StrategyRouter` is a ``BaseRouter`` (so EPLB mapping, dtype conversion
 and vLLM's routed-experts capture keep working) whose routing is the strategy's: the same
-``adapter.route`` / ``adapter.weights`` calls as :func:`bh_routing.models.patched`. Unused slots
-of a variable-k choice get the token's first expert with weight 0 (a real id: vLLM's CPU kernel
-indexes its per-expert counters with the id unchecked, so neither the sentinel E nor -1 may reach
-it). Those padded slots would still be computed; :func:`compacting_forward_modular` avoids that by
-handing the kernel only the n real (token, expert) pairs, as ``n`` rows of width 1, and summing
-each token's rows back in float32 (the same scheme as :mod:`bh_routing.models.experts`).
+``adapter.route`` / ``adapter.weights`` calls as :func:`bh_routing.models.patched`, on the
+static path (no host read, fixed shapes: vLLM compiles the model and captures CUDA graphs by
+default). Unused slots of a variable-k choice get the token's first expert with weight 0 (a real
+id: vLLM's CPU kernel indexes its per-expert counters with the id unchecked, so neither the
+sentinel E nor -1 may reach it; at small batch a duplicate loads no new expert weights). Inside a
+compiled graph those slots are computed (weight 0). Outside one (``enforce_eager=True``),
+:func:`compacting_forward_modular` hands the kernel only the n real (token, expert) pairs, as
+``n`` rows of width 1, and sums each token's rows back in float32 (one host read of n).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from vllm.model_executor.layers.fused_moe.config import RoutingMethodType
 from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
 
 from ..core import Strategy
+from ..core._paths import compiling
 
 
 class StrategyRouter(BaseRouter):
@@ -58,16 +61,21 @@ class StrategyRouter(BaseRouter):
 
     def _compute_routing(self, hidden_states, router_logits, indices_type, *, input_ids=None):
         logits = router_logits  # (T, E)
-        result = self.adapter.route(self.strategy, logits, self.layer, self.config)
+        # no host read: the logits check is the Recorder's device-side sum (patched() reports it)
+        result = self.adapter.route(self.strategy, logits, self.layer, self.config, checked=False)
         weights = self.adapter.weights(logits, result, self.strategy, self.config)  # (T, W), 0 in unused slots
-        real = result.indices < self.num_experts  # (T, W); slot 0 is always real (min_k >= 1)
-        ids = torch.where(real, result.indices, result.indices[:, :1])  # (T, W), pads -> first expert
+        real = result.indices < self.num_experts  # (T, W)
+        first = result.indices[:, :1].clamp(max=self.num_experts - 1)  # (T, 1): a real id even for k = 0
+        ids = torch.where(real, result.indices, first)  # (T, W), pads -> the token's first expert, weight 0
+        # compaction reads n on the host: only outside a compiled graph (vLLM compiles by default)
+        compact = self.skip_unused and not compiling()
         if self.recorder is not None:
+            self.recorder.check_finite(self.layer.ordinal, logits)
             self.recorder.record(self.layer.ordinal, result, weights=weights, logits=logits)
-            if not self.skip_unused:  # every slot is computed
+            if not compact:  # every slot is computed
                 t, w = ids.shape
                 self.recorder.add_pairs(self.layer.ordinal, computed=t * w, dense=t * self.top_k)
-        self.last_real = real if self.skip_unused else None
+        self.last_real = real if compact else None
         # the CPU kernel reads contiguous float32 / int32 buffers and ignores strides
         return weights.to(torch.float32).contiguous(), ids.to(indices_type or torch.int32).contiguous()
 

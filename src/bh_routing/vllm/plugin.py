@@ -76,12 +76,15 @@ def register() -> None:
         return
     from . import check_vllm, strategy_from_spec
 
-    expected = None  # the model fingerprint a certificate was made on
-    if spec.startswith("certificate:"):
-        strategy, expected = certified_spec(spec)
-    else:
-        strategy = strategy_from_spec(spec)  # a bad spec fails here, in every process, with the reason
-    skip = _skip_unused()
+    def parse(spec: str) -> dict:
+        expected = None  # the model fingerprint a certificate was made on
+        if spec.startswith("certificate:"):
+            strategy, expected = certified_spec(spec)
+        else:
+            strategy = strategy_from_spec(spec)  # a bad spec fails here, in every process, with the reason
+        return {"spec": spec, "strategy": strategy, "expected": expected, "skip": _skip_unused()}
+
+    state = parse(spec)
     check_vllm()
     from vllm.logger import init_logger
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
@@ -98,6 +101,13 @@ def register() -> None:
 
         from . import install_routing
 
+        now = os.environ.get(ENV_STRATEGY, "").strip()  # read at every load: engines made later in this
+        if now != state["spec"]:  # process (a benchmark's) follow the variable as it is then
+            state.clear()
+            state.update(parse(now) if now else {"spec": ""})
+        if not state["spec"]:
+            return model
+        spec, strategy, expected, skip = state["spec"], state["strategy"], state["expected"], state["skip"]
         if not any(isinstance(m, MoERunner) for m in model.modules()):
             logger.info("bh_routing: %s has no MoE layer; left unrouted", type(model).__name__)
             return model
@@ -105,6 +115,9 @@ def register() -> None:
             model, model_config.hf_config, strategy, skip_unused=skip, model_name=str(model_config.model),
             expected_fingerprint=expected,
         )
+        if _compiles(vllm_config):
+            check_capturable(strategy, model_config.hf_config, undo[0][1], _device(model))  # one line, not a compiler trace
+            _key_compile_cache(vllm_config, spec, strategy, skip, logger)
         logger.info(
             "bh_routing: %d MoE layers of %s route with %r (skip_unused=%s)", len(undo), model_config.model, strategy, skip
         )
@@ -112,3 +125,71 @@ def register() -> None:
 
     load_model._bh_routing = True
     BaseModelLoader.load_model = load_model
+
+
+def _device(model):
+    import torch
+
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+
+
+def _compiles(vllm_config) -> bool:
+    """Whether vLLM will compile the model (its default; ``--enforce-eager`` turns it off)."""
+    if getattr(vllm_config.model_config, "enforce_eager", False):
+        return False
+    mode = getattr(vllm_config.compilation_config, "mode", None)
+    return mode is None or int(getattr(mode, "value", mode)) != 0
+
+
+def check_capturable(strategy, hf_config, router, device) -> None:
+    """Raise a one-line :class:`~bh_routing.vllm.VLLMIntegrationError` where ``strategy``'s routing
+    cannot be captured by ``torch.compile(fullgraph=True)`` (a host read or a data-dependent shape
+    in a user rule), before vLLM's compiler fails with a trace in every worker.
+
+    The routing function alone is traced (dynamo only, a symbolic token count as in vLLM's graph):
+    a second or two at start.
+    """
+    import torch
+
+    from ..models.adapters import get_adapter
+    from ..models.adapters.base import text_config
+    from .version import VLLMIntegrationError
+
+    config = text_config(hf_config)
+    adapter = get_adapter(config)
+    num_experts = adapter.num_experts(config)
+
+    def route(logits):
+        result = adapter.route(router.strategy, logits, router.layer, config, checked=False)
+        return result.indices, adapter.weights(logits, result, router.strategy, config)
+
+    logits = torch.randn(4, num_experts, generator=torch.Generator().manual_seed(0)).to(device)  # (T, E)
+    torch._dynamo.mark_dynamic(logits, 0)  # the token count is symbolic in vLLM's graph, E is not
+    try:
+        torch.compile(route, fullgraph=True, backend="eager")(logits)
+    except Exception as exc:  # the compiler's refusal, said in one line
+        reason = " ".join(str(exc).split())[:240]
+        raise VLLMIntegrationError(
+            f"bh_routing: {strategy!r} cannot be compiled by vLLM (torch.compile fullgraph: {reason}); "
+            "start vLLM with --enforce-eager, or use a strategy without host reads or data-dependent shapes"
+        ) from None
+
+
+def _key_compile_cache(vllm_config, spec: str, strategy, skip: bool, logger) -> None:
+    """Put the routing in the key of vLLM's compile cache (``additional_config``), so that a cache
+    compiled with another strategy, setting or calibration is never loaded for this one."""
+    import hashlib
+
+    import torch
+
+    from .. import __version__
+
+    extra = vllm_config.additional_config
+    if not isinstance(extra, dict):
+        logger.warning("bh_routing: additional_config is not a dict; set VLLM_DISABLE_COMPILE_CACHE=1 to be safe")
+        return
+    cal = getattr(strategy, "calibration", None)
+    tables = "" if cal is None else hashlib.sha256(cal.null_sorted.to("cpu", torch.float32).numpy().tobytes()).hexdigest()
+    extra["bh_routing"] = {"spec": spec, "strategy": repr(strategy), "skip_unused": skip, "calibration": tables,
+                           "version": __version__}
+

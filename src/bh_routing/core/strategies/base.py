@@ -130,6 +130,11 @@ class Strategy:
             The model's weight convention, used by ``weight_rule="model"``.
         """
         check_logits(logits)
+        return self._route(logits, layer=layer, model_top_k=model_top_k, norm_topk_prob=norm_topk_prob)
+
+    def _route(self, logits, *, layer=None, model_top_k=None, norm_topk_prob=False) -> RoutingResult:
+        """:meth:`route` without the logits check (a host read): the patch checks them on the
+        device (:meth:`bh_routing.models.Recorder.check_finite`) and says so at the block's end."""
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (T, E)
         order, counts, width = self.choose(logits, probs, layer=layer, model_top_k=model_top_k)
         renorm = {"model": norm_topk_prob, "softmax": False, "renormalize": True}[self.weight_rule]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .._paths import host_fast
 from .._validate import check_alpha, check_choice, check_k_bounds, check_temperature
 from ..bh import _bh_count, bh_thresholds
 from ..pvalues import (
@@ -157,7 +158,7 @@ class BH(Strategy):
         if self.selection == "router":
             order = torch.topk(probs, width, dim=-1).indices  # (T, W): the router's own call
             return order, self._count(logits, layer, width).clamp(min=self.min_k), width
-        if self.pvalues == "standardized" and logits.device.type == "cpu" and logits.dtype != torch.float64:
+        if self.pvalues == "standardized" and host_fast(logits) and logits.dtype != torch.float64:
             # rank-consistent: the p-value order with ties by the logit is the logits' descending
             # order (router_count.descending_order); no (T, E) p-values needed
             return descending_order(logits, width), self._count(logits, layer, width).clamp(min=self.min_k), width
@@ -172,7 +173,7 @@ class BH(Strategy):
             if layer is None:
                 raise ValueError(f"pvalues={self.pvalues!r} needs the MoE layer index")
             self.calibration._check_layer(logits, layer)
-        if logits.device.type != "cpu":  # one generic pass; the CPU paths below avoid its searches
+        if not host_fast(logits):  # the static path: one generic pass, no host read, fixed shapes
             return count_by_buckets(self._checked_pvalues(logits, layer), self.alpha, width)
         n = logits.shape[-1]
         if self.pvalues == "calibrated":
@@ -185,14 +186,22 @@ class BH(Strategy):
             def meets(neg, j0):
                 return (-neg).to(torch.float32) > cut[j0:]  # as pooled_tail's scores
 
-            return count_rank_consistent(z, width, meets, above_median=bool(cut.min() >= 0))
+            above = self._cached(("above-std", layer, self.alpha), lambda: bool(cut.min() >= 0))
+            return count_rank_consistent(z, width, meets, above_median=above)
         x = normal_cutoffs(self.alpha, n, z.dtype)
         t = bh_thresholds(self.alpha, n, z.dtype).flip(0)
 
         def meets(neg, j0):
             return neg <= x.flip(0)[j0:] if x is not None else normal_tail(neg) <= t[j0:]
 
-        return count_rank_consistent(z, width, meets, above_median=bool(t.max() < 0.5))
+        above = self._cached(("above-emp", n, self.alpha), lambda: bool(t.max() < 0.5))
+        return count_rank_consistent(z, width, meets, above_median=above)
+
+    def _cached(self, key, make):
+        """A value of this strategy's cache (host facts of its thresholds: read once, not per call)."""
+        if key not in self._thresholds:
+            self._thresholds[key] = make()
+        return self._thresholds[key]
 
     def _conformal_thresholds(self, layer: int) -> torch.Tensor:
         """Cached (E', E) score thresholds of this layer's conformal null (see router_count)."""

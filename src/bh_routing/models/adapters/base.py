@@ -167,9 +167,13 @@ class MoEAdapter:
             and renormalize_for(strategy, norm) == norm
         )
 
-    def route(self, strategy: Strategy, logits: torch.Tensor, layer: MoELayer, config) -> RoutingResult:
-        """The strategy's choice for router logits (T, E); the strategy sees them in float32."""
-        return strategy.route(
+    def route(self, strategy: Strategy, logits: torch.Tensor, layer: MoELayer, config, *, checked: bool = True) -> RoutingResult:
+        """The strategy's choice for router logits (T, E); the strategy sees them in float32.
+
+        ``checked=False``: the logits are not checked for being finite here (that check is a host
+        read; the patch does it on the device, see :meth:`bh_routing.models.Recorder.check_finite`).
+        """
+        return (strategy.route if checked else strategy._route)(
             logits.float(),  # (T, E)
             layer=layer.ordinal,
             model_top_k=self.top_k(config),
