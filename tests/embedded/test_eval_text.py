@@ -133,3 +133,14 @@ def test_shipped_files_are_small():
     size = EVAL_TEXT_PATH.stat().st_size + EVAL_MANIFEST_PATH.stat().st_size + TRAIN_PASSAGES.stat().st_size
     size += sum(f.stat().st_size for f in (EVAL_MANIFEST_PATH.parent / "eval_licences").iterdir())
     assert size < 4e6
+
+
+def test_edition_1_is_the_first_documents_of_each_domain():
+    from bh_routing.analysis.data import split_documents
+    from bh_routing.embedded import default_eval_sources, default_eval_texts, edition_1_texts
+
+    old, new = edition_1_texts(), default_eval_texts()
+    for domain in new:
+        n = sum(d["origin"] == "held-out" for d in default_eval_sources()[domain])
+        assert split_documents(old[domain]) == split_documents(new[domain])[:n]
+    assert [len(split_documents(old[d])) for d in ("prose", "code")] == [47, 17]

@@ -83,6 +83,17 @@ def default_eval_texts() -> dict[str, str]:
     return dict(texts)
 
 
+def edition_1_texts() -> dict[str, str]:
+    """The first edition of the held-out text (47 prose and 17 code documents): the ``held-out``
+    documents, which open each domain's block in their first edition's order."""
+    sep = "\n<|endoftext|>\n"
+    out = {}
+    for domain, text in default_eval_texts().items():
+        n = sum(d["origin"] == "held-out" for d in default_eval_sources()[domain])
+        out[domain] = sep.join(text.split(sep)[:n]).rstrip("\n") + "\n"
+    return out
+
+
 def default_eval_text() -> str:
     """All held-out evaluation text (every domain, in ``EVAL_DOMAINS`` order, without markers)."""
     texts = default_eval_texts()

@@ -77,6 +77,7 @@ class RunConfig:
     max_k: int | None = None  # None = the model's top-k
     prompts_file: str | None = None  # one prompt per line; None = the 10 default prompts
     eval_text: str | None = None  # a UTF-8 text file, or "hf:NAME[:CONFIG]:SPLIT" (a `datasets` id, online); None = embedded
+    eval_edition: int = 2  # the embedded text's edition: 2 (256 documents), or 1 (the first 64, split as before) to repeat older runs
     calibration: str | None = None  # a saved calibration; None = fit on the calibration split
     null: str = "unrouted"  # calibration null sample: "unrouted" | "all"
     seq_len: int = 256  # tokens per evaluation sequence
@@ -194,6 +195,8 @@ class RunConfig:
         t = self.certify_tokens
         if isinstance(t, bool) or not isinstance(t, int) or (t < 2 and t != 0):
             raise ConfigError(f"certify_tokens must be 0 (the whole sequence) or an int >= 2, got {t!r}")
+        if self.eval_edition not in (1, 2) or isinstance(self.eval_edition, bool):
+            raise ConfigError(f"eval_edition must be 1 or 2, got {self.eval_edition!r}")
         for name in ("prompts_file", "eval_text", "calibration"):
             v = getattr(self, name)
             if name == "eval_text" and isinstance(v, str) and v.startswith("hf:"):

@@ -91,9 +91,9 @@ def check_lengths(cfg: RunConfig, model, tokenizer, prompts: dict[str, str]) -> 
 
 def _texts(cfg: RunConfig) -> dict[str, str]:
     if cfg.eval_text is None:
-        from ..embedded import default_eval_texts
+        from ..embedded import default_eval_texts, edition_1_texts
 
-        return default_eval_texts()
+        return edition_1_texts() if cfg.eval_edition == 1 else default_eval_texts()
     if cfg.eval_text.startswith("hf:"):
         return {"text": _dataset_text(cfg.eval_text)}
     text = read_text(cfg.eval_text, "eval_text")
@@ -124,7 +124,7 @@ def _dataset_text(spec: str) -> str:
 
 def _split(tokenizer, texts: dict[str, str], cfg: RunConfig) -> data.EvalSplit:
     """Evaluation and calibration windows from disjoint documents (:func:`data.split_by_document`)."""
-    if cfg.eval_text is None:  # the embedded text: strata (origin/package) in proportion, order drawn from the seed
+    if cfg.eval_text is None and cfg.eval_edition == 2:  # strata (origin/package) in proportion, order from the seed
         from ..embedded import default_eval_sources
 
         sources, seed = default_eval_sources(), cfg.seed
