@@ -166,3 +166,23 @@ def test_oracle_alphas_thin_a_long_sweep_and_keep_the_reports_alpha():
     assert oracle.oracle_alphas(RunConfig().routing()) == [0.001, 0.01, 0.05, 0.2]
     assert oracle.oracle_alphas(RunConfig(alphas=[0.3, 0.05], alpha=0.1).routing()) == [0.05, 0.1, 0.3]
     assert len(oracle.oracle_alphas(RunConfig(quick=True).effective().routing())) >= 3
+
+
+def test_tau_on_calibration_windows_is_the_largest_that_passes(tiny_model_dir):
+    """scripts/oracle_checks.py's criterion on calibration windows: the largest τ whose oracle routing
+    costs at most max_ppl_cost perplexity; a tolerance so large that every τ passes picks the largest."""
+    from bh_routing.analysis.oracle.tau import choose_tau
+    from bh_routing.models import load_model
+
+    model, _ = load_model(tiny_model_dir, device="cpu")
+    seqs = torch.randint(5, 2000, (3, 16), generator=torch.Generator().manual_seed(3))
+    out = choose_tau(model, seqs, top_k=4, taus=(0.05, 0.3, 5.0), max_ppl_cost=0.01)
+    rows = {r["tau"]: r for r in out["rows"]}
+    assert out["windows"] == 3 and list(rows) == [0.05, 0.3, 5.0]
+    assert rows[5.0]["mean_k"] == 1.0  # no effect exceeds 5: min_k experts only
+    passing = [t for t, r in rows.items() if r["ppl_ratio"] - 1 <= 0.01]
+    assert out["chosen"] == (max(passing) if passing else None)
+    assert all(r["passes"] == (t in passing) for t, r in rows.items())
+    assert choose_tau(model, seqs, top_k=4, taus=(0.05, 5.0), max_ppl_cost=100.0)["chosen"] == 5.0
+    with pytest.raises(ValueError, match="max_ppl_cost must be > 0, got 0"):
+        choose_tau(model, seqs, top_k=4, max_ppl_cost=0)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from bh_routing.study import RunConfig
 from bh_routing.analysis.evaluate import sequence_nll
-from bh_routing.analysis.premise import premise_study
+from bh_routing.analysis.premise import choose_settings, premise_study
 from bh_routing.analysis.token_detail import record_detail, route_recorded
 from bh_routing.core import BH, TopK
 
@@ -70,8 +70,13 @@ def draw_all(res, folder):
 
 def test_premise_study_end_to_end(tiny, tmp_path):
     x = seqs(n=6, s=32, vocab=40)  # token ids repeat: vocabulary specialisation has ids to measure
-    res = premise_study(tiny, x, CFG.routing(), None, top_k=4, domains=["a", "b"] * 3)
+    settings = choose_settings(tiny, seqs(n=3, s=32, vocab=40, seed=9), CFG.routing(), None, top_k=4)
+    res = premise_study(tiny, x, CFG.routing(), None, top_k=4, domains=["a", "b"] * 3, settings=settings)
     st = res["strategies"]
+    for f in ("topp", "weight_ratio", "entropy"):  # chosen on the calibration windows, applied to the evaluation ones
+        assert st[f]["param"] == settings["families"][f]["param"]
+        assert st[f]["calibration_k"] == settings["families"][f]["calibration_k"]
+    assert st["bh"]["calibration_k"] == settings["bh_calibration_k"] and res["choice_windows"] == 3
     assert st["bh"]["strategy"]["alpha"] == 0.2 and st["bh"]["strategy"]["pvalues"] == "empirical"  # the config's BH
     assert st["topp"]["param"] in (0.5, 0.9) and st["weight_ratio"]["param"] in (0.5, 0.1)
     d = res["difficulty"]
@@ -88,7 +93,9 @@ def test_premise_study_end_to_end(tiny, tmp_path):
 
 def test_premise_study_documents_and_skipped_parts(tiny, tmp_path):
     # documents as the resampling unit (pairs of sequences); no domains; ids too rare for vocabulary
-    res = premise_study(tiny, seqs(n=4, s=16), CFG.routing(), None, top_k=4, documents=["x", "x", "y", "y"])
+    settings = choose_settings(tiny, seqs(n=2, s=16, seed=9), CFG.routing(), None, top_k=4)
+    res = premise_study(tiny, seqs(n=4, s=16), CFG.routing(), None, top_k=4, documents=["x", "x", "y", "y"],
+                        settings=settings)
     assert res["difficulty"]["documents"] == 2 and res["documents"] == 2 and "skipped" in res["domain_specialization"]
     assert "skipped" in res["vocabulary_specialization"]
     assert all(p.stat().st_size > 10_000 for p in draw_all(res, tmp_path))
@@ -100,8 +107,12 @@ def test_the_premise_step_passes_the_evaluation_documents(monkeypatch):
 
     from bh_routing.study.steps import premise as step
 
-    seen = {}
+    seen, chosen_on = {}, []
     monkeypatch.setattr(step, "premise_study", lambda *a, **k: seen.update(k) or {})
-    inputs = SimpleNamespace(eval_seqs=None, eval_domains=["prose", "prose", "code"], eval_documents=["p:0", "p:0", "c:0"])
+    monkeypatch.setattr(step, "choose_settings", lambda model, seqs, *a, **k: chosen_on.append(seqs) or {"families": {}})
+    calib = torch.zeros(40, 8, dtype=torch.long)
+    inputs = SimpleNamespace(eval_seqs=None, eval_domains=["prose", "prose", "code"], eval_documents=["p:0", "p:0", "c:0"],
+                             calib_seqs=calib)
     step._premise(SimpleNamespace(model=None, rs=None, calibration=None, routing=SimpleNamespace(top_k=4), inputs=inputs))
     assert seen["documents"] == ["p:0", "p:0", "c:0"] and seen["domains"] == ["prose", "prose", "code"]
+    assert chosen_on[0].shape == (step.CHOICE_WINDOWS, 8) and seen["settings"] == {"families": {}}  # calibration text

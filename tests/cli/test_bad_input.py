@@ -75,6 +75,13 @@ CASES = [
     ("unknown device", [*RUN, "--device", "tpu7"], "device must be cpu, cuda, cuda:N or mps, got 'tpu7'", None),
     ("unavailable device", [*RUN, "--device", "cuda:63"], "device 'cuda:63' asked for", None),
     ("seq_len beyond the model", [*RUN, "--seq-len", "512"], "seq_len must be <= the model's 256 positions, got 512", None),
+    # values a --quick run caps are checked as requested (issue #26), from flags and from a config file
+    ("--quick: seq_len beyond the model", [*RUN, "--quick", "--seq-len", "4096"],
+     "seq_len must be <= the model's 256 positions, got 4096", None),
+    ("config: --quick with seq_len beyond the model", ["run", "-c", "{tmp}/c.yaml", "-m", "{model}", "-o", "{out}"],
+     "seq_len must be <= the model's 256 positions, got 4096", _write("c.yaml", "quick: true\nseq_len: 4096\n")),
+    ("--quick: more evaluation windows than the text holds", [*RUN, "--quick", "--eval-sequences", "100000"],
+     "evaluation text: text too short: evaluation needs 100000 windows of 16 tokens", None),
     ("one-token prompt", [*RUN, "--prompts", "{tmp}/p.txt"], "fewer than the 2 a loss needs", _write("p.txt", "x\n")),
     ("prompt longer than the model", [*RUN, "--prompts", "{tmp}/p.txt"], "more than the model's 256 positions",
      _write("p.txt", "word " * 600 + "\n")),

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .evaluate import document_loss, document_mean_k
+from .mixing import mixed_to
 from .stats import (
     CORRECTION,
     SIGNIFICANCE,
@@ -95,8 +96,10 @@ def _word(c: dict) -> str:
     return VERDICT_WORDS[c["decision"]]
 
 
-def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[str] | None) -> dict:
-    """BH against baselines at matched mean k, paired over evaluation documents, the grid Holm-corrected.
+def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[str] | None,
+                     pool: list[dict] | None = None) -> dict:
+    """BH against baselines at matched mean k, paired over evaluation documents, the grid Holm-corrected;
+    and each comparison again against the baseline mixed to the rule's evaluation mean k.
 
     ``matched`` is the result of :func:`bh_routing.analysis.matching.matched_runs`: for each target
     (a baseline run and its mean k on the calibration windows) the BH level found on the
@@ -106,12 +109,27 @@ def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[st
     :data:`~bh_routing.analysis.stats.SIGNIFICANCE`; all other tested comparisons form one family whose
     p-values are Holm-adjusted (:func:`~bh_routing.analysis.stats.adjust_family`).
 
-    Returns ``{"primary": row or None, "grid": [rows], "correction", "family_size", "tolerance"}``;
-    each row holds the paired comparison (raw ``t_pvalue``, ``p_adjusted``, ``correction``,
-    ``decision``, ``verdict``), the mean k of both runs on calibration and evaluation, and ``word``
-    (wins / loses / ties / no verdict / outside).
+    **At the evaluation k** (:mod:`~bh_routing.analysis.mixing`, a sensitivity analysis): every
+    tested row is compared again with the baseline's family randomised per document between its two
+    runs that bracket the rule's evaluation mean k, whose expected mean k equals it exactly (exact
+    per-document expectation, no random draw); ``pool`` holds the runs to mix from besides
+    ``baselines`` (the α sweep, for rows whose baseline is BH; the matched BH runs are added). The
+    primary's counterpart is read alone at 0.05 (a sensitivity comparison, not the pre-registered
+    test); the grid's counterparts form a **second** Holm family. A row *outside* on calibration
+    text is outside here too (same reason); a row whose evaluation k lies beyond the family's runs
+    is outside here with that range.
+
+    Returns ``{"primary": row or None, "grid": [rows], "correction", "family_size",
+    "family_size_at_eval_k", "eval_k_gap", "tolerance"}``; each row holds the paired comparison
+    (raw ``t_pvalue``, ``p_adjusted``, ``correction``, ``decision``, ``verdict``), the mean k of both
+    runs on calibration and evaluation, ``word`` (wins / loses / ties / no verdict / outside), and
+    ``comparison_at_eval_k``, ``at_eval_k`` (the two runs mixed and the share f of the higher one),
+    ``word_at_eval_k``. ``eval_k_gap``: mean and largest |rule's - baseline's evaluation mean k| over the
+    rows tested at the calibration-matched setting.
     """
     by_label = {b["label"]: b for b in baselines}
+    runs = [t["run"] for t in matched["targets"] if t.get("run") is not None and t["family"].startswith("bh-")]
+    mix_pool = list(baselines) + list(pool or []) + runs
     primary, grid = None, []
     for t in matched["targets"] + _against_bh(matched["targets"]):
         row = {
@@ -121,20 +139,34 @@ def matched_verdicts(matched: dict, baselines: list[dict], *, documents: list[st
         }
         base = t.get("baseline_run") or by_label.get(t["baseline"])
         if not t["matched"] or t.get("run") is None or base is None:
-            row.update(word="outside", reason=t.get("reason") or "no evaluation run", comparison=None)
+            reason = t.get("reason") or "no evaluation run"
+            row.update(word="outside", reason=reason, comparison=None, comparison_at_eval_k=None, at_eval_k=None,
+                       word_at_eval_k="outside", reason_at_eval_k=reason)
         else:
             row["comparison"] = loss_comparison(t["run"], base, documents=documents)
             row["eval_k_bh"], row["eval_k_baseline"] = float(t["run"]["mean_k"]), float(base["mean_k"])
+            mixed, info = mixed_to(mix_pool, base["family"], row["eval_k_bh"])
+            row["at_eval_k"] = info if mixed is not None else None
+            row["comparison_at_eval_k"] = None if mixed is None else loss_comparison(t["run"], mixed, documents=documents)
+            if mixed is None:
+                row.update(word_at_eval_k="outside", reason_at_eval_k=info["reason"])
         if row["primary"]:
             primary = row
         else:
             grid.append(row)
     tested = [r["comparison"] for r in grid if r["comparison"] is not None]
     adjust_family(tested)
+    tested_eval = [r["comparison_at_eval_k"] for r in grid if r["comparison_at_eval_k"] is not None]
+    adjust_family(tested_eval)
     for r in [primary, *grid]:
         if r is not None and r["comparison"] is not None:
             r["word"] = _word(r["comparison"])
+        if r is not None and r["comparison_at_eval_k"] is not None:
+            r["word_at_eval_k"] = _word(r["comparison_at_eval_k"])
+    gaps = [abs(r["eval_k_bh"] - r["eval_k_baseline"]) for r in [primary, *grid] if r is not None and r["comparison"] is not None]
     return {"primary": primary, "grid": grid, "correction": CORRECTION, "family_size": len(tested),
+            "family_size_at_eval_k": len(tested_eval),
+            "eval_k_gap": {"mean": float(np.mean(gaps)), "max": float(np.max(gaps)), "n": len(gaps)} if gaps else None,
             "tolerance": matched.get("tolerance"), "significance": SIGNIFICANCE}
 
 

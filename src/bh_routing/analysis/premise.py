@@ -2,9 +2,13 @@
 
 1. The model routes as usual (analyze mode) with the run's BH recorded beside it: the model's
    own next-token loss and predictive entropy, its router probabilities, its own top-k choice
-   and BH's choice per layer and token. Top-p and weight ratio are applied to the same recorded
-   router logits, at the parameter whose mean experts per token is closest to BH's (a matched
-   comparison), so every rule decides on the same hidden states.
+   and BH's choice per layer and token. Top-p, the weight ratio and the other adaptive families
+   are applied to the same recorded router logits, so every rule decides on the same hidden
+   states, each at the **nearest grid setting chosen on calibration text**
+   (:func:`choose_settings`: the grid value whose mean k is closest to BH's on the first
+   calibration windows, never the evaluation ones). That is not a matched comparison: the chosen
+   setting's mean k and BH's are reported on both texts, and they differ by the grid's spacing and
+   by sampling.
 2. The model routes with BH (patch mode): each token's loss under BH and the router mass BH
    left out.
 
@@ -37,19 +41,30 @@ def _entropy(p: np.ndarray) -> np.ndarray:
         return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
 
 
-def matched_parameter(model, detail: TokenDetail, make, values, target: float, *, search_tokens: int = 2048):
-    """The value whose strategy ``make(value)`` chooses a mean number of experts closest to ``target``.
+#: Calibration windows the adaptive families' settings are chosen on (one window each of as many
+#: calibration documents; 16 x 256 = 4096 tokens in the default run, one analyze-mode pass).
+CHOICE_WINDOWS = 16
 
-    The search routes the first sequences holding about ``search_tokens`` tokens (a mean k is
-    stable to a few hundredths there); the chosen value then routes every sequence. Returns
-    (value, its mean experts per token, its (L, N, S, E) choice) on the recorded logits.
+
+@torch.no_grad()
+def choose_settings(model, calib_seqs: torch.Tensor, rs: RoutingSettings, calibration, *, top_k: int) -> dict:
+    """Each adaptive family's grid value whose mean k is nearest BH's, on calibration windows only.
+
+    One analyze-mode pass over ``calib_seqs`` (the model routing by its own top-k, BH recorded
+    beside it, as :func:`premise_study` records the evaluation text); every grid value of every
+    family of ``rs.families`` but top-k routes the recorded logits. Returns ``{family: {"param",
+    "calibration_k"}}`` and ``"bh_calibration_k"`` (BH's mean k there), ``"calibration_windows"``.
     """
-    _, n, s, _ = detail.shape
-    head = max(1, min(n, -(-search_tokens // s)))  # sequences searched (ceil)
-    means = {float(v): float(route_recorded(model, detail, make(v), sequences=head).sum(axis=-1).mean()) for v in values}
-    best = min(means, key=lambda v: abs(means[v] - target))
-    chosen = route_recorded(model, detail, make(best))
-    return best, float(chosen.sum(axis=-1).mean()), chosen
+    _, bh = experiments.topk_and_bh(top_k, rs, calibration)
+    detail = record_detail(model, calib_seqs, bh, mode="analyze")
+    bh_k = float(detail.chosen.sum(axis=-1).mean())
+    out: dict = {"bh_calibration_k": bh_k, "calibration_windows": int(calib_seqs.shape[0]), "families": {}}
+    for f in [f for f in rs.families if f != "topk"]:
+        means = {float(v): float(route_recorded(model, detail, rs.strategy(f, v)).sum(axis=-1).mean())
+                 for v in rs.grid(f, top_k=top_k)}
+        best = min(means, key=lambda v: abs(means[v] - bh_k))
+        out["families"][f] = {"param": best, "calibration_k": means[best]}
+    return out
 
 
 @torch.no_grad()
@@ -62,6 +77,7 @@ def premise_study(
     top_k: int,
     domains: list[str] | None = None,
     documents: list | None = None,
+    settings: dict | None = None,
 ) -> dict:
     """All analyses of the module notes on ``sequences`` (N, S); JSON-able.
 
@@ -80,7 +96,11 @@ def premise_study(
         The domain of each sequence (domain specialisation needs two or more).
     documents : list, optional
         The document of each sequence (the statistical unit); default: each sequence its own.
+    settings : dict
+        :func:`choose_settings` on calibration windows: each adaptive family's setting.
     """
+    if settings is None:
+        raise ValueError("settings must be chosen on calibration windows first (choose_settings)")
     n, s = sequences.shape
     topk, bh = experiments.topk_and_bh(top_k, rs, calibration)
     k_model = topk.k
@@ -90,17 +110,22 @@ def premise_study(
         raise RuntimeError("analyze mode did not record the model's own choice")
     num_layers, _, _, e = base.shape
     bh_mean = float(base.chosen.sum(axis=-1).mean())
-    adaptive = [f for f in rs.families if f != "topk"]
-    nearest = {f: matched_parameter(model, base, lambda v, f=f: rs.strategy(f, v), rs.grid(f, top_k=top_k), bh_mean)
-               for f in adaptive}  # family -> (value, mean k, (L, N, S, E) choice)
+    adaptive = list(settings["families"])
+    nearest = {}  # family -> (value, mean k, (L, N, S, E) choice) on the evaluation sequences
+    for f, chosen in settings["families"].items():
+        c = route_recorded(model, base, rs.strategy(f, chosen["param"]))
+        nearest[f] = (chosen["param"], float(c.sum(axis=-1).mean()), c)
 
     strategies = {
         "topk": {"label": f"TopK(k={k_model})", "mean_k": float(k_model), "strategy": topk.describe()},
         "bh": {"label": bh_label(rs.variant, rs.alpha), "mean_k": bh_mean, "strategy": bh.describe(),
-               "mode": "analyze"},
+               "mode": "analyze", "calibration_k": settings["bh_calibration_k"]},
         "bh_patched": {"label": bh_label(rs.variant, rs.alpha) + ", routing the model",
                        "mean_k": float(routed.chosen.sum(axis=-1).mean()), "mode": "patch"},
-        **{f: {"label": setting_label(f, v), "param": v, "mean_k": mk} for f, (v, mk, _) in nearest.items()},
+        **{f: {"label": setting_label(f, v), "param": v, "mean_k": mk,
+               "calibration_k": settings["families"][f]["calibration_k"],
+               "choice": "nearest grid setting to BH's mean k, chosen on calibration text"}
+           for f, (v, mk, _) in nearest.items()},
     }
     labels = {name: v["label"] for name, v in strategies.items()}
     seq_doc, n_docs = document_index(documents if documents is not None else range(n))  # (N,)
@@ -143,6 +168,7 @@ def premise_study(
         "seq_len": s,
         "documents": n_docs,
         "model_top_k": k_model,
+        "choice_windows": settings["calibration_windows"],
         "strategies": strategies,
         "loss_topk": float(base.loss.mean()),
         "loss_bh": float(routed.loss.mean()),

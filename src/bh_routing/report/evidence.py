@@ -25,8 +25,22 @@ def primary_sentence(m: dict) -> str:
     lead = (f"Pre-registered primary comparison ({p['bh_family']} at α = {fmt(p['alpha'])}, matched on calibration text "
             f"to {p['baseline']}; mean k on the evaluation documents {fmt(p['eval_k_bh'])} vs {fmt(p['eval_k_baseline'])})")
     if c["decision"] == "too few documents":
-        return f"{lead}: {c['verdict']}"
-    return f"{lead}: BH **{p['word']}**. {c['verdict']}"
+        return f"{lead}: {c['verdict']}" + eval_k_sentence(p)
+    return f"{lead}: BH **{p['word']}**. {c['verdict']}" + eval_k_sentence(p)
+
+
+def eval_k_sentence(r: dict) -> str:
+    """The sensitivity comparison of a row: the rule against the baseline mixed to the rule's evaluation k."""
+    if "word_at_eval_k" not in r:  # results of a release before issue #26
+        return ""
+    c, at = r.get("comparison_at_eval_k"), r.get("at_eval_k")
+    if c is None:
+        return f" Against the baseline mixed to the rule's evaluation k: {r.get('reason_at_eval_k')}."
+    mix = at["lo"] if at["lo"] == at["hi"] else (
+        f"{at['lo']} and {at['hi']} mixed per document ({fmt(at['fraction_hi'])} of documents on {at['hi']})")
+    word = f"**{r['word_at_eval_k']}**" if c["decision"] != "too few documents" else "no verdict"
+    return (f" Sensitivity comparison (not pre-registered), against {mix}, whose expected mean k equals the rule's "
+            f"{fmt(at['mean_k'])} on the evaluation documents: {rule_name(r['bh_family'])} {word}. {c['verdict']}")
 
 
 def rule_name(family: str) -> str:
@@ -62,7 +76,23 @@ def grid_counts(m: dict) -> list[str]:
             + (f", {n['no verdict']} without a verdict (too few documents)" if n["no verdict"] else "")
             + (f", {n['outside']} outside {who}'s reach on calibration text" if n["outside"] else "") + "."
         )
+        if all("word_at_eval_k" in r for r in rows):
+            e = {w: sum(r["word_at_eval_k"] == w for r in rows) for w in WORDS}
+            lines.append(
+                f"  - against {fam[1]} mixed to {who}'s evaluation k ({m['correction']}-corrected over "
+                f"{m.get('family_size_at_eval_k', 0)} comparisons, a second family): {who} wins {e['wins']}, ties "
+                f"{e['ties']}, loses {e['loses']}" + (f", {e['no verdict']} without a verdict" if e["no verdict"] else "")
+                + (f", {e['outside']} outside" if e["outside"] else "") + ".")
     return lines
+
+
+def _at_eval_k(r: dict) -> list:
+    """The table cells of a row's comparison at the rule's evaluation k: Δ, 95% CI, p, verdict."""
+    c = r.get("comparison_at_eval_k")
+    if c is None:
+        return ["n/a", "n/a", "n/a", r.get("word_at_eval_k", "n/a")]
+    p = c["t_pvalue"] if c["correction"] == "none" else c["p_adjusted"]
+    return [c["mean_diff"], f"{fmt(c['ci_low'])} to {fmt(c['ci_high'])}", p, r["word_at_eval_k"]]
 
 
 def _section(res: dict, figures: list[str]) -> list[str]:
@@ -73,12 +103,16 @@ def _section(res: dict, figures: list[str]) -> list[str]:
         c = r["comparison"]
         name = r["baseline"] + (" (primary)" if r["primary"] else "")
         if c is None:
-            rows.append([r["bh_family"], name, r["target_k"], "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r["word"]])
+            rows.append([r["bh_family"], name, r["target_k"], "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r["word"],
+                         *_at_eval_k(r)])
             continue
         rows.append([r["bh_family"], name, r["target_k"], setting(r), f"{fmt(r['eval_k_bh'])} / {fmt(r['eval_k_baseline'])}",
                      c["mean_diff"], f"{fmt(c['ci_low'])} to {fmt(c['ci_high'])}", c["t_pvalue"],
-                     "—" if c["correction"] == "none" else c["p_adjusted"], r["word"]])
+                     "—" if c["correction"] == "none" else c["p_adjusted"], r["word"], *_at_eval_k(r)])
     outside = [r for r in m["grid"] if r["comparison"] is None]
+    beyond = [r for r in m["grid"] if r["comparison"] is not None and r.get("comparison_at_eval_k") is None
+              and "word_at_eval_k" in r]
+    gap = m.get("eval_k_gap")
     return [
         "## Matched comparisons: BH against the baselines at the same mean k",
         "",
@@ -91,16 +125,31 @@ def _section(res: dict, figures: list[str]) -> list[str]:
         "The primary comparison was fixed in advance (`docs/preregistration.md`) and is tested alone at 0.05; "
         f"the other {m['family_size']} tested comparisons are one family with {m['correction']}-adjusted p-values. "
         "*wins*: the rule's loss significantly lower; *loses*: higher; *ties*: no significant difference; *no "
-        "verdict*: too few documents; *outside*: no setting reaches the baseline's k within the tolerance.",
+        "verdict*: too few documents; *outside*: no setting reaches the baseline's k within the tolerance "
+        "(`bh_routing.analysis.matching`: a target is tested iff the search met it within the tolerance on the "
+        "calibration windows).",
+        "",
+        "On the evaluation documents the rule's mean k differs from its target by sampling"
+        + (f" (by {fmt(gap['mean'])} experts on average, at most {fmt(gap['max'])}, over {gap['n']} tested "
+           "comparisons)" if gap else "") + ", and extra experts favour the rule. So every tested comparison is also "
+        "shown *at the rule's evaluation k*: against the baseline's family randomised per document between its two "
+        "runs whose evaluation mean k bracket the rule's (top-k: floor and ceil), in the proportion whose expected "
+        "mean k equals the rule's exactly; each document's loss is that randomised rule's exact expectation "
+        "(`bh_routing.analysis.mixing`, no random draw). The primary's counterpart is a sensitivity comparison read "
+        f"alone at 0.05 (raw p); the grid's {m.get('family_size_at_eval_k', 0)} are a second {m['correction']} "
+        "family. *outside* there: the rule's evaluation k lies beyond the family's evaluated runs.",
         "",
         f"- {primary_sentence(m)}",
         *grid_counts(m),
         "",
         table(["rule", "vs", "target k", "setting", "mean k eval (rule / baseline)", "Δ loss (nats/token)", "95% CI",
-               "raw p", f"{m['correction']} p", "verdict"], rows),
+               "raw p", f"{m['correction']} p", "verdict", "Δ at eval k (vs mixed baseline)", "95% CI at eval k",
+               f"p at eval k (primary raw, grid {m['correction']})", "verdict at eval k"], rows),
         "",
         *(["Outside: " + "; ".join(f"{r['bh_family']} vs {r['baseline']}: {r['reason']}" for r in outside) + ".", ""]
           if outside else []),
+        *(["Outside at the evaluation k: " + "; ".join(f"{r['bh_family']} vs {r['baseline']}: {r['reason_at_eval_k']}"
+                                                     for r in beyond) + ".", ""] if beyond else []),
     ]
 
 

@@ -93,6 +93,17 @@ def fdr_oracle_summary(step: dict) -> str:
     return text
 
 
+def tau_sentence(t: dict, tau: float) -> str:
+    """Which τ the calibration windows would have chosen by the same criterion, beside the fixed τ."""
+    cells = ", ".join(f"τ = {fmt(r['tau'])}: mean k {fmt(r['mean_k'])}, perplexity × {fmt(r['ppl_ratio'], 4)}"
+                      for r in t["rows"])
+    chosen = "no τ of the grid" if t["chosen"] is None else f"τ = {fmt(t['chosen'])}"
+    same = "the same τ" if t["chosen"] == tau else f"not the fixed τ = {fmt(tau)}, whose results are shown"
+    return (f"τ = {fmt(tau)} was chosen in edition 1 on evaluation documents. On {t['windows']} calibration windows the "
+            f"same criterion (the largest τ whose oracle routing costs at most {fmt(100 * t['max_ppl_cost'])}% "
+            f"perplexity against top-k) chooses {chosen}: {same} ({cells}).")
+
+
 def _section(res: dict, figures: list[str]) -> list[str]:
     step = res["steps"]["fdr_oracle"]
     tau, k = step["tau"], step["top_k"]
@@ -118,6 +129,7 @@ def _section(res: dict, figures: list[str]) -> list[str]:
         "value of that runnable randomised rule, not a curve through measured points; 95% t-intervals over "
         "documents.",
         "",
+        *([tau_sentence(step["tau_on_calibration"], tau), ""] if "tau_on_calibration" in step else []),
     ]
     if "fdr_oracle.png" in figures:
         out += ["![fdr_oracle](fdr_oracle.png)", ""]

@@ -221,7 +221,7 @@ def difficulty_section(res: dict, figures: list[str]) -> list[str]:
     rows = []
     for s in ("bh", "bh_patched", *adaptive(p)):
         by = {r["difficulty"]: r for r in d["spearman"] if r["strategy"] == s}
-        rows.append([st[s]["label"], st[s]["mean_k"], *[_ci(by[n]) for n in DIFFICULTY_NAMES],
+        rows.append([st[s]["label"], st[s]["mean_k"], st[s].get("calibration_k", "n/a"), *[_ci(by[n]) for n in DIFFICULTY_NAMES],
                      by["loss"]["pooled_rho"]])
     layer_rows = {}
     for r in d["per_layer"]:
@@ -230,8 +230,10 @@ def difficulty_section(res: dict, figures: list[str]) -> list[str]:
         "## Does BH give hard tokens more experts?", "",
         "Per token of the evaluation sequences: the experts each rule chooses (mean over MoE layers) against the "
         "unrouted model's difficulty at that position (next-token loss, predictive entropy, router entropy). "
-        f"BH, top-p and weight ratio decide on the same router logits of one unrouted forward pass; top-p and "
-        f"weight ratio at the grid value whose mean k is closest to BH's. ρ is the within-document Spearman "
+        f"BH, top-p and weight ratio decide on the same router logits of one unrouted forward pass; top-p, "
+        f"weight ratio and the other adaptive rules each at the nearest grid setting chosen on calibration text "
+        f"(the grid value whose mean k is closest to BH's on {p.get('choice_windows', 'the first')} calibration "
+        f"windows; not matched: their mean k on both texts is in the table). ρ is the within-document Spearman "
         f"correlation, mean over {d['documents']} documents with its 95% t-interval (pooled ρ over all "
         f"{d['tokens']} tokens beside it).", "",
         f"Rule, fixed in advance: {d['rule']}", "",
@@ -239,7 +241,7 @@ def difficulty_section(res: dict, figures: list[str]) -> list[str]:
     ]
     if "difficulty.png" in figures:
         out += ["![difficulty](difficulty.png)", ""]
-    out += [table(["rule", "mean k", "ρ with loss", "ρ with predictive entropy", "ρ with router entropy", "pooled ρ with loss"], rows), ""]
+    out += [table(["rule", "mean k (evaluation)", "mean k (calibration windows)", "ρ with loss", "ρ with predictive entropy", "ρ with router entropy", "pooled ρ with loss"], rows), ""]
     out += [f"Per layer, {st['bh']['label']}'s k against each difficulty (router entropy: the layer's own):", "",
             table(["layer", "ρ with loss", "ρ with predictive entropy", "ρ with router entropy"], list(layer_rows.values())), ""]
     out += [f"- {c['verdict']}" for c in d["comparisons"]]

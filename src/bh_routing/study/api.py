@@ -33,12 +33,14 @@ class Study:
                  steps: tuple[str, ...] | None = None, force: bool = False) -> None:
         self.out = Path(out)
         self.allowed = closure(steps if steps is not None else tuple(STEPS))
-        cfg = config.validate().effective()
+        requested = config.validate()
+        cfg = requested.effective()
         for name in self.allowed:  # checks that need no model: before it loads
             if STEPS[name].check is not None:
                 STEPS[name].check(cfg)
         text = any(STEPS[name].reads_text(cfg) for name in self.allowed)
-        self.inputs = prepare(cfg, self.out, model=model, tokenizer=tokenizer, text=text, force=force)
+        self.inputs = prepare(cfg, self.out, model=model, tokenizer=tokenizer, text=text, force=force,
+                              requested=requested)
         self.steps: dict = {}
         self._results: dict | None = None  # assembled results, cached until a step is added
 

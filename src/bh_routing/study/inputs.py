@@ -14,6 +14,9 @@ from .config import ConfigError, RunConfig, parse_dataset_id
 from .results import RESULTS_JSON, RunError, check_writable, results_model
 
 EMBEDDED_NAME = "embedded:olmoe-tiny"
+#: Settings that ``RunConfig.effective()`` shrinks in a quick run and that only the model or the text can
+#: refuse: checked as requested (:func:`prepare`).
+CAPPED = ("seq_len", "eval_sequences", "calib_sequences")
 
 
 @dataclass
@@ -169,7 +172,8 @@ def check_same_model(out: Path, name: str, *, force: bool) -> None:
         raise RunError(f"{out / RESULTS_JSON} holds results of {old!r}, not {name!r}: choose another --out (or --force to replace them)")
 
 
-def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool = True, force: bool = False) -> Inputs:
+def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool = True, force: bool = False,
+            requested: RunConfig | None = None) -> Inputs:
     """Load and check the files, the output folder, the model and the calibration of a run.
 
     ``cfg``: the run's configuration, validated and effective (``RunConfig.validate().effective()``,
@@ -177,6 +181,9 @@ def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool
     ``model``/``tokenizer``: an already loaded pair (e.g. in a notebook) instead of ``cfg.model``.
     ``text``: whether to read and split the evaluation text (steps such as ``downstream`` need none).
     ``force``: replace another model's results in ``out`` instead of refusing.
+    ``requested``: the configuration as given, before ``effective()`` shrank it (``quick``): the
+    values a quick run caps (``seq_len``, ``eval_sequences``, ``calib_sequences``) are checked as
+    requested, so an invalid one is refused rather than silently cut.
     """
     from ..models import inspect_model, load_model
 
@@ -189,6 +196,10 @@ def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool
         raise ConfigError("a model passed in needs its tokenizer too")
     name = model_name(cfg, model)
     check_same_model(out, name, force=force)
+    asked = requested if requested is not None else cfg
+    check_lengths(asked, model, tokenizer, prompts)
+    if text and any(getattr(asked, f) != getattr(cfg, f) for f in CAPPED):  # the requested sizes fit the text
+        _split(tokenizer, texts, asked)
     check_lengths(cfg, model, tokenizer, prompts)
     routing = inspect_model(model)
     calibration = load_calibration(cfg.calibration, model, name, routing) if cfg.calibration else None

@@ -41,8 +41,10 @@ def challengers(rs) -> list[str]:
 
 
 def _verdicts(steps: dict, inputs) -> dict:
-    """``derived["matched"]``: primary comparison and Holm-corrected grid, paired over evaluation documents."""
-    return {"matched": derive.matched_verdicts(steps["matched"], steps["frontier"], documents=inputs.eval_documents)}
+    """``derived["matched"]``: primary comparison and Holm-corrected grid, paired over evaluation documents,
+    each also against the baseline mixed to the rule's evaluation k (the α sweep's runs mix BH)."""
+    return {"matched": derive.matched_verdicts(steps["matched"], steps["frontier"], documents=inputs.eval_documents,
+                                               pool=steps.get("alpha", []))}
 
 
 # "bh_default" (where registered) resolves bh_pvalues="auto" before this step reads it
