@@ -208,10 +208,11 @@ def section(res: dict, command: str) -> str:
     ]
     for batch in sorted({r["batch"] for r in res["rows"]}):
         bh, top8 = rows[(batch, "BH 0.05 compiled")], rows[(batch, "top-8 patched compiled")]
+        ideal = "" if bh["ideal"] is None else f", ideal {bh['ideal']:.2f}x from the bytes read"
         share = "" if bh["share_of_ideal"] is None else f", {100 * bh['share_of_ideal']:.0f} % of the ideal gain"
         lines.append(
             f"- batch {batch}: BH(0.05) compiled decodes at **{bh['speedup_vs_compiled_top8']:.3f}x** compiled top-8 "
-            f"(k = {bh['mean_k']:.2f}, ideal {bh['ideal']:.2f}x from the bytes read{share}); the patch at equal k "
+            f"(k = {bh['mean_k']:.2f}{ideal}{share}); the patch at equal k "
             f"compiled costs {100 * (1 / top8['speedup_vs_compiled_top8'] - 1):+.1f} %."
         )
     return "\n".join(lines) + "\n\n" + table(res)
