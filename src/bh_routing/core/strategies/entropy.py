@@ -62,7 +62,7 @@ class Entropy(Strategy):
     knob = "scale"
     grid = (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
     label = "Router entropy ladder"
-    color = "#9467bd"
+    color = "#e6ab02"
     references = {"adaptive-k-olmoe": {"scale": 1.0, "preset": "adaptive-k-olmoe"}}  # the published preset
 
     def __init__(self, scale: float = 1.0, *, preset: str = "widened", weight_rule: str = "model") -> None:
