@@ -59,7 +59,8 @@ def test_matched_runs_targets_and_primary(tiny):
     res = matched_runs(model, seqs, ev, make_bh=lambda m, a: BH(a, pvalues=m), methods=["empirical"],
                        report_method="empirical", alpha=0.05, baselines=baselines, top_k=4, min_k=1, max_k=4,
                        label=lambda m, a: f"BH-{m}({a:.3g})")
-    assert [t["baseline"] for t in res["targets"]] == ["TopK(k=2)", "TopK(k=3)", "TopP(p=0.5)"]  # k in [1.5, 3.5]
+    assert patch_pass(model, seqs, TopP(0.99, max_k=4))[0] > 3.5 > patch_pass(model, seqs, TopP(0.5, max_k=4))[0] > 1.5
+    assert [t["baseline"] for t in res["targets"]] == ["TopK(k=2)", "TopK(k=3)", "TopP(p=0.5)"]  # calibration k in [1.5, 3.5]
     assert sum(t["primary"] for t in res["targets"]) == 1 and res["primary_k"] in (2, 3)
     for t in res["targets"]:
         if t["matched"]:
