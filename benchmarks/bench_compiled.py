@@ -79,7 +79,7 @@ class FixedShaper:
 class Decoder:
     """One model variant: a static cache filled with the prompt, and a step at a fixed position."""
 
-    def __init__(self, model, batch: int, *, compiled: bool, mode: str | None, device) -> None:
+    def __init__(self, model, batch: int, *, compiled: bool, mode: str | None, device, backend: str = "inductor") -> None:
         from transformers import StaticCache
 
         g = torch.Generator().manual_seed(batch)
@@ -89,7 +89,7 @@ class Decoder:
         self.cache = StaticCache(config=model.config, max_cache_len=PROMPT + 1)
         with torch.no_grad():
             model(prompt, past_key_values=self.cache, use_cache=True)
-        self.fn = torch.compile(model, fullgraph=True, dynamic=False, mode=mode) if compiled else model
+        self.fn = torch.compile(model, fullgraph=True, dynamic=False, mode=mode, backend=backend) if compiled else model
 
     def step(self):
         for layer in self.cache.layers:  # back to the prompt: every step writes the same slot
@@ -104,7 +104,7 @@ class Decoder:
 
 
 def run(*, device: str = "cpu", layers: int = 2, batches=(1, 16), repeats: int = 7, mode: str | None = None,
-        tiny: bool = False, log=print) -> dict:
+        tiny: bool = False, backend: str = "inductor", log=print) -> dict:
     from bench_generation import build_model, olmoe_config, step_bytes, weight_bytes
 
     from bh_routing import BH, TopK
@@ -126,7 +126,7 @@ def run(*, device: str = "cpu", layers: int = 2, batches=(1, 16), repeats: int =
                     recorders[name] = stack.enter_context(patched(m, strategy))
                 for compiled in (False, True):
                     start = time.perf_counter()
-                    decoders[(name, compiled)] = d = Decoder(m, batch, compiled=compiled, mode=mode, device=device)
+                    decoders[(name, compiled)] = d = Decoder(m, batch, compiled=compiled, mode=mode, device=device, backend=backend)
                     d.step()  # compiles (and warms up)
                     log(f"batch {batch} {name} {'compiled' if compiled else 'eager'} ready in {time.perf_counter() - start:.0f} s")
             distinct = _distinct(decoders, model, batch, layers)
@@ -154,7 +154,8 @@ def run(*, device: str = "cpu", layers: int = 2, batches=(1, 16), repeats: int =
             }
             rows.append(row)
             log(f"batch {batch} {label}: {row['step_ms']:.2f} ms/step, x{speedup:.3f} vs compiled top-8, k {row['mean_k']:.2f}")
-    return {"device": device, "layers": layers, "mode": mode, "repeats": repeats, "steps": STEPS, "tiny": tiny, "rows": rows}
+    return {"device": device, "layers": layers, "mode": mode, "backend": backend, "repeats": repeats, "steps": STEPS,
+            "tiny": tiny, "rows": rows}
 
 
 def _copy(model):
@@ -226,6 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--mode", default=None, help="torch.compile mode (reduce-overhead: CUDA graphs on a GPU)")
     ap.add_argument("--tiny", action="store_true", help="tiny hidden sizes (a dry run)")
+    ap.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: capture only, for a dry run)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--render", type=Path, metavar="JSON", help="only render a saved run (with --splice)")
@@ -262,7 +264,8 @@ def main(argv=None) -> int:
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
-    res = run(device=args.device, layers=args.layers, batches=batches, repeats=args.repeats, mode=args.mode, tiny=args.tiny)
+    res = run(device=args.device, layers=args.layers, batches=batches, repeats=args.repeats, mode=args.mode, tiny=args.tiny,
+              backend=args.backend)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     print()

@@ -56,7 +56,7 @@ rc=${PIPESTATUS[0]}
 # 3-6. the captured path (issue 28): each writes LOGDIR/<name>.{log,json,md}; a failure is logged and counted, the rest go on
 if (( dry )); then
     dev=(--device cpu)
-    compiled_args=(--tiny --layers 1 --batches 1 --repeats 1)
+    compiled_args=(--tiny --layers 1 --batches 1 --repeats 1 --backend aot_eager)
     overhead_args=(--compiler aot_eager --only "BH(0.05) empirical")
     fused_args=(--points 1x64 --repeats 2)
     vllm_args=(--dtype float32 --decode-prompts 1 --decode-new 4 --repeats 1 --engines "BH(α=0.05) compiled")

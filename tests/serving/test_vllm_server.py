@@ -61,7 +61,7 @@ def test_server_starts_compiled_and_answers_a_completion_over_http(tmp_path):
     with open(log, "w") as out:
         server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 600
+        deadline = time.time() + 1200  # vLLM compiles at start: minutes on a loaded 2-core machine
         while True:
             assert server.poll() is None, log.read_text()[-4000:]
             try:
@@ -69,7 +69,7 @@ def test_server_starts_compiled_and_answers_a_completion_over_http(tmp_path):
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
-            assert time.time() < deadline, "the server did not start in 10 minutes:\n" + log.read_text()[-4000:]
+            assert time.time() < deadline, "the server did not start in 20 minutes:\n" + log.read_text()[-4000:]
             time.sleep(2)
         body = json.dumps(
             {"model": str(EMBEDDED_MODEL_DIR), "prompt": "def fibonacci(n):", "max_tokens": 8, "temperature": 0.0}
