@@ -125,6 +125,25 @@ def batch_for(config, seq_len: int) -> tuple[int, int]:
     return max(1, ws(2) - ws(1)), ws(1)
 
 
+def read_config(model: str | None):
+    """A model's configuration only (no weights): a folder, a config.json file, a hub id, or None (the embedded model)."""
+    from transformers import AutoConfig
+
+    if model is None:
+        from .loading import _embedded_dir
+
+        model = str(_embedded_dir())
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return AutoConfig.for_model(**data)
+        return AutoConfig.from_pretrained(str(path) if path.is_dir() else model)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"cannot read the configuration of {model!r}: {first}") from None
+
+
 def gpu_spec(gpu: str | None, memory: str | None, capability: str | None):
     """(name, capability, total bytes) from ``--gpu`` or ``--gpu-memory``/``--compute-capability``."""
     if gpu is not None:
