@@ -127,7 +127,10 @@ def _shard(text: Optional[str]) -> Optional[list[int]]:
 Model = typer.Option(None, "--model", "-m", help="hub id or local folder (default: the embedded model)")
 Device = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
 Dtype = typer.Option(None, help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
-Config = typer.Option(None, "--config", "-c", help="YAML or TOML file of settings (flags override it)")
+Config = typer.Option(None, "--config", "-c", help="YAML or TOML file of settings, or a profile: colab-t4 "
+                      "(flags override it)")
+ExpertsBackend = typer.Option(None, "--experts-backend", help="auto, eager, grouped_mm or batched_mm (default auto: "
+                              "grouped_mm where it runs natively, eager on GPUs below compute capability 8.0)")
 Out = typer.Option(Path("runs/default"), "--out", "-o", help="output folder")
 Seed = typer.Option(None, help="random seed (default 42)")
 Quick = typer.Option(None, "--quick/--full", metavar="", help="smoke run: at most 6 evaluation and 16 calibration sequences of at most "
@@ -151,6 +154,7 @@ Force = typer.Option(False, "--force", metavar="", help="replace another model's
 
 def _options(
     model: Optional[str] = Model, device: Optional[str] = Device, dtype: Optional[str] = Dtype,
+    experts_backend: Optional[str] = ExpertsBackend,
     config: Optional[Path] = Config, out: Path = Out, seed: Optional[int] = Seed, quick: Optional[bool] = Quick,
     alphas: Optional[str] = Alphas, alpha: Optional[float] = Alpha, temperatures: Optional[str] = Temps,
     strategies: Optional[str] = Strategies, pvalues: Optional[str] = Pvalues, bh_pvalues: Optional[str] = BhPvalues,
@@ -308,6 +312,35 @@ def _print_held_out(cert: dict, held: dict) -> None:
     for fam, h in held["families"].items():
         typer.echo(f"{fam}: {h['label']}, held-out {cert['risk']} risk {h['risk_mean']:.4f} "
                    f"({'meets' if h['meets_epsilon'] else 'MISSES'} ε = {cert['epsilon']:g}), {h['mean_k']:.3f} experts/token")
+
+
+@app.command("plan")
+def plan_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model folder, hub id or config.json (default: "
+                                        "the embedded model); only the configuration is read"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="t4, l4, a100 or h100"),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="the GPU's memory, e.g. 15GiB (with --compute-capability)"),
+    compute_capability: Optional[str] = typer.Option(None, "--compute-capability", help="e.g. 7.5"),
+    dtype: Optional[str] = Dtype, experts_backend: Optional[str] = ExpertsBackend,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="sequences per forward pass (default: from the memory)"),
+    quick: bool = typer.Option(False, "--quick/--full", metavar="", help="plan a --quick run (128-token sequences)"),
+    seq_len: Optional[int] = SeqLen,
+    memory_fraction: Optional[float] = typer.Option(None, "--memory-fraction", help="the share of the GPU the process may "
+                                                    "use (torch.cuda.set_per_process_memory_fraction)"),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="print the plan as one JSON object"),
+) -> None:
+    """The memory plan of a run on a GPU, without one: dtype, experts backend, batch, predicted peak, fits or not."""
+    import json
+
+    from .models.memory import format_plan, gpu_spec, plan, read_config
+
+    if memory_fraction is not None and not 0 < memory_fraction <= 1:
+        _fail(f"memory fraction must be in (0, 1], got {memory_fraction!r}")
+    config = _guard(read_config, model)
+    name, capability, total = _guard(gpu_spec, gpu, gpu_memory, compute_capability)
+    p = _guard(plan, config, name=name, capability=capability, total_bytes=total, dtype=dtype, experts_backend=experts_backend,
+               batch_size=batch_size, quick=quick, seq_len=seq_len, memory_fraction=memory_fraction)
+    typer.echo(json.dumps(p) if as_json else format_plan(p))
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def test_committed_notebook_has_no_outputs():
 def test_settings_come_first_and_no_algorithm_lives_in_the_notebook():
     cells = _code_cells(nbformat.read(NOTEBOOK, as_version=4))
     first = cells[0].source
-    for name in ("REPO_URL", "MODEL", "QUICK", "OUT", "SEED"):
+    for name in ("PACKAGE", "MODEL", "QUICK", "PROFILE", "DTYPE", "OUT", "SEED"):
         assert f"\n{name} = " in f"\n{first}", f"the settings cell does not define {name}"
     text = "\n".join(c.source for c in cells)
     for forbidden in ("def benjamini", "torch.sort(", "argsort(", "def _bh", "def route("):

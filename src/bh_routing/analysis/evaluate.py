@@ -85,12 +85,66 @@ def _hist_stats(hist: torch.Tensor) -> tuple[float, float]:
     return mean, var**0.5
 
 
+#: float32 logits of one chunk of the loss at most this large (64 MiB: 333 tokens of a 50,304-word vocabulary)
+LOSS_CHUNK_BYTES = 64 * 2**20
+# config attributes that make the logits more than lm_head(final hidden states): the full path then
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_softcapping", "logits_scaling", "logit_scale")
+
+
+def _plain_head(model):
+    """(decoder, lm_head) where the logits are ``lm_head(decoder(...).last_hidden_state)``, else None."""
+    config = model.config
+    if any(getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_TRANSFORMS):
+        return None
+    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    head = get_head() if callable(get_head) else None
+    return None if decoder is None or decoder is model or not isinstance(head, torch.nn.Linear) else (decoder, head)
+
+
+def _chunked_nll(decoder, head: torch.nn.Linear, input_ids: torch.Tensor, chunk_tokens: int | None) -> torch.Tensor:
+    """(B, S-1) float32 NLL from the final hidden states, the vocabulary projected a chunk of tokens at a time."""
+    hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]  # (B, S-1, H)
+    b, s1, h = hidden.shape
+    flat, target = hidden.reshape(b * s1, h), input_ids[:, 1:].reshape(b * s1)
+    n = chunk_tokens or max(1, LOSS_CHUNK_BYTES // (4 * head.out_features))
+    nll = torch.empty(b * s1, dtype=torch.float32, device=hidden.device)  # (B*(S-1),)
+    for i in range(0, b * s1, n):
+        logits = head(flat[i : i + n]).float()  # (n, V)
+        nll[i : i + n] = F.cross_entropy(logits, target[i : i + n], reduction="none")
+        del logits
+    return nll.view(b, s1)
+
+
 @torch.no_grad()
-def sequence_nll(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL per sequence (B,) float64, and the predicted tokens per sequence."""
-    logits = model(input_ids=input_ids).logits  # (B, S, V)
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none")  # (B, S-1)
-    return nll.sum(dim=1).double(), input_ids.shape[1] - 1
+def sequence_nll(model, input_ids: torch.Tensor, *, chunk_tokens: int | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL per sequence (B,) float64, and the predicted tokens per sequence.
+
+    Never holds full (B, S, V) logits: the final hidden states are projected onto the vocabulary
+    ``chunk_tokens`` tokens at a time (default: float32 logits of at most LOSS_CHUNK_BYTES), equal to
+    the full loss up to float32 rounding (tests/analysis/test_evaluate_memory.py). Sequences run at
+    most ``models.memory.batch_cap(model)`` at a time. inf/NaN in the loss (float16 overflow) raise
+    ``NonFiniteError`` rather than being reported.
+    """
+    from ..models.device import NonFiniteError, non_finite_message
+    from ..models.memory import batch_cap
+
+    head = _plain_head(model)
+    cap = batch_cap(model) or input_ids.shape[0]
+    parts = []
+    for start in range(0, input_ids.shape[0], cap):
+        ids = input_ids[start : start + cap]
+        if head is None:  # logits transformed after the head: the full loss
+            logits = model(input_ids=ids, use_cache=False).logits  # (b, S, V)
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")  # (b, S-1)
+            del logits
+        else:
+            nll = _chunked_nll(*head, ids, chunk_tokens)
+        parts.append(nll.sum(dim=1).double())
+    total = torch.cat(parts)
+    if not bool(torch.isfinite(total).all()):
+        raise NonFiniteError(non_finite_message(next(model.parameters()).dtype, "the loss and hidden states"))
+    return total, input_ids.shape[1] - 1
 
 
 @torch.no_grad()

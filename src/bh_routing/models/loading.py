@@ -145,6 +145,9 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
+    experts_backend: str | None = None,
+    batch_size: int | None = None,
+    seq_len: int = 256,
 ):
     """Load a supported MoE causal LM and its tokenizer, ready for inference.
 
@@ -156,8 +159,15 @@ def load_model(
     device : str, optional
         ``"cpu"``, ``"cuda"`` (``device_map="auto"``) or ``"cuda:N"``; default CUDA if available.
     dtype : torch.dtype or str, optional
-        Default bfloat16 on CUDA, float32 on CPU.
+        Default: the device policy (:mod:`bh_routing.models.device`): bfloat16 on CUDA from compute
+        capability 8.0, float16 below, float32 on CPU.
     trust_remote_code : bool, default False
+    experts_backend : str, optional
+        transformers' experts implementation ("eager", "grouped_mm", ...); default ("auto"): the
+        device policy's on CUDA, transformers' own elsewhere.
+    batch_size : int, optional
+        On CUDA, the most sequences per forward pass (default: from the free memory, for
+        sequences of ``seq_len`` tokens); the policy is printed to stderr in one line.
 
     Returns
     -------
@@ -183,10 +193,23 @@ def load_model(
                 raise ModelLoadError(f"not a model folder (no config.json): {folder}")
             source = str(folder)
     device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = _resolve_dtype(dtype, device)
+    policy = None
+    if torch.device(device).type == "cuda":
+        from .device import cuda_facts, decide
+
+        gpu, capability, total = cuda_facts(device)
+        asked = None if dtype is None else str(_resolve_dtype(dtype, device)).replace("torch.", "")
+        policy = decide(capability, device=device, gpu=gpu, total_bytes=total, dtype=asked,
+                        experts_backend=experts_backend, batch_size=batch_size)
+        torch_dtype = getattr(torch, policy.dtype)
+        _expandable_segments()
+    else:
+        torch_dtype = _resolve_dtype(dtype, device)
     local = Path(source).is_dir()
     offline = _offline() or (not local and _hub_unreachable())  # unreachable: the local cache only
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline and not local}
+    backend = policy.experts_backend if policy is not None else (None if experts_backend in (None, "auto") else experts_backend)
+    load_kwargs = {} if backend is None else {"experts_implementation": backend}
 
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
@@ -215,9 +238,12 @@ def load_model(
                 f"not enough memory to load {source} in {str(torch_dtype).replace('torch.', '')} on {device}: "
                 f"needs about {_gib(need)}, {_gib(have)} available"
             )
-    device_map = "auto" if device == "cuda" else (None if device == "cpu" else {"": device})
+    # one GPU: every weight on it, streamed there shard by shard (no CPU copy of the checkpoint; no
+    # silent offload of layers to the CPU as "auto" would do on a card that is too small)
+    single = device == "cuda" and torch.cuda.device_count() == 1
+    device_map = {"": "cuda:0"} if single else "auto" if device == "cuda" else (None if device == "cpu" else {"": device})
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **kwargs, **load_kwargs)
     except (torch.OutOfMemoryError, MemoryError) as exc:
         raise ModelLoadError(f"not enough memory to load {source} on {device}: {str(exc).splitlines()[0]}") from None
     except RuntimeError as exc:
@@ -238,4 +264,18 @@ def load_model(
         raise ModelLoadError(f"cannot load the tokenizer of {source!r}: {str(exc).splitlines()[0]}") from None
     if len(tokenizer) < 2 or not tokenizer("The model", add_special_tokens=False)["input_ids"]:
         raise ModelLoadError(f"the tokenizer of {source!r} is empty: save the model's tokenizer with it")
+    if policy is not None:
+        from .device import apply_policy
+
+        apply_policy(model, tokenizer, policy, seq_len=seq_len)
     return model, tokenizer
+
+
+def _expandable_segments() -> None:
+    """PyTorch's expandable segments (little allocator slack), unless the user configured the allocator."""
+    if any(os.environ.get(v) for v in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
+        return
+    try:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (AttributeError, RuntimeError):  # an older torch, or a platform without them
+        pass

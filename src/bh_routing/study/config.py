@@ -63,7 +63,9 @@ def _each(name: str, values, check) -> None:
 class RunConfig:
     model: str | None = None  # hub id or local folder; None = the embedded model
     device: str | None = None  # "cpu", "cuda", ...; None = cuda if available
-    dtype: str | None = None  # "float32" | "bfloat16" | "float16"; None = bf16 on cuda, fp32 on cpu
+    dtype: str | None = None  # "float32" | "bfloat16" | "float16"; None = the device policy (models/device.py)
+    experts_backend: str | None = None  # transformers' experts implementation; None/"auto" = the device policy
+    batch_size: int | None = None  # on a GPU, the most sequences per forward pass; None = from the free memory
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the α sweep (BH's knob)
     alpha: float = 0.05  # BH level of the single-setting analyses
     temperatures: list[float] = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
@@ -156,6 +158,13 @@ class RunConfig:
         _core(check_choice, self.null, NULL_CHOICES, name="null")
         if self.dtype is not None:
             _core(check_choice, self.dtype, DTYPES, name="dtype")
+        if self.experts_backend is not None:
+            from ..models.device import EXPERTS_BACKENDS
+
+            _core(check_choice, self.experts_backend, EXPERTS_BACKENDS, name="experts_backend")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ConfigError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         if self.device is not None:
             from ..models import check_device
 
@@ -257,6 +266,10 @@ def load_config_file(path: str | Path) -> dict:
     YAML (.yaml/.yml) or TOML (.toml) files of settings, or a run's ``bh_routing_results.json``
     (its ``config``), so that a finished run can be repeated exactly.
     """
+    from .profiles import PROFILES
+
+    if str(path) in PROFILES:  # a named profile, e.g. "colab-t4"
+        return dict(PROFILES[str(path)])
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

@@ -191,7 +191,8 @@ def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool
     prompts = _prompts(cfg)
     texts = _texts(cfg) if text else None
     if model is None:
-        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, experts_backend=cfg.experts_backend,
+                                      batch_size=cfg.batch_size, seq_len=cfg.seq_len)
     elif tokenizer is None:
         raise ConfigError("a model passed in needs its tokenizer too")
     name = model_name(cfg, model)

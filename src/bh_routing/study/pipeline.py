@@ -8,6 +8,7 @@ summary, a figure or a command: CONTRIBUTING.md.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import random
@@ -18,6 +19,7 @@ import torch
 
 from . import steps as _steps  # noqa: F401  (imports every step module: fills the registry)
 from .inputs import Inputs
+from ..core import BHRoutingError
 from ..core.files import atomic_write_text
 from ..models.environment import environment
 from .results import STEPS_DIR
@@ -50,6 +52,55 @@ def _cached(path: Path):
         return None
 
 
+class StepOutOfMemory(BHRoutingError, RuntimeError):
+    """A step ran out of device memory at one sequence per forward pass."""
+
+
+def release_memory() -> None:
+    """Free what the last step left: Python garbage, then the CUDA caching allocator's unused blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def _memory_in_use(model) -> str:
+    device = next(model.parameters()).device
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"on {device}"
+    free, total = torch.cuda.mem_get_info(device)
+    return (f"{torch.cuda.memory_allocated(device) / 2**30:.2f} GiB allocated, {(total - free) / 2**30:.2f} of "
+            f"{total / 2**30:.2f} GiB in use on {device}")
+
+
+def compute_step(step, ctx: Context, *, log=None):
+    """``step.compute(ctx)``; on running out of device memory, again with half the batch (down to
+    one sequence per forward pass), then StepOutOfMemory in one line."""
+    from ..models.device import MAX_BATCH
+    from ..models.memory import batch_cap, set_batch_cap
+
+    model = ctx.inputs.model
+    while True:
+        set_seed(ctx.inputs.cfg.seed)
+        try:
+            return step.compute(ctx)
+        except torch.OutOfMemoryError:
+            cap = batch_cap(model) or MAX_BATCH
+            release_memory()
+            if cap <= 1:
+                raise StepOutOfMemory(
+                    f"out of memory in step {step.name} at batch 1 ({_memory_in_use(model)}); the finished steps are "
+                    "saved: run the same command again to resume, with a smaller --seq-len or on a larger GPU"
+                ) from None
+            set_batch_cap(model, cap // 2)
+            (log or _stderr)(f"out of memory in step {step.name} at batch {cap}: retrying it with batch {cap // 2}")
+
+
 def run_steps(inputs: Inputs, out: Path, names: tuple[str, ...]) -> dict:
     """Compute ``names`` and what they need (reusing finished steps of the same key); all finished steps."""
     todo = set(closure(names))
@@ -66,11 +117,11 @@ def run_steps(inputs: Inputs, out: Path, names: tuple[str, ...]) -> dict:
                 step.restore(ctx, cached["data"])
             ctx.results[step.name] = cached["data"]
         elif step.name in todo:
-            set_seed(inputs.cfg.seed)
-            data = step.compute(ctx)
+            data = compute_step(step, ctx)
             if data is not None:
                 ctx.results[step.name] = data
                 atomic_write_text(path, json.dumps({"key": key, "data": data}))
+            release_memory()  # caches released between steps
     return ctx.results
 
 
