@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up first (scripts/setup.sh, idempotent).
-.PHONY: setup setup-vllm run test
+.PHONY: setup setup-vllm run test docs docs-build
 OUT ?= runs/default
 
 setup:
@@ -14,3 +14,11 @@ run: setup
 
 test: setup
 	.venv/bin/python -m pytest -n 2 -q
+
+# the docs site (MkDocs + Material + mkdocstrings; its tools come with the test extra): served on
+# http://127.0.0.1:8000 with live reload; docs-build writes site/ with warnings as errors, as the tests do
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs serve
+
+docs-build: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict

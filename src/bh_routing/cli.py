@@ -133,7 +133,9 @@ ExpertsBackend = typer.Option(None, "--experts-backend", help="auto, eager, grou
                               "grouped_mm where it runs natively, eager on GPUs below compute capability 8.0)")
 Out = typer.Option(Path("runs/default"), "--out", "-o", help="output folder")
 Seed = typer.Option(None, help="random seed (default 42)")
-Quick = typer.Option(None, "--quick/--full", metavar="", help="smoke run: at most 6 evaluation and 16 calibration sequences of at most "
+# default None: --full unless --config sets quick; shown as the default a plain command gets (RunConfig.quick is False)
+Quick = typer.Option(None, "--quick/--full", metavar="", show_default="--full",
+                     help="smoke run: at most 6 evaluation and 16 calibration sequences of at most "
                      "128 tokens, every other sweep value, 8 generated tokens (the README lists every change)")
 Alphas = typer.Option(None, help="α sweep, comma-separated, e.g. 0.01,0.05,0.1")
 Alpha = typer.Option(None, help="BH level of the single-setting analyses (default 0.05)")
