@@ -50,5 +50,19 @@ echo "PYTEST-EXIT ${PIPESTATUS[0]}" >>"$log/pytest.log"
 "$py" benchmarks/run.py "${run_args[@]}" --keep-going --json "$log/gpu.json" --pytest-log "$log/pytest.log" 2>&1 \
     | tee "$log/benchmarks.log"
 rc=${PIPESTATUS[0]}
+
+# ---- 3. T4 emulation (issue #25) ------------------------------------------------------------------
+# float16, eager experts, the process capped at 14.5 GiB (set_per_process_memory_fraction): `bh-routing run
+# --config colab-t4` on the real-size model (random weights) to the end, each step timed, beside the memory
+# plan's prediction; GPU_CHECK_FULL_RUN=1 also times the full default run per step. Writes LOGDIR/t4.json.
+t4_args=(--out "$log/t4.json")
+(( dry )) && t4_args+=(--dry-run)
+[[ "${GPU_CHECK_FULL_RUN:-0}" == 1 ]] && t4_args+=(--full-run)
+"$py" benchmarks/bench_t4.py "${t4_args[@]}" 2>&1 | tee "$log/t4.log"
+t4_rc=${PIPESTATUS[0]}
+echo "gpu_check: T4 emulation exit code $t4_rc (see $log/t4.log)" | tee -a "$log/benchmarks.log"
+(( rc == 0 )) && rc=$t4_rc
+# ---- end of the T4 emulation ----------------------------------------------------------------------
+
 echo "gpu_check: done in $(( $(date +%s) - start )) s; benchmarks exit code $rc; logs in $log" | tee -a "$log/benchmarks.log"
 exit "$rc"
