@@ -87,6 +87,18 @@ step fused_routing "$py" benchmarks/bench_routing.py --fused "${dev[@]}" "${fuse
 # 6. vLLM: compiled engines (CUDA graphs on the GPU) routed by the plugin, BH vs top-8, and eager beside
 step vllm_compiled "$py" benchmarks/bench_vllm.py --compile "${vllm_args[@]}" --markdown "$log/vllm_compiled.md" \
     --json "$log/vllm_compiled.json"
+# ---- 7. T4 emulation (issue #25) ------------------------------------------------------------------
+# float16, eager experts, the process capped at 14.5 GiB (set_per_process_memory_fraction): `bh-routing run
+# --config colab-t4` on the real-size model (random weights) to the end, each step timed, beside the memory
+# plan's prediction; GPU_CHECK_FULL_RUN=1 also times the full default run per step. Writes LOGDIR/t4.json.
+t4_args=(--out "$log/t4.json")
+(( dry )) && t4_args+=(--dry-run)
+[[ "${GPU_CHECK_FULL_RUN:-0}" == 1 ]] && t4_args+=(--full-run)
+"$py" benchmarks/bench_t4.py "${t4_args[@]}" 2>&1 | tee "$log/t4.log"
+t4_rc=${PIPESTATUS[0]}
+echo "gpu_check: T4 emulation exit code $t4_rc (see $log/t4.log)" | tee -a "$log/benchmarks.log"
+(( rc == 0 )) && rc=$t4_rc
+# ---- end of the T4 emulation ----------------------------------------------------------------------
 (( rc == 0 && failed > 0 )) && rc=1
 echo "gpu_check: done in $(( $(date +%s) - start )) s; benchmarks exit code $rc ($failed of the steps 3-6 failed); logs in $log" \
     | tee -a "$log/benchmarks.log"

@@ -29,8 +29,9 @@ CONTEXT_BYTES = 731_447_296
 #: released between steps; the caching allocator frees its unused blocks before it reports out
 #: of memory, so the H100's 0.96 GiB reserved-minus-allocated is not all needed)
 SLACK_BYTES = GiB // 4
-#: ``torch.cuda.set_per_process_memory_fraction`` of the T4 emulation: the cap a T4 run must fit
-T4_CAP_GIB = 14.5
+#: memory of a card left to other processes and the driver: an estimate (a T4's 14.75 GiB -> 14.5 GiB,
+#: the cap of the GPU check's T4 emulation, torch.cuda.set_per_process_memory_fraction)
+HEADROOM_BYTES = GiB // 4
 
 
 # ------------------------------------------------------------------ the batch cap of a model
@@ -190,7 +191,7 @@ def plan(config, *, name: str, capability: tuple[int, int], total_bytes: int, dt
     want_batch, seq = _steps_batches(quick)
     seq = seq_len or seq
     layers = config.num_hidden_layers
-    cap_bytes = int(total_bytes * memory_fraction) if memory_fraction else total_bytes
+    cap_bytes = int(total_bytes * memory_fraction) if memory_fraction else total_bytes - HEADROOM_BYTES
     pol = decide(capability, device="cuda:0", gpu=name, total_bytes=total_bytes, dtype=dtype,
                  experts_backend=experts_backend)
     weights = weight_bytes(config, getattr(torch, pol.dtype))
@@ -201,8 +202,8 @@ def plan(config, *, name: str, capability: tuple[int, int], total_bytes: int, dt
 
     left = cap_bytes - weights - CONTEXT_BYTES - SLACK_BYTES
     per_seq, first = batch_for(config, seq)
-    pol = decide(capability, device="cuda:0", gpu=name, total_bytes=total_bytes, dtype=pol.dtype,
-                 experts_backend=pol.experts_backend, batch_size=batch_size,
+    pol = decide(capability, device="cuda:0", gpu=name, total_bytes=total_bytes, dtype=dtype,
+                 experts_backend=experts_backend, batch_size=batch_size,
                  available_bytes=left - first + per_seq, per_sequence_bytes=per_seq)
     batch = min(pol.batch_size or want_batch, want_batch)
     work = ws(batch)
@@ -230,5 +231,6 @@ def format_plan(p: dict) -> str:
     rows += [f"{b['item']:<16} {b['gib']:7.2f}  {b['how']}" for b in p["budget"]]
     rows.append(f"{'predicted peak':<16} {p['predicted_peak_gib']:7.2f}  (live tensors {p['predicted_allocated_gib']:.2f})")
     verdict = "fits" if p["fits"] else "does NOT fit"
-    rows.append(f"{verdict} in {p['limit_gib']:.2f} GiB of {p['gpu']} (compute capability {p['compute_capability']})")
+    rows.append(f"{verdict} in {p['limit_gib']:.2f} GiB of {p['gpu']}'s {p['total_gib']:.2f} GiB "
+                f"(compute capability {p['compute_capability']})")
     return "\n".join(rows)
