@@ -95,7 +95,7 @@ def fdr_oracle_summary(step: dict) -> str:
 
 def tau_sentence(t: dict, tau: float) -> str:
     """Which τ the calibration windows would have chosen by the same criterion, beside the fixed τ."""
-    cells = ", ".join(f"τ = {fmt(r['tau'])}: mean k {fmt(r['mean_k'])}, perplexity × {fmt(r['ppl_ratio'], 4)}"
+    cells = ", ".join(f"τ = {fmt(r['tau'])}: mean k {fmt(r['mean_k'])}, perplexity × {r['ppl_ratio']:.4f}"
                       for r in t["rows"])
     chosen = "no τ of the grid" if t["chosen"] is None else f"τ = {fmt(t['chosen'])}"
     same = "the same τ" if t["chosen"] == tau else f"not the fixed τ = {fmt(tau)}, whose results are shown"

@@ -124,5 +124,6 @@ def apply_certificate(path: str | Path, config: RunConfig, out: str | Path) -> t
     from ..analysis.certify import held_out_check, load_certificate
 
     cert = load_certificate(path)
-    inputs = prepare(config.validate().effective(), Path(out))
+    requested = config.validate()
+    inputs = prepare(requested.effective(), Path(out), requested=requested)
     return cert, held_out_check(inputs.model, inputs.eval_seqs[:, : cert["seq_len"]], cert)
