@@ -10,8 +10,8 @@ from bh_routing.study.registry import STEPS, Step, closure, register_step
 
 
 def test_seed_steps_and_groups():
-    assert list(STEPS)[:8] == ["calibration", "bh_default", "baseline", "alpha", "temperature", "frontier", "token_level",
-                              "comparative"]
+    assert list(STEPS)[:9] == ["calibration", "bh_default", "knobs", "baseline", "alpha", "temperature", "frontier",
+                              "token_level", "comparative"]
     assert STEP_GROUPS["sweep"] == ("calibration", "alpha", "temperature")
     assert STEP_GROUPS["lm-eval"] == ("downstream",)
     assert closure(("comparative",)) == ("calibration", "bh_default", "comparative")
