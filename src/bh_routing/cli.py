@@ -124,9 +124,11 @@ def _shard(text: Optional[str]) -> Optional[list[int]]:
 
 
 # ------------------------------------------------------------------------ shared options
+_N_PROMPTS = 10  # len(bh_routing.analysis.data.DEFAULT_PROMPTS), pinned by tests/cli/test_documented_defaults.py
 Model = typer.Option(None, "--model", "-m", help="hub id or local folder (default: the embedded model)")
 Device = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
-Dtype = typer.Option(None, help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+Dtype = typer.Option(None, help="float32, bfloat16 or float16 (default: the device policy: bfloat16 on GPUs from compute "
+                     "capability 8.0, float16 below, float32 on the CPU)")
 Config = typer.Option(None, "--config", "-c", help="YAML or TOML file of settings, or a profile: colab-t4 "
                       "(flags override it)")
 ExpertsBackend = typer.Option(None, "--experts-backend", help="auto, eager, grouped_mm or batched_mm (default auto: "
@@ -145,7 +147,7 @@ Strategies = typer.Option(None, help="families compared, comma-separated: topk,t
 Pvalues = typer.Option(None, help="BH variants swept: a p-value method (empirical, calibrated, standardized), "
                        "+ -router (the router's experts), + -wide (max_k 2 x top-k)")
 BhPvalues = typer.Option(None, "--bh-pvalues", help="BH variant of the single-setting analyses; auto: measured on calibration windows")
-Prompts = typer.Option(None, "--prompts", help="prompts file, one prompt per line")
+Prompts = typer.Option(None, "--prompts", help=f"prompts file, one prompt per line (default: the {_N_PROMPTS} built-in prompts)")
 EvalText = typer.Option(None, "--eval-text", help="UTF-8 text file, or hf:NAME[:CONFIG]:SPLIT when online (default: embedded held-out text)")
 Calib = typer.Option(None, "--calibration", help="a saved calibration.safetensors for this model")
 EvalSeqs = typer.Option(None, "--eval-sequences", help="evaluation sequences (default 64)")
