@@ -257,6 +257,7 @@ def run_fused(log, *, device: str = "cpu", points=FUSED_POINTS, repeats: int = 1
             def eager(s=strategy, z=logits):
                 return s._route(z, layer=0, model_top_k=k)
 
+            torch._dynamo.reset()  # every row's closure shares one code object: a fresh cache, no recompile limit
             fused = torch.compile(eager, fullgraph=True, dynamic=False)
             with torch.inference_mode():
                 a, b = eager(), fused()

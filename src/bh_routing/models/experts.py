@@ -17,7 +17,8 @@ forward and takes one of three paths:
   the tail rows are masked once and each token's W rows summed in float32. Fixed shapes, no
   host read: capturable by ``torch.compile(fullgraph=True)`` and CUDA graphs. The computed
   pairs (the last offset) are added to the Recorder on the device.
-* ``eager`` and ``batched_mm``, which cannot skip a row: outside a compiled graph the n real
+* ``eager`` and ``batched_mm``, which cannot skip a row, and any module under an accelerate hook
+  (``device_map``, offloading: the hook must run around the module's own forward): outside a compiled graph the n real
   pairs are gathered (one host read of n, a data-dependent shape) and the backend is called once
   with n rows of width 1; inside a compiled graph (the capture-safe fallback) the sentinels are
   replaced by the token's first expert at weight 0 and the backend computes all T x W slots.
@@ -145,7 +146,9 @@ def experts_forward(
                 recorder.add_pairs(layer, computed=num_tokens * width, dense=dense)
             return original(hidden_states, top_k_index, top_k_weights, *args, **kwargs)
         backend = getattr(getattr(module, "config", None), "_experts_implementation", None)
-        if backend == "grouped_mm" and not args and not kwargs:
+        # an accelerate hook (device_map, offloading) loads or moves the weights around the module's
+        # own forward: such a module keeps it (the compaction below calls it)
+        if backend == "grouped_mm" and not args and not kwargs and getattr(module, "_hf_hook", None) is None:
             out, computed = grouped_pairs(module, hidden_states, top_k_index, top_k_weights, num_experts)
             recorder.add_pairs(layer, computed=computed, dense=dense)
             return out
