@@ -65,7 +65,7 @@ def render_cli() -> str:
         out += ["", f"## `{name}` {{#{name}}}", "", f"```text\n{cmd.get_usage(sub)}\n```", "", (cmd.help or "").strip(), ""]
         args = [p for p in cmd.params if p.param_type_name == "argument"]
         for a in args:
-            out.append(f"Argument `{a.human_readable_name}`: {_cell(getattr(a, 'help', '') or '')}")
+            out.append(f"Argument `{a.name.upper()}`: {_cell(getattr(a, 'help', None) or '')}")
         if args:
             out.append("")
         out += ["| option | meaning |", "|---|---|"]
