@@ -809,7 +809,8 @@ def scaling_gpu_section(r: dict) -> str:
                    "`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`" if any(x.get("fits_t4") for x in done) else
                    ". None fits a 16 GB T4 as measured here (the weights alone take "
                    f"{peak['model']['checkpoint_bytes'] / 2**30:.1f} GiB): the full run of OLMoE-1B-7B needs a GPU "
-                   "with at least 20 GiB (the threshold of the notebook's MODEL = \"auto\"; e.g. an L4 or A100 on Colab)")
+                   "with more memory, or the notebook's \"colab-t4\" profile, which `bh-routing plan` predicts to fit a "
+                   "T4 in float16 with the eager experts backend (a prediction: not yet run on a T4)")
                 + "; measured on the GPU above, not on a T4.\n"
             )
     return "\n".join(s)

@@ -85,7 +85,7 @@ _QUOTED = re.compile(r"`(\w+)`,? \(?default `([^`]+)`|`(\w+)` \(`([^`]+)`")
 # Known to disagree with RunConfig, in files whose rewrite is pending (README.md and
 # docs/preregistration.md are rewritten from the final run). Remove an entry when its file is fixed:
 # the test fails while an entry is stale, so the list cannot outlive the fix.
-KNOWN = {("docs/preregistration.md", "bh_pvalues", "calibrated")}
+KNOWN = {("docs/preregistration.md", "bh_pvalues", "calibrated")}  # edition 1, kept as written (its deviations say so)
 
 
 def test_defaults_quoted_in_the_docs_are_runconfigs():
@@ -103,24 +103,21 @@ def test_defaults_quoted_in_the_docs_are_runconfigs():
             seen += 1
             if value != shown:
                 wrong.add((str(path.relative_to(ROOT)), field, value))
-    assert seen >= 5
+    assert seen >= 1  # the test reads something (edition 1 of the pre-registration quotes one)
     assert wrong == KNOWN, f"defaults quoted against RunConfig: wrong now {sorted(wrong - KNOWN)}, fixed {sorted(KNOWN - wrong)}"
 
 
-def test_the_notebook_and_the_docs_ask_for_the_same_gpu_memory():
-    """The notebook's MODEL="auto" threshold is the GPU memory the docs and the GPU report name."""
+def test_the_notebook_and_its_readme_name_the_same_gpu_memory():
+    """The GPU memory under which the notebook takes the colab-t4 profile is the one its README names;
+    no page still says that MODEL="auto" needs a fixed amount of GPU memory (the memory plan decides)."""
     nb = json.loads((ROOT / "notebooks" / "OLMoE_BenjaminiHochberg_Routing.ipynb").read_text(encoding="utf-8"))
     code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    (threshold,) = set(re.findall(r"GPU_GIB >= (\d+)", code))
-    said = {
-        "docs/scaling.md": (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8"),
-        "benchmarks/report.py": (ROOT / "benchmarks" / "report.py").read_text(encoding="utf-8"),
-        "notebooks/README.md": (ROOT / "notebooks" / "README.md").read_text(encoding="utf-8"),
-    }
-    for name, text in said.items():
-        amounts = set(re.findall(r"at least (\d+) GiB", text))
-        assert amounts == {threshold}, (name, amounts, threshold)
-        assert not re.search(r"\b24 GB or more", text), name
+    (threshold,) = set(re.findall(r"GPU_GIB < (\d+)", code))
+    readme = (ROOT / "notebooks" / "README.md").read_text(encoding="utf-8")
+    assert f"on a GPU under {threshold} GiB" in readme
+    for path in [ROOT / "docs" / "scaling.md", ROOT / "benchmarks" / "report.py", ROOT / "notebooks" / "README.md",
+                 ROOT / "README.md"]:
+        assert not re.search(r"at least \d+ GiB", path.read_text(encoding="utf-8")), path.name
 
 
 # ------------------------------------------------------------------------------ numbers have a source
@@ -134,7 +131,7 @@ CHECKED = ["README.md", "docs/index.md", "docs/method.md", "docs/cli.md", "docs/
 NOT_MEASURED = {"3.10", "1.4826", "0.1.5"}
 #: README numbers retyped and rounded, with no file that holds them as written: the README rewrite
 #: takes them from the shipped run (entries may go; none may be added)
-PENDING = {("README.md", n) for n in ("0.0014", "0.16", "0.19", "1.4", "7.61", "7.79", "7.94", "7.97")}
+PENDING: set = set()  # numbers typed into README/docs that no shipped file holds: none may be added
 _FENCED = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)
 _NUMBER = re.compile(r"(?<![\w.])[-+−]?(\d+\.\d+)(?![\w.])|(?<![\w.])(\d+) (?:held-out |calibration |evaluation )?documents\b")
 
