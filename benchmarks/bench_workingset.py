@@ -4,7 +4,7 @@
 
 Builds the real config (benchmarks/olmoe-1b-7b-0924.config.json) with 1 and 2 of its 16 layers,
 random weights in bfloat16, and counts the peak of live tensor bytes
-(``bh_routing.models.memtrack.LiveBytes``) of each path of a run at a few (batch, sequence) sizes,
+(``bh_routing.analysis.memtrack.LiveBytes``) of each path of a run at a few (batch, sequence) sizes,
 then fits peak = fixed + per_token x tokens + per_layer_token x layers x tokens per path: the table
 ``bh-routing plan`` reads. ``--quick`` (the test suite): the tiny embedded config, one size.
 """
@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from bh_routing.models import memtrack  # noqa: E402
+from bh_routing.analysis import memtrack  # noqa: E402
 
 
 def main(argv=None) -> int:

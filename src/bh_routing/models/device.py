@@ -172,25 +172,3 @@ def check_finite(model, input_ids: torch.Tensor) -> None:
     if not bool(torch.isfinite(out.logits).all()):
         raise NonFiniteError(non_finite_message(out.logits.dtype, "the logits"))
 
-
-PROBE_TEXT = "The quick brown fox jumps over the lazy dog. def main():\n    return sorted(values)[0]\n" * 4
-
-
-def apply_policy(model, tokenizer, policy: DevicePolicy, *, seq_len: int = 256, log=None) -> DevicePolicy:
-    """After loading on CUDA: the batch cap from the free memory, the inf/NaN probe in float16, the line printed."""
-    import sys
-
-    from .memory import SLACK_BYTES, batch_for, set_batch_cap
-
-    if policy.batch_size is None:
-        free, _ = torch.cuda.mem_get_info(torch.device(policy.device))
-        per_seq, fixed = batch_for(model.config, seq_len)
-        policy = decide(policy.capability, device=policy.device, gpu=policy.gpu, total_bytes=policy.total_bytes,
-                        dtype=policy.dtype, experts_backend=policy.experts_backend,
-                        available_bytes=free - SLACK_BYTES - fixed, per_sequence_bytes=per_seq)
-    set_batch_cap(model, policy.batch_size)
-    model._bh_device_policy = policy
-    (log or (lambda line: print(line, file=sys.stderr, flush=True)))(policy.line())
-    if policy.dtype == "float16":
-        check_finite(model, tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"][:, :seq_len])
-    return policy

@@ -265,7 +265,7 @@ def load_model(
     if len(tokenizer) < 2 or not tokenizer("The model", add_special_tokens=False)["input_ids"]:
         raise ModelLoadError(f"the tokenizer of {source!r} is empty: save the model's tokenizer with it")
     if policy is not None:
-        from .device import apply_policy
+        from .memory import apply_policy
 
         apply_policy(model, tokenizer, policy, seq_len=seq_len)
     return model, tokenizer
