@@ -10,7 +10,8 @@
 
 The model is saved once (bench_peakmem.save_model: bfloat16 random weights and the embedded
 tokenizer, in /dev/shm where there is one); each run is a fresh process. ``--dry-run``: the CPU, a
-2-layer tiny config, --quick sizes, no memory cap: checks the script, measures nothing.
+2-layer tiny config, `bh-routing calibrate --quick` instead of `run`, no memory cap: checks the
+script, measures nothing.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def child(model_dir: str, out_dir: str, args: list[str], cap_gib: float | None) 
             times[step.name] = round(time.perf_counter() - start, 2)
 
     pipeline.compute_step = timed
-    sys.argv = ["bh-routing", "run", "--model", model_dir, "--out", out_dir, *args]
+    sys.argv = ["bh-routing", *args[:1], "--model", model_dir, "--out", out_dir, *args[1:]]
     start = time.perf_counter()
     try:
         cli.main()
@@ -86,7 +87,7 @@ def _run_child(model_dir: Path, out_dir: Path, args: list[str], cap: float | Non
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="the JSON written")
+    ap.add_argument("--out", type=Path, help="the JSON written (required)")
     ap.add_argument("--full-run", action="store_true", help="also time the full default run per step")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
         model_dir, out_dir, run_args, cap = args.child
         print(MARK + json.dumps(child(model_dir, out_dir, json.loads(run_args), json.loads(cap))), flush=True)
         return 0
+    if args.out is None:
+        ap.error("the following arguments are required: --out")
     import torch
 
     import bench_peakmem
@@ -113,8 +116,10 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             free, total = torch.cuda.mem_get_info()
             env["BH_T4_IN_USE"] = str(total - free)
-        t4 = ["--config", "colab-t4", "--dtype", "float16", "--experts-backend", "eager", "--device", device]
-        t4 += ["--quick", "--eval-sequences", "2"] if args.dry_run else []
+        # the dry run: `calibrate` (one step) at --quick sizes, to keep the test suite's time
+        command = ["calibrate", "--quick", "--eval-sequences", "2"] if args.dry_run else ["run"]
+        t4 = [command[0], "--config", "colab-t4", "--dtype", "float16", "--experts-backend", "eager", "--device", device,
+              *command[1:]]
         from bh_routing.models.device import GPUS
 
         t4_total = GPUS["t4"].total_bytes
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
         print(format_plan(predicted))
         rows = [dict(_run_child(folder / "model", folder / "t4", t4, None if args.dry_run else T4_CAP_GIB, env), name="t4-emulation")]
         if args.full_run:
-            full = ["--device", device] + (["--quick", "--eval-sequences", "2"] if args.dry_run else [])
+            full = [command[0], "--device", device, *command[1:]]
             rows.append(dict(_run_child(folder / "model", folder / "full", full, None, env), name="full-run"))
         for r in rows:
             peak = f", peak {r['peak_estimate'] / 2**30:.2f} GiB (allocated {r['max_allocated'] / 2**30:.2f})" if "peak_estimate" in r else ""

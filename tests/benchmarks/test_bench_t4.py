@@ -22,6 +22,6 @@ def test_dry_run_runs_the_colab_profile_and_the_full_run_timed_per_step(tmp_path
     assert doc["dry_run"] and [r["name"] for r in doc["rows"]] == ["t4-emulation", "full-run"]
     for row in doc["rows"]:
         assert row["exit_code"] == 0
-        assert {"calibration", "alpha", "matched"} <= set(row["step_s"])
+        assert set(row["step_s"]) == {"calibration"}  # the dry run: `calibrate`; on a GPU every step of `run`
     assert doc["plan"]["dtype"] == "float16" and doc["plan"]["experts_backend"] == "eager"
-    assert "--config" in doc["rows"][0]["args"] and "colab-t4" in doc["rows"][0]["args"]
+    assert doc["rows"][0]["args"][:3] == ["calibrate", "--config", "colab-t4"]

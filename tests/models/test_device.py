@@ -88,3 +88,23 @@ def test_inf_in_hidden_states_stops_with_a_clear_message(tiny_model_dir):
     with pytest.raises(NonFiniteError) as err:
         check_finite(model, ids)
     assert str(err.value).startswith("the hidden states after layer 1 hold inf/NaN in float32; the run stops")
+
+
+def test_after_loading_the_batch_comes_from_the_free_memory(tiny_model_dir, monkeypatch):
+    """apply_policy (load_model's last step on CUDA), with the GPU's free memory mocked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bh_routing.models.memory import apply_policy, batch_cap, batch_for
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    per_seq, first = batch_for(model.config, 64)
+    from bh_routing.models.memory import SLACK_BYTES
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (SLACK_BYTES + first + 2 * per_seq, 16 * GiB))
+    lines = []
+    t4 = decide((7, 5), gpu="Tesla T4", total_bytes=15102 * 2**20)
+    p = apply_policy(model, tok, t4, seq_len=64, log=lines.append)
+    assert p.batch_size == batch_cap(model) == 3
+    assert lines == [p.line()] and lines[0].startswith("device cuda:0 (Tesla T4, compute capability 7.5, 14.7 GiB): "
+                                                         "float16, experts eager, batch 3 (no bfloat16 below")

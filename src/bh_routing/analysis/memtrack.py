@@ -76,9 +76,9 @@ def build(config, layers: int, dtype: torch.dtype):
 @torch.no_grad()
 def measure_path(model, path: str, batch: int, seq: int) -> int:
     """Peak bytes of tensors alive at once during ``path`` at (batch, seq)."""
-    from .evaluate import sequence_nll
     from ..core import BH
-    from ..models.patching import patched
+    from ..models import patched
+    from .evaluate import sequence_nll
 
     ids = torch.randint(0, model.config.vocab_size, (batch, seq))
     with LiveBytes() as live:

@@ -172,5 +172,3 @@ def check_finite(model, input_ids: torch.Tensor) -> None:
     if not bool(torch.isfinite(out.logits).all()):
         raise NonFiniteError(non_finite_message(out.logits.dtype, "the logits"))
 
-
-PROBE_TEXT = "The quick brown fox jumps over the lazy dog. def main():\n    return sorted(values)[0]\n" * 4

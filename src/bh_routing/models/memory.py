@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .device import GPUS, MAX_BATCH, PROBE_TEXT, DevicePolicy, check_finite, decide
+from .device import GPUS, MAX_BATCH, DevicePolicy, check_finite, decide
 from .errors import ModelLoadError
 
 WORKING_SET_FILE = Path(__file__).with_name("working_set.json")
@@ -236,16 +236,21 @@ def format_plan(p: dict) -> str:
     return "\n".join(rows)
 
 
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. def main():\n    return sorted(values)[0]\n" * 4
+
+
 def apply_policy(model, tokenizer, policy: DevicePolicy, *, seq_len: int = 256, log=None) -> DevicePolicy:
     """After loading on CUDA: the batch cap from the free memory, the inf/NaN probe in float16, the line printed."""
     import sys
 
+    import dataclasses
+
     if policy.batch_size is None:
         free, _ = torch.cuda.mem_get_info(torch.device(policy.device))
-        per_seq, fixed = batch_for(model.config, seq_len)
-        policy = decide(policy.capability, device=policy.device, gpu=policy.gpu, total_bytes=policy.total_bytes,
-                        dtype=policy.dtype, experts_backend=policy.experts_backend,
-                        available_bytes=free - SLACK_BYTES - fixed, per_sequence_bytes=per_seq)
+        per_seq, first = batch_for(model.config, seq_len)
+        sized = decide(policy.capability, available_bytes=free - SLACK_BYTES - first + per_seq, per_sequence_bytes=per_seq)
+        policy = dataclasses.replace(policy, batch_size=sized.batch_size,
+                                     why=policy.why + tuple(w for w in sized.why if w.startswith("batch")))
     set_batch_cap(model, policy.batch_size)
     model._bh_device_policy = policy
     (log or (lambda line: print(line, file=sys.stderr, flush=True)))(policy.line())
