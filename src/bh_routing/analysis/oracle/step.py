@@ -25,27 +25,8 @@ _VS_ALPHA = {"lower": "below α", "higher": "above α: α does not bound it",
 _VS_BASELINE = {"lower": "cleaner than", "higher": "less clean than", "no significant difference": "no cleaner than"}
 
 
-def _verdict(row: dict) -> str:
-    """One plain sentence: is FDP <= alpha, and are BH's selections cleaner than the matched baselines'?"""
-    fdp, vs = row["fdp"], row["fdp_vs_alpha"]
-    head = f"{row['label']}: FDP {fdp['mean']:.3g} (95% CI {fdp['ci_low']:.3g} to {fdp['ci_high']:.3g}), "
-    if vs["decision"] == "too few documents":
-        return head + f"α = {row['alpha']:g}, mean k {row['mean_k']:.2f}: too few documents for a verdict."
-    parts = []
-    for fam, b in row["baselines"].items():
-        if b is None:
-            parts.append(f"{fam} cannot reach that mean k")
-            continue
-        d = b["fdp_diff"]
-        parts.append(f"{_VS_BASELINE[d['decision']]} {fam} (ΔFDP {d['mean_diff']:+.3g}, 95% CI {d['ci_low']:.3g} to "
-                     f"{d['ci_high']:.3g})")
-    return (head + f"{_VS_ALPHA[vs['decision']]} (α = {row['alpha']:g}); at its mean k {row['mean_k']:.2f} its "
-            "selections are " + "; ".join(parts) + ".")
-
-
-def _verdict_other(row: dict) -> str:
-    """The sentence of a family that is not BH: its FDP, and against the baselines at its mean k (no α to test)."""
-    fdp = row["fdp"]
+def _against_baselines(row: dict) -> str:
+    """How a setting's selections compare with each baseline mixed to its mean k, joined by "; "."""
     parts = []
     for fam, b in row["baselines"].items():
         if b is None:
@@ -57,8 +38,24 @@ def _verdict_other(row: dict) -> str:
             continue
         parts.append(f"{_VS_BASELINE[d['decision']]} {fam} (ΔFDP {d['mean_diff']:+.3g}, 95% CI {d['ci_low']:.3g} to "
                      f"{d['ci_high']:.3g})")
+    return "; ".join(parts)
+
+
+def _verdict(row: dict) -> str:
+    """One plain sentence: is FDP <= alpha, and are BH's selections cleaner than the matched baselines'?"""
+    fdp, vs = row["fdp"], row["fdp_vs_alpha"]
+    head = f"{row['label']}: FDP {fdp['mean']:.3g} (95% CI {fdp['ci_low']:.3g} to {fdp['ci_high']:.3g}), "
+    if vs["decision"] == "too few documents":
+        return head + f"α = {row['alpha']:g}, mean k {row['mean_k']:.2f}: too few documents for a verdict."
+    return (head + f"{_VS_ALPHA[vs['decision']]} (α = {row['alpha']:g}); at its mean k {row['mean_k']:.2f} its "
+            "selections are " + _against_baselines(row) + ".")
+
+
+def _verdict_other(row: dict) -> str:
+    """The sentence of a family that is not BH: its FDP, and against the baselines at its mean k (no α to test)."""
+    fdp = row["fdp"]
     return (f"{row['label']}: FDP {fdp['mean']:.3g} (95% CI {fdp['ci_low']:.3g} to {fdp['ci_high']:.3g}); at its mean k "
-            f"{row['mean_k']:.2f} its selections are " + "; ".join(parts) + ".")
+            f"{row['mean_k']:.2f} its selections are " + _against_baselines(row) + ".")
 
 
 def fdr_step(data: OracleData, strategies: list[tuple[str, float, BH]], *, documents: list[str] | None = None,
