@@ -28,6 +28,8 @@ Marker words:
   runs it as written; checked like ``long``, and the test file must exist and name this file.
 
 A marker word that is not one of these fails the file, so a typo cannot silently skip a block.
+An unmarked block that names a GPU (``--device cuda``), the hub (``allenai/``) or a server (``vllm serve``)
+fails at once with that advice, instead of after a download or a CUDA error.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHELLS = ("bash", "sh", "shell", "console")
 CHECK_ONLY = {"gpu", "hub", "vllm", "long", "colab", "fragment"}
 WORDS = CHECK_ONLY | {"quick"}
+_NEEDS = re.compile(r"--device[ =]cuda|device=\"cuda\"|\ballenai/|\bvllm serve\b|CUDA_VISIBLE_DEVICES")  # a GPU, the hub, a server
 _MARK = re.compile(r"<!-- example: ([^>]*?) -->[ \t]*\n[ \t]*$")
 
 
@@ -217,6 +220,10 @@ def run_block(block: Block, namespace: dict, folder: Path, env: dict[str, str]) 
     if block.checked_only:
         check_block(block)
         return
+    needs = _NEEDS.search(block.source) if block.language == "python" or block.language in SHELLS else None
+    if needs:  # fail at once, with the fix, rather than after a download or a CUDA error
+        raise AssertionError(f"{block.where}: the block names {needs.group(0)!r} and would run here; "
+                             f"mark it (<!-- example: gpu hub vllm ... -->) or change it")
     if block.language == "python":
         code = compile(textwrap.dedent(block.source), block.where, "exec")
         exec(code, namespace)

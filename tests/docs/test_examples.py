@@ -68,6 +68,12 @@ def test_a_marked_block_is_checked_not_run(tmp_path):
         run_document(command, tmp_path)
 
 
+def test_an_unmarked_gpu_or_hub_block_fails_at_once(tmp_path):
+    page = _page(tmp_path, "```bash\nbh-routing lm-eval --model allenai/OLMoE-1B-7B-0924 --device cuda\n```\n")
+    with pytest.raises(AssertionError, match="names 'allenai/' and would run here; mark it"):
+        run_document(page, tmp_path)
+
+
 def test_an_unknown_marker_fails(tmp_path):
     page = _page(tmp_path, "<!-- example: gpuu -->\n```python\nraise SystemExit\n```\n")
     with pytest.raises(ValueError, match="unknown example marker 'gpuu'"):
