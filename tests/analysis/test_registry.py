@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bh_routing import Study
-from bh_routing.study.pipeline import STEP_GROUPS
+from bh_routing.study.pipeline import STEP_GROUPS, step_seconds
 from bh_routing.study.registry import STEPS, Step, closure, register_step
 
 
@@ -37,6 +37,8 @@ def test_a_registered_step_runs_once_and_is_reused(small_config, tmp_path):
         assert res["steps"]["probe"] == {"top_k": 4, "seqs": [4, 32]} and calls == [4]
         cached = json.loads((tmp_path / "o" / ".steps" / "probe.json").read_text())
         assert cached["data"] == res["steps"]["probe"]
+        seconds = step_seconds(tmp_path / "o")
+        assert set(seconds) == {"probe"} and seconds["probe"] >= 0  # where the time went (computed steps only)
         assert "calibration" not in res["steps"]  # not needed, not computed
         Study(small_config, tmp_path / "o", steps=("probe",)).run()
         assert calls == [4]  # reused from .steps/

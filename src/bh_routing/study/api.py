@@ -6,6 +6,7 @@ RESULTS.md); the CLI and the notebook call this.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .config import RunConfig
@@ -53,7 +54,7 @@ class Study:
     def routing(self):
         """The studies' routing settings (:class:`~bh_routing.analysis.settings.RoutingSettings`), with the
         reported BH variant: the configured one, or the one the ``bh_default`` step chose."""
-        return self.config.routing(reported_variant(self.config, self.steps))
+        return replace(self.inputs.settings, variant=reported_variant(self.config, self.steps))
 
     def run(self, *steps: str) -> dict:
         """Compute the named steps (all when none are named), reusing finished ones; the results dict."""

@@ -31,6 +31,7 @@ class Inputs:
     calibration: Calibration | None  # the user's calibration file, loaded and matched to the model
     prompts: dict[str, str]
     split: data.EvalSplit | None  # evaluation and calibration windows; None when no requested step reads the text
+    settings: object = None  # analysis.settings.RoutingSettings of cfg (the configured variant), made once per run
 
     @property
     def eval_seqs(self) -> torch.Tensor | None:
@@ -205,4 +206,4 @@ def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool
     routing = inspect_model(model)
     calibration = load_calibration(cfg.calibration, model, name, routing) if cfg.calibration else None
     split = _split(tokenizer, texts, cfg) if text else None
-    return Inputs(cfg, model, tokenizer, name, routing, calibration, prompts, split)
+    return Inputs(cfg, model, tokenizer, name, routing, calibration, prompts, split, cfg.routing())

@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +118,26 @@ def run_steps(inputs: Inputs, out: Path, names: tuple[str, ...]) -> dict:
                 step.restore(ctx, cached["data"])
             ctx.results[step.name] = cached["data"]
         elif step.name in todo:
+            start = time.perf_counter()
             data = compute_step(step, ctx)
+            seconds = round(time.perf_counter() - start, 1)
+            _stderr(f"step {step.name}: {seconds:.1f} s")
             if data is not None:
                 ctx.results[step.name] = data
-                atomic_write_text(path, json.dumps({"key": key, "data": data}))
+                atomic_write_text(path, json.dumps({"key": key, "data": data, "seconds": seconds}))
             release_memory()  # caches released between steps
     return ctx.results
+
+
+def step_seconds(out: Path) -> dict[str, float]:
+    """Wall seconds each finished step of ``out`` took when it was computed (from its step file; a
+    step resumed from an older file has none): where a run's time went."""
+    found = {}
+    for name in STEPS:
+        cached = _cached(Path(out) / STEPS_DIR / f"{name}.json")
+        if cached is not None and "seconds" in cached:
+            found[name] = cached["seconds"]
+    return found
 
 
 def assemble(inputs: Inputs, steps: dict) -> dict:

@@ -9,7 +9,7 @@ steps only (no model). Both are registered at import time by the modules of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ class Context:
     @property
     def rs(self):
         """The routing settings of the studies (``analysis.settings.RoutingSettings``), with :attr:`variant`."""
-        return self.cfg.routing(self.variant)
+        return replace(self.inputs.settings, variant=self.variant)
 
 
 def reported_variant(cfg: RunConfig, steps: dict) -> str:
