@@ -62,6 +62,10 @@ def test_results_hold_config_versions_and_seed(finished):
     cfg, out, res = finished
     assert res["config"]["seed"] == 1 and res["config"]["model"] == cfg.model
     assert {"torch", "transformers", "bh_routing", "python"} <= set(res["environment"])
+    seconds = res["environment"]["step_seconds"]  # where the run's time went: every step it computed
+    assert set(seconds) == set(res["steps"]) and all(s >= 0 for s in seconds.values())
+    slowest = max(seconds, key=seconds.get)
+    assert f"{slowest} {fmt(seconds[slowest])} s" in (out / REPORT_MD).read_text()
     assert res["model"]["top_k"] == 4 and res["model"]["num_experts"] == 16
 
 

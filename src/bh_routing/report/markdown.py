@@ -36,7 +36,20 @@ def render(res: dict, figures: list[str]) -> str:
     out += ["## Reproduce", "", "The configuration of this run is under `config` in `bh_routing_results.json`; "
             "the same seed gives the same numbers:", "", "```bash",
             "bh-routing run --config bh_routing_results.json --out <another folder>", "```", ""]
+    out += run_time(env)
     return "\n".join(out)
+
+
+def run_time(env: dict) -> list[str]:
+    """Where the run's time went: each step's wall seconds when it was computed, largest first."""
+    seconds = env.get("step_seconds") or {}
+    if not seconds:
+        return []
+    total, threads = sum(seconds.values()), env.get("cpu_threads")
+    parts = ", ".join(f"{name} {fmt(s)} s" for name, s in sorted(seconds.items(), key=lambda x: -x[1]) if s >= 0.5)
+    return [f"**Run time.** {fmt(total)} s of wall time in the steps ({threads} torch thread{'' if threads == 1 else 's'} on "
+            f"{env.get('cuda') or 'the CPU'}; a shared machine's load adds to it): {parts}. A step resumed from an "
+            "earlier run counts the time it took then.", ""]
 
 
 def data_line(res: dict, *, short: bool = False) -> str:

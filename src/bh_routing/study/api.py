@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import RunConfig
 from .inputs import prepare
 from .results import RESULTS_JSON, RunError, export, out_lock, read_results
-from .pipeline import STEP_GROUPS, assemble, run_steps
+from .pipeline import STEP_GROUPS, assemble, run_steps, step_seconds
 from .registry import STEPS, closure, reported_variant
 from ..report import FIGURES
 
@@ -70,7 +70,7 @@ class Study:
     @property
     def results(self) -> dict:
         if self._results is None:
-            self._results = assemble(self.inputs, self.steps)
+            self._results = assemble(self.inputs, self.steps, seconds=step_seconds(self.out))
         return self._results
 
     def figure(self, name: str) -> Path:

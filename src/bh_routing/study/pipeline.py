@@ -140,8 +140,9 @@ def step_seconds(out: Path) -> dict[str, float]:
     return found
 
 
-def assemble(inputs: Inputs, steps: dict) -> dict:
-    """The results document: configuration, environment, model, raw steps and derived summaries."""
+def assemble(inputs: Inputs, steps: dict, *, seconds: dict[str, float] | None = None) -> dict:
+    """The results document: configuration, environment (with ``seconds``, the wall time of each step
+    when it was computed: :func:`step_seconds`), model, raw steps and derived summaries."""
     derived: dict = {}
     for summary in SUMMARIES.values():
         if all(n in steps for n in summary.needs):
@@ -151,7 +152,7 @@ def assemble(inputs: Inputs, steps: dict) -> dict:
         config.update(eval_sequences=0, calib_sequences=0)
     return {
         "config": config,
-        "environment": environment(),
+        "environment": {**environment(), "step_seconds": seconds or {}},
         "model": {**inputs.routing.to_dict(), "name": inputs.model_name},
         "eval_domains": inputs.eval_domains,
         **({} if inputs.split is None else {"evaluation": inputs.split.summary()}),
