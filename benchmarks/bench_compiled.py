@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from common import rounds, set_device, sync  # noqa: E402
+from common import rounds, set_device, sync, table  # noqa: E402
 
 PROMPT, STEPS = 16, 20
 
@@ -178,18 +178,13 @@ def _distinct(decoders, model, batch: int, layers: int) -> dict:
     return out
 
 
-def table(res: dict) -> str:
-    head = ("| batch | variant | mean k | ms / step | speed-up vs compiled top-8 | ideal (bytes) | share of ideal |\n"
-            "|---|---|---|---|---|---|---|\n")
-    lines = []
-    for r in res["rows"]:
-        ideal = "-" if r["ideal"] is None else f"{r['ideal']:.2f}x"
-        share = "-" if r["share_of_ideal"] is None else f"{100 * r['share_of_ideal']:.0f} %"
-        lines.append(
-            f"| {r['batch']} | {r['variant']} | {r['mean_k']:.2f} | {r['step_ms']:.2f} "
-            f"| **{r['speedup_vs_compiled_top8']:.3f}x** | {ideal} | {share} |"
-        )
-    return head + "\n".join(lines) + "\n"
+def results_table(res: dict) -> str:
+    rows = [
+        [r["batch"], r["variant"], f"{r['mean_k']:.2f}", f"{r['step_ms']:.2f}", f"**{r['speedup_vs_compiled_top8']:.3f}x**",
+         "-" if r["ideal"] is None else f"{r['ideal']:.2f}x", "-" if r["share_of_ideal"] is None else f"{100 * r['share_of_ideal']:.0f} %"]
+        for r in res["rows"]
+    ]
+    return table(["batch", "variant", "mean k", "ms / step", "speed-up vs compiled top-8", "ideal (bytes)", "share of ideal"], rows) + "\n"
 
 
 SECTION_START, SECTION_END = "<!-- compiled:start -->", "<!-- compiled:end -->"
@@ -216,7 +211,7 @@ def section(res: dict, command: str) -> str:
             f"(k = {bh['mean_k']:.2f}{ideal}{share}); the patch at equal k "
             f"compiled costs {100 * (1 / top8['speedup_vs_compiled_top8'] - 1):+.1f} %."
         )
-    return "\n".join(lines) + "\n\n" + table(res)
+    return "\n".join(lines) + "\n\n" + results_table(res)
 
 
 def main(argv=None) -> int:
@@ -269,7 +264,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     print()
-    print(table(res))
+    print(results_table(res))
     return 0
 
 

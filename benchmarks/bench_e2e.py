@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import prose, table
+
 
 def cli() -> list[str]:
     exe = Path(sys.executable).with_name("bh-routing")
@@ -53,3 +55,28 @@ def run(quick: bool, log) -> dict:
         log(f"e2e {row['command']}: {row['wall_s']:.1f} s, exit code {row['exit_code']}")
         rows.append(row)
     return {"rows": rows}
+
+
+def section(r: dict) -> str:
+    """Section 5, end to end, from the results of benchmarks/run.py (a run without e2e says so)."""
+    s = ["## 5. End to end\n"]
+    if "e2e" not in r:
+        s.append(
+            "Not measured in this run (`--skip-e2e`, `--quick` or `--only`). "
+            "`python benchmarks/run.py` times `bh-routing run --quick` and `bh-routing run` as subprocesses."
+        )
+        return "\n".join(s) + "\n"
+    s.append(prose("e2e") + "\n")
+    rows = [
+        [
+            f"`{x['command']}`",
+            f"{x['wall_s']:.1f}",
+            x["exit_code"],
+            f"{x['load_before'][0]:.2f} / {x['load_after'][0]:.2f}",
+            "<br>".join(x["output_tail"]).replace("|", "/"),
+        ]
+        for x in r["e2e"]["rows"]
+    ]
+    s.append(table(["command", "wall s", "exit code", "load average (1 min) before / after", "last lines of output"], rows))
+    s.append("\n" + prose("e2e-load"))
+    return "\n".join(s) + "\n"

@@ -27,6 +27,7 @@ from bh_routing.models import patched
 
 from bench_model import BATCH, available, load, token_windows
 from bench_moe import DEFAULT_ALPHA
+from common import docstring, failed, table
 
 
 def _maxrss_mb() -> float:
@@ -85,3 +86,30 @@ def run(quick: bool, log, *, threads: int) -> dict:
         )
         rows.append(row)
     return {"rows": rows, "sizes": list(sizes)}
+
+
+def section(r: dict) -> str:
+    """Section 4, recording memory, from the results of benchmarks/run.py."""
+    res = r["memory"]
+    if "error" in res:
+        return failed("memory", res)
+    s = ["## 4. Recording memory\n"]
+    if "rows" not in res:
+        s.append(f"Not measured: {res.get('skipped')}.")
+        return "\n".join(s) + "\n"
+    s += [docstring(__doc__), ""]
+    s.append("Command: `python benchmarks/run.py --only memory --markdown FILE`.\n")
+    rows = [
+        [
+            f"{x['tokens']:,}",
+            f"{x['tokens_recorded']:,}",
+            f"{x['mean_k']:.2f}",
+            f"{x['rss_growth_mb']:.1f}",
+            f"{x['peak_rss_mb']:.0f}",
+            f"{x['python_peak_mb']:.3f}",
+            f"{x['recorder_bytes']:,}",
+        ]
+        for x in res["rows"]
+    ]
+    s.append(table(["tokens routed", "tokens recorded (layer 0)", "mean k", "peak RSS growth MB", "peak RSS MB", "Python alloc peak MB", "Recorder state bytes"], rows))
+    return "\n".join(s) + "\n"

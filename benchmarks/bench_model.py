@@ -15,6 +15,7 @@ from bh_routing import BH
 from bh_routing.embedded import EMBEDDED_MODEL_DIR, default_eval_text
 
 from bench_moe import DEFAULT_ALPHA, forward_rounds
+from common import docstring, failed, table
 
 BATCH, SEQ_LEN = 8, 256
 
@@ -80,3 +81,37 @@ def run(quick: bool, log) -> dict:
             "analyze_overhead_embedded": head["analyze_overhead"],
         },
     }
+
+
+def section(r: dict) -> str:
+    """The embedded model's part of section 2, from the results of benchmarks/run.py."""
+    res = r["model"]
+    if "error" in res:
+        return failed("model", res)
+    s = ["### The whole embedded model\n"]
+    if "rows" not in res:
+        s.append(f"Not measured: {res.get('skipped', 'skipped')}.")
+        return "\n".join(s) + "\n"
+    s += [docstring(__doc__), ""]
+    s.append("Command: `python benchmarks/run.py --only model --markdown FILE`.\n")
+    rows = [
+        [
+            x["backend"],
+            x["alpha"],
+            f"{x['tokens']:,}",
+            f"{x['mean_k']:.2f}",
+            f"{x['compute_fraction']:.3f}",
+            f"{x['topk_s']:.3f}",
+            f"{x['patch_s']:.3f}",
+            f"**{x['patch_ratio']:.3f}**",
+            f"{x['mean_k'] / 8 + 0.10:.3f}",
+        ]
+        for x in res["rows"]
+    ]
+    s.append(
+        table(
+            ["backend", "alpha", "tokens", "BH mean k", "pairs computed / top-8", "top-8 s", "BH patch s", "time ratio", "k/8 + 0.10"],
+            rows,
+        )
+    )
+    return "\n".join(s) + "\n"

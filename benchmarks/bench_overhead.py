@@ -63,7 +63,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from common import rounds, set_device  # noqa: E402
+from common import docstring, failed, rounds, set_device, table  # noqa: E402
 
 PROMPT, DECODE_STEPS = 32, 8
 PREFILL_BATCH, PREFILL_LEN = 2, 1024
@@ -405,13 +405,11 @@ def _inductor_kernels() -> int | None:
 
 def compiled_table(res: dict) -> str:
     """The compiled results as a Markdown table."""
-    head = "| variant | fullgraph capture | graphs | kernels generated (one decode step) |\n|---|---|---|---|\n"
-    lines = [
-        f"| {r['variant']} | {'yes' if r['fullgraph'] else 'no: ' + str(r['error'])} | {r['graphs'] or '-'} "
-        f"| {'-' if r['kernels'] is None else r['kernels']} |"
+    rows = [
+        [r["variant"], "yes" if r["fullgraph"] else "no: " + str(r["error"]), r["graphs"] or "-", "-" if r["kernels"] is None else r["kernels"]]
         for r in res["rows"]
     ]
-    return head + "\n".join(lines) + "\n"
+    return table(["variant", "fullgraph capture", "graphs", "kernels generated (one decode step)"], rows) + "\n"
 
 
 def _line(r: dict) -> str:
@@ -423,25 +421,36 @@ def _line(r: dict) -> str:
     )
 
 
-def table(res: dict) -> str:
+def results_table(res: dict) -> str:
     """The results as a Markdown table."""
     clock = "thread CPU time" if res["device"] == "cpu" else "wall time"
     cuda = any(r["cuda_syncs"] is not None for r in res["rows"])
-    head = (
-        "| shape | variant | aten ops / forward | extra ops / layer | extra kernels / layer | syncs / forward "
-        f"| syncs / layer |{' CUDA-reported syncs / layer |' if cuda else ''} numpy calls | time / unpatched ({clock}) |\n"
-        f"|---|---|---|---|---|---|---|{'---|' if cuda else ''}---|---|\n"
-    )
-    lines = []
+    header = ["shape", "variant", "aten ops / forward", "extra ops / layer", "extra kernels / layer", "syncs / forward",
+              "syncs / layer", *(["CUDA-reported syncs / layer"] if cuda else []), "numpy calls", f"time / unpatched ({clock})"]
+    rows = []
     for r in res["rows"]:
-        ratio = "-" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}"
         syncs = ", ".join(f"{k} {v}" for k, v in sorted(r["sync_ops"].items())) or "none"
-        extra = f" {r['cuda_syncs_per_layer']:.2f} |" if cuda else ""
-        lines.append(
-            f"| {r['shape']} | {r['variant']} | {r['ops']} | {r['ops_per_layer']:+.1f} | {r['kernels_per_layer']:+.1f} "
-            f"| {r['syncs']} ({syncs}) | {r['syncs_per_layer']:.2f} |{extra} {r['numpy']} | {ratio} |"
+        rows.append(
+            [r["shape"], r["variant"], r["ops"], f"{r['ops_per_layer']:+.1f}", f"{r['kernels_per_layer']:+.1f}", f"{r['syncs']} ({syncs})",
+             f"{r['syncs_per_layer']:.2f}", *([f"{r['cuda_syncs_per_layer']:.2f}"] if cuda else []), r["numpy"],
+             "-" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}"]
         )
-    return head + "\n".join(lines) + "\n"
+    return table(header, rows) + "\n"
+
+
+def section(r: dict) -> str:
+    """The part of section 3 on torch ops and host syncs per MoE layer, from the results of benchmarks/run.py."""
+    res = r["overhead"]
+    if "error" in res:
+        return failed("overhead", res)
+    s = ["### Torch ops and host syncs per MoE layer\n", docstring(__doc__), ""]
+    s.append(
+        "Command: `python benchmarks/run.py --only overhead --markdown FILE`, or standalone "
+        f"`python benchmarks/bench_overhead.py{'' if res['device'] == 'cpu' else ' --device ' + res['device']}`. "
+        f"Backend {res['backend']}, {res['layers']} MoE layers, {res['repeats']} timed rounds.\n"
+    )
+    s.append(results_table(res))
+    return "\n".join(s) + "\n"
 
 
 def main(argv=None) -> int:
@@ -488,7 +497,7 @@ def main(argv=None) -> int:
         return 0 if all(r["fullgraph"] for r in res["rows"]) else 1
     res = run(device=args.device, backend=args.backend, timing=not args.no_timing, repeats=args.repeats, before=args.before)
     print()
-    print(table(res))
+    print(results_table(res))
     return 0
 
 

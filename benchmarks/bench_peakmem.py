@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from common import docstring, failed, table, yes
+
 T4_USABLE_GIB = 15.0
 DTYPES = ("bfloat16", "float16")
 # the float16 run again with PyTorch's expandable segments, which return the caching allocator's
@@ -145,3 +147,93 @@ def run(log, *, device: str, tiny: bool = False, threads: int | None = None, on_
         return {"device": device, "tiny": tiny, "model": saved, "rows": rows, "t4_usable_gib": T4_USABLE_GIB}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- section 7 of BENCHMARKS-gpu.md, and its paragraph of docs/scaling.md
+
+
+def section(r: dict) -> str:
+    """Section 7, peak GPU memory of `bh-routing run --quick`, from the results of benchmarks/run.py."""
+    res = r["peakmem"]
+    s = ["## 7. Peak GPU memory of `bh-routing run --quick` on the full 16-layer model\n"]
+    if "error" in res:
+        return "\n".join(s + [failed("peakmem", res)])
+    s += [docstring(__doc__), ""]
+    mdl = res["model"]
+    s.append(
+        f"Model: {mdl['layers']} layers, vocabulary {mdl['vocab']:,}, {mdl['parameters'] / 1e9:.2f} B parameters, "
+        f"checkpoint {mdl['checkpoint_bytes'] / 2**30:.2f} GiB (bfloat16), saved in {mdl['save_s']:.0f} s.\n"
+    )
+    gib = 2**30
+    rows = []
+    for x in res["rows"]:
+        if "error" in x:
+            rows.append([x["dtype"] + (f" ({x['alloc_conf']})" if x.get("alloc_conf") else ""), x.get("exit_code"), "-", "-", "-", "-", "-", "-", x["error"].replace("|", "/")])
+            continue
+        gpu_cells = (
+            [f"{x['max_allocated'] / gib:.2f}", f"{x['max_reserved'] / gib:.2f}", f"{x['context'] / gib:.2f}",
+             f"**{x['peak_estimate'] / gib:.2f}**", yes(x["fits_t4"])]
+            if "peak_estimate" in x
+            else ["-", "-", "-", "-", "n/a (no GPU)"]
+        )
+        dtype = x["dtype"] + (f" (`PYTORCH_CUDA_ALLOC_CONF={x['alloc_conf']}`)" if x.get("alloc_conf") else "")
+        rows.append([dtype, x["exit_code"], f"{x['wall_s']:.0f}", *gpu_cells, f"{x['peak_rss'] / gib:.2f}"])
+    s.append(
+        table(
+            ["dtype", "exit code", "run s", "max allocated GiB", "max reserved GiB", "context GiB", "peak (nvidia-smi) GiB",
+             f"fits a T4 (< {res['t4_usable_gib']} GiB)", "peak RSS GiB"],
+            rows,
+        )
+    )
+    s.append(_verdict(res))
+    return "\n".join(s) + "\n"
+
+
+def _fits(x: dict, limit_gib: float) -> str:
+    """'fits', 'only just fits (0.01 GiB to spare)' or 'does not fit'."""
+    spare = limit_gib - x["peak_estimate"] / 2**30
+    if spare < 0:
+        return "does not fit"
+    return f"only just fits ({spare:.2f} GiB to spare) in" if spare < 0.5 else "fits in"
+
+
+def _verdict(res: dict) -> str:
+    """Plain words for a Colab user, from the rows."""
+    gib, limit = 2**30, res["t4_usable_gib"]
+    done = [x for x in res["rows"] if "peak_estimate" in x]
+    if not done:
+        return ""
+    parts = []
+    for x in done:
+        name = x["dtype"] + (f" with `PYTORCH_CUDA_ALLOC_CONF={x['alloc_conf']}`" if x.get("alloc_conf") else "")
+        parts.append(f"{name}: {x['peak_estimate'] / gib:.2f} GiB at the peak, which {_fits(x, limit)} a T4's {limit} GiB")
+    return (
+        "\n**Verdict for a 16 GB T4.** " + "; ".join(parts) + ". Live tensors peak at "
+        f"{max(x['max_allocated'] for x in done) / gib:.2f} GiB (the weights are "
+        f"{res['model']['checkpoint_bytes'] / gib:.2f} GiB); the rest is the caching allocator's slack and the CUDA "
+        "context. Measured on the GPU named above, not on a T4: a T4's context and kernels differ somewhat.\n"
+    )
+
+
+def scaling_paragraphs(r: dict) -> list[str]:
+    """What docs/scaling.md, section 4, says of the peak memory (from the run; empty without a measured row)."""
+    peak = r.get("peakmem", {})
+    done = [x for x in peak.get("rows", []) if "peak_estimate" in x]
+    if not done:
+        return []
+    return [
+        "**Memory** (`bh-routing run --quick` on the full 16-layer model; BENCHMARKS-gpu.md section 7): "
+        + "; ".join(
+            f"{x['dtype']}{' with ' + x['alloc_conf'] if x.get('alloc_conf') else ''} "
+            f"{x['peak_estimate'] / 2**30:.2f} GiB at the peak ({_fits(x, peak['t4_usable_gib'])} "
+            f"a T4's {peak['t4_usable_gib']} GiB)"
+            for x in done
+        )
+        + (". On a Colab T4 use float16 (no bfloat16 tensor cores there) and, if memory is short, "
+           "`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`" if any(x.get("fits_t4") for x in done) else
+           ". None fits a 16 GB T4 as measured here (the weights alone take "
+           f"{peak['model']['checkpoint_bytes'] / 2**30:.1f} GiB): the full run of OLMoE-1B-7B needs a GPU "
+           "with more memory, or the notebook's \"colab-t4\" profile, which `bh-routing plan` predicts to fit a "
+           "T4 in float16 with the eager experts backend (a prediction: not yet run on a T4)")
+        + "; measured on the GPU above, not on a T4.\n"
+    ]

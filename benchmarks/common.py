@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# the fixed prose of BENCHMARKS*.md (paragraphs that do not depend on a run), one Markdown file a paragraph
+TEXT = Path(__file__).resolve().parent / "text"
 # a copy of the reference architecture (../shared/reference/), so that the benchmarks run anywhere
 REFERENCE_CONFIG = Path(__file__).resolve().parent / "olmoe-1b-7b-0924.config.json"
 _SYNC: list = []  # the device to synchronise around every timed call (set_device)
@@ -182,3 +184,43 @@ def gpu() -> str | None:
         return None
     p = torch.cuda.get_device_properties(0)
     return f"{p.name}, {p.total_memory / 2**30:.1f} GiB, CUDA {torch.version.cuda}"
+
+
+# --- pieces of the Markdown pages (each bench_*.py renders its own section; report.py assembles them)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table, without a final newline."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def yes(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def failed(name: str, res: dict) -> str | None:
+    """The line that stands for section ``name`` when it failed in the run, else None."""
+    if "error" in res:
+        return f"**Failed in this run**: `{res['error']}` (traceback in the run's JSON; section `{name}`).\n"
+    return None
+
+
+def docstring(text: str | None) -> str:
+    """A module's docstring as Markdown paragraphs (the description of the method used)."""
+    return (text or "").strip().replace("``", "`")
+
+
+def prose(name: str) -> str:
+    """The fixed paragraph(s) of benchmarks/text/NAME.md, without the final newline."""
+    return (TEXT / f"{name}.md").read_text(encoding="utf-8").rstrip("\n")
+
+
+def gpu_run(r: dict) -> bool:
+    """Whether the run ``r`` (the results of benchmarks/run.py) was made on a GPU."""
+    return r.get("device", "cpu") != "cpu"
+
+
+def device_flag(gpu: bool) -> str:
+    return " --device cuda" if gpu else ""

@@ -1,9 +1,13 @@
-"""BENCHMARKS.md from the results of one run of benchmarks/run.py (no number typed by hand)."""
+"""BENCHMARKS.md from the results of one run of benchmarks/run.py (no number typed by hand).
+
+Each bench_*.py renders its own section (``section(r)``, from the run's results ``r``); this module
+assembles the page: the title, the machine, the goals, the missed goals, then the sections in order.
+Fixed paragraphs are Markdown files in benchmarks/text/ (``common.prose``).
+"""
 
 from __future__ import annotations
 
-import os
-
+import bench_e2e
 import bench_generation
 import bench_memory
 import bench_model
@@ -11,42 +15,22 @@ import bench_moe
 import bench_overhead
 import bench_peakmem
 import bench_routing
-
+from common import gpu_run, prose, table, yes
 
 # BENCHMARKS.md blocks that `run.py --only generation` replaces in place
 GENERATION_START, GENERATION_END = "<!-- generation:start -->", "<!-- generation:end -->"
+GPU_CHECK_START, GPU_CHECK_END = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"
+GPU_CHECK = prose("gpu-check") + "\n"
+# the block of docs/scaling.md that a GPU run rewrites
+SCALING_START, SCALING_END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
 
-
-def _yes(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("**yes**" if ok else "**no**")
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _doc(module) -> str:
-    """A module's docstring as Markdown paragraphs (the description of the method used)."""
-    text = (module.__doc__ or "").strip()
-    return text.replace("``", "`")
-
-
-def _gpu_run(r: dict) -> bool:
-    return r.get("device", "cpu") != "cpu"
-
-
-def _failed(name: str, res: dict) -> str | None:
-    if "error" in res:
-        return f"**Failed in this run**: `{res['error']}` (traceback in the run's JSON; section `{name}`).\n"
-    return None
+generation_section = bench_generation.section  # run.py splices it into BENCHMARKS.md on its own
 
 
 def render(r: dict) -> str:
     m = r["machine"]
     cmd = r["command"]
-    gpu = _gpu_run(r)
+    gpu = gpu_run(r)
     out: list[str] = []
     add = out.append
     add("# Benchmarks on a GPU\n" if gpu else "# Benchmarks\n")
@@ -71,7 +55,7 @@ def render(r: dict) -> str:
 
     add("## Machine\n")
     add(
-        _table(
+        table(
             ["", ""],
             [
                 ["GPU", m.get("gpu") or "none"],
@@ -86,35 +70,54 @@ def render(r: dict) -> str:
         )
     )
     if not gpu:
-        add(
-            "\n**Threads.** The in-process benchmarks run with `--threads` torch threads (default 1). This "
-            "machine has 2 vCPUs shared with other jobs (see the load average): with 2 intra-op threads "
-            "every parallelised torch op waits at its barrier for whichever core is busy elsewhere, so "
-            "the time of a sequence of small ops measures the neighbours' load, not the code. The routing "
-            "headline is repeated with 2 threads below for comparison.\n"
-        )
+        add("\n" + prose("threads") + "\n")
     if "pytest" in r:
         x = r["pytest"]
         errors = "".join(f" Error: `{e}`." for e in x.get("errors", []))
         add(f"\n**`pytest -m gpu`**: {x['summary']} (exit code {x['exit_code']}).{errors}\n")
 
     add("## Goals\n")
+    add(table(["figure", "value", "goal", "met"], _goal_rows(r)) + "\n")
+    add(_missed(r))
+
+    for name, module in (("routing", bench_routing), ("moe", bench_moe), ("model", bench_model)):
+        if name in r:
+            add(module.section(r))
+    if any(name in r and "error" not in r[name] for name in ("moe", "model")):
+        add(bench_moe.analyze_section(r))
+    for name, module in (("overhead", bench_overhead), ("memory", bench_memory)):
+        if name in r:
+            add(module.section(r))
+    if not gpu:
+        add(bench_e2e.section(r))
+    if "generation" in r:
+        text = bench_generation.section(r).rstrip()
+        add(f"{text}\n" if gpu else f"{GENERATION_START}\n{text}\n{GENERATION_END}\n")
+    if "peakmem" in r:
+        add(bench_peakmem.section(r))
+    if not gpu:
+        add(f"{GPU_CHECK_START}\n{GPU_CHECK.rstrip()}\n{GPU_CHECK_END}\n")
+    return "\n".join(out)
+
+
+def _goal_rows(r: dict) -> list[list]:
+    """One row a goal of the run (the goals are set in run.py, GOALS and _headline)."""
     g = r.get("goals", {})
     rows = []
     if "routing_cost" in g:
         x = g["routing_cost"]
-        rows.append(["routing cost, BH / top-k router (empirical, float32, 65,536 x 64)", f"{x['value']:.2f}x", x["goal"], _yes(x["met"])])
+        rows.append(["routing cost, BH / top-k router (empirical, float32, 65,536 x 64)", f"{x['value']:.2f}x", x["goal"], yes(x["met"])])
         worst = "yes" if x["worst_met"] else ("no, but under 3x" if x["never_above_3"] else "no, above 3x")
         rows.append(["routing cost, worst of {empirical, calibrated} x {float32, bf16} at 65,536 x 64", f"{x['worst_of_methods_and_dtypes']:.2f}x", x["goal"], f"**{worst}**"])
     if "moe_block_time" in g:
         x = g["moe_block_time"]
-        rows.append([f"MoE block time, BH / top-8 (real size, grouped_mm, k = {r['moe_block_mean_k']:.2f})", f"{x['value']:.3f}", x["goal"], _yes(x["met"])])
+        rows.append([f"MoE block time, BH / top-8 (real size, grouped_mm, k = {r['moe_block_mean_k']:.2f})", f"{x['value']:.3f}", x["goal"], yes(x["met"])])
     if "analyze_overhead_block" in g:
         x = g["analyze_overhead_block"]
-        rows.append(["analyze-mode overhead, real-size MoE block", f"{x['value']:+.3f}", x["goal"], _yes(x["met"])])
+        rows.append(["analyze-mode overhead, real-size MoE block", f"{x['value']:+.3f}", x["goal"], yes(x["met"])])
     if "analyze_overhead_embedded" in g:
         x = g["analyze_overhead_embedded"]
-        rows.append(["analyze-mode overhead, embedded model", f"{x['value']:+.3f}", x["goal"], _yes(x["met"])])
+        rows.append(["analyze-mode overhead, embedded model", f"{x['value']:+.3f}", x["goal"], yes(x["met"])])
     if "memory" in r and "rows" in r["memory"]:
         a, b = r["memory"]["rows"]
         flat = b["recorder_bytes"] == a["recorder_bytes"] and abs(b["rss_growth_mb"] - a["rss_growth_mb"]) < 32
@@ -123,642 +126,34 @@ def render(r: dict) -> str:
                 f"recording memory, {b['tokens']:,} vs {a['tokens']:,} tokens (aggregates only)",
                 f"peak RSS growth {b['rss_growth_mb']:.1f} vs {a['rss_growth_mb']:.1f} MB; recorder {b['recorder_bytes']:,} vs {a['recorder_bytes']:,} B",
                 "flat",
-                _yes(flat),
+                yes(flat),
             ]
         )
-    rows += _generation_goal_rows(r)
+    rows += bench_generation.goal_rows(r)
     if "e2e_run" in g:
         x = g["e2e_run"]
-        rows.append(["`bh-routing run` wall time", f"{x['value']:.0f} s", x["goal"], _yes(x["met"])])
-    elif "e2e" not in r and not gpu:
+        rows.append(["`bh-routing run` wall time", f"{x['value']:.0f} s", x["goal"], yes(x["met"])])
+    elif "e2e" not in r and not gpu_run(r):
         rows.append(["`bh-routing run` wall time", "not measured in this run", "< 300 s", "n/a"])
-    add(_table(["figure", "value", "goal", "met"], rows) + "\n")
-
-    add(_missed(r))
-    failed = {name: _failed(name, r[name]) for name in ("routing", "moe", "model", "memory") if name in r and "error" in r[name]}
-    if "routing" in r:
-        add(failed.get("routing") or _routing(r["routing"], gpu=gpu))
-    if "moe" in r:
-        add(failed.get("moe") or _moe(r["moe"], gpu=gpu))
-    if "model" in r:
-        add(failed.get("model") or _model(r["model"]))
-    if ("moe" in r and "moe" not in failed) or ("model" in r and "model" not in failed):
-        add(_analyze(r))
-    if "overhead" in r:
-        add(_failed("overhead", r["overhead"]) or _overhead(r["overhead"]))
-    if "memory" in r:
-        add(failed.get("memory") or _memory(r["memory"]))
-    if not gpu:
-        add(_e2e(r))
-    if "generation" in r:
-        text = generation_section(r).rstrip()
-        add(f"{text}\n" if gpu else f"{GENERATION_START}\n{text}\n{GENERATION_END}\n")
-    if "peakmem" in r:
-        add(_peakmem(r))
-    if not gpu:
-        add(f"{GPU_CHECK_START}\n{GPU_CHECK.rstrip()}\n{GPU_CHECK_END}\n")
-    return "\n".join(out)
-
-
-def _device_flag(gpu: bool) -> str:
-    return " --device cuda" if gpu else ""
-
-
-def _routing(res: dict, *, gpu: bool = False) -> str:
-    s = ["## 1. Routing cost\n", _doc(bench_routing), ""]
-    s.append(f"Command: `python benchmarks/run.py --only routing{_device_flag(gpu)} --markdown FILE` (BH alpha = {res['alpha']}).\n")
-    rows = [
-        [
-            f"{x['T']:,}",
-            x["E"],
-            x["k"],
-            x["dtype"],
-            x["method"],
-            f"{x['topk_ms']:.1f}",
-            f"{x['bh_ms']:.1f}",
-            f"**{x['ratio']:.2f}x**",
-            f"{x['bh_mean_k']:.2f}",
-        ]
-        for x in res["rows"]
-    ]
-    s.append(_table(["T", "E", "k", "dtype", "p-values", "top-k router ms", "BH route ms", "BH / top-k", "BH mean k"], rows))
-    worst = max(res["rows"], key=lambda x: x["ratio"])
-    over2 = [x for x in res["rows"] if x["ratio"] > 2.0]
-    s.append(
-        f"\nLargest ratio in the table: {worst['ratio']:.2f}x (T = {worst['T']:,}, E = {worst['E']}, "
-        f"{worst['dtype']}, {worst['method']}); {len(over2)} of {len(res['rows'])} points above 2x"
-        + (": " + ", ".join(f"{x['T']:,} x {x['E']} {x['dtype']} {x['method']} ({x['ratio']:.2f}x)" for x in over2) if over2 else "")
-        + "."
-    )
-    if res.get("threads2"):
-        s.append("\nThe 65,536 x 64 float32 points with **2 torch threads** (same process, after the rest):\n")
-        s.append(
-            _table(
-                ["p-values", "top-k router ms", "BH route ms", "BH / top-k"],
-                [[x["method"], f"{x['topk_ms']:.1f}", f"{x['bh_ms']:.1f}", f"{x['ratio']:.2f}x"] for x in res["threads2"]],
-            )
-        )
-    if res.get("before_after"):
-        s.append(
-            "\n**Before / after the hot-path work** (65,536 x 64, float32). `before` runs the operations "
-            "of the original implementation (`bench_routing.reference_route`: elementwise isfinite twice, "
-            "two `torch.median`, `torch.searchsorted`, `torch.sort(stable=True)` of all E p-values, "
-            "multiply-and-max step-up), `after` the current `BH.route`; both timed against the same "
-            "top-k router in the same rounds. `identical output`: indices, weights and counts equal.\n"
-        )
-        s.append(
-            _table(
-                ["p-values", "before: BH / top-k", "after: BH / top-k", "speed-up", "identical output"],
-                [
-                    [x["method"], f"{x['before_ratio']:.2f}x", f"{x['after_ratio']:.2f}x", f"{x['speedup']:.1f}x", x["identical_output"]]
-                    for x in res["before_after"]
-                ],
-            )
-        )
-        s.append(
-            "\nWhat changed (all results bit-identical, checked on thousands of configurations incl. ties, "
-            "-0.0, flat rows, bf16/fp16/fp64, temperature): the step-up sorts one int64 key per p-value, "
-            "`bits(p) << s | expert`, with numpy's SIMD sort (orders exactly like a stable sort of p; "
-            "thresholds compared as integer keys), in cache-sized blocks, returning only the padded width; "
-            "the two medians are `np.partition` selections; conformal counts come from one merged "
-            "integer sort per expert instead of T binary searches (kept below T = R/4, on GPU and with "
-            "autograd); the finite check is one `sum` (elementwise only when the sum is not finite) and "
-            "is not repeated inside `route`."
-        )
-    return "\n".join(s) + "\n"
-
-
-def _moe(res: dict, *, gpu: bool = False) -> str:
-    s = ["## 2. Compute actually saved: one MoE block at the OLMoE-1B-7B size\n", _doc(bench_moe), ""]
-    s.append(
-        f"Command: `python benchmarks/run.py --only moe{_device_flag(gpu)} --markdown FILE` ({res['tokens']:,} tokens, "
-        f"{res.get('dtype', 'float32')} on {res.get('device', 'cpu')}).\n"
-    )
-    rows = [
-        [
-            x["backend"],
-            x["alpha"],
-            f"{x['mean_k']:.2f}",
-            f"{x['compute_fraction']:.3f}",
-            f"{x['topk_s']:.3f}",
-            f"{x['bh_s']:.3f}",
-            f"**{x['ratio']:.3f}**",
-            f"{x['goal']:.3f}",
-            _yes(x["ratio"] <= x["goal"]),
-        ]
-        for x in res["patch"]
-    ]
-    s.append(
-        _table(
-            ["backend", "alpha", "BH mean k", "pairs computed / top-8", "top-8 s", "BH patch s", "time ratio", "goal k/8 + 0.10", "met"],
-            rows,
-        )
-    )
-    return "\n".join(s) + "\n"
-
-
-def _model(res: dict) -> str:
-    s = ["### The whole embedded model\n"]
-    if "rows" not in res:
-        s.append(f"Not measured: {res.get('skipped', 'skipped')}.")
-        return "\n".join(s) + "\n"
-    s += [_doc(bench_model), ""]
-    s.append("Command: `python benchmarks/run.py --only model --markdown FILE`.\n")
-    rows = [
-        [
-            x["backend"],
-            x["alpha"],
-            f"{x['tokens']:,}",
-            f"{x['mean_k']:.2f}",
-            f"{x['compute_fraction']:.3f}",
-            f"{x['topk_s']:.3f}",
-            f"{x['patch_s']:.3f}",
-            f"**{x['patch_ratio']:.3f}**",
-            f"{x['mean_k'] / 8 + 0.10:.3f}",
-        ]
-        for x in res["rows"]
-    ]
-    s.append(
-        _table(
-            ["backend", "alpha", "tokens", "BH mean k", "pairs computed / top-8", "top-8 s", "BH patch s", "time ratio", "k/8 + 0.10"],
-            rows,
-        )
-    )
-    return "\n".join(s) + "\n"
-
-
-def _analyze(r: dict) -> str:
-    s = ["## 3. Analyze-mode overhead\n"]
-    s.append(
-        "Forward inside `patched(model, BH(0.05), \"analyze\")` (the model routes as usual; BH is computed "
-        "and recorded beside) over the same forward unpatched, timed in the same rounds as section 2; "
-        "overhead = ratio - 1. Goal <= 0.10.\n"
-    )
-    rows = []
-    if "error" in r.get("moe", {}):
-        return ""
-    for x in r.get("moe", {}).get("analyze", []):
-        rows.append(["real-size MoE block", x["backend"], f"{x['tokens']:,}", f"{x['topk_s']:.3f}", f"{x['bh_s']:.3f}", f"**{x['overhead']:+.3f}**", _yes(x["overhead"] <= 0.10)])
-    for x in r.get("model", {}).get("rows", []):
-        rows.append(["embedded model", x["backend"], f"{x['tokens']:,}", f"{x['topk_s']:.3f}", f"{x['analyze_s']:.3f}", f"**{x['analyze_overhead']:+.3f}**", _yes(x["analyze_overhead"] <= 0.10)])
-    s.append(_table(["model", "backend", "tokens", "plain s", "analyze s", "overhead", "met"], rows))
-    s.append("\nCommands: `python benchmarks/run.py --only moe --markdown FILE`, `... --only model ...`.")
-    return "\n".join(s) + "\n"
-
-
-def _overhead(res: dict) -> str:
-    s = ["### Torch ops and host syncs per MoE layer\n"]
-    s += [_doc(bench_overhead), ""]
-    s.append(
-        "Command: `python benchmarks/run.py --only overhead --markdown FILE`, or standalone "
-        f"`python benchmarks/bench_overhead.py{'' if res['device'] == 'cpu' else ' --device ' + res['device']}`. "
-        f"Backend {res['backend']}, {res['layers']} MoE layers, {res['repeats']} timed rounds.\n"
-    )
-    s.append(bench_overhead.table(res))
-    return "\n".join(s) + "\n"
-
-
-def _memory(res: dict) -> str:
-    s = ["## 4. Recording memory\n"]
-    if "rows" not in res:
-        s.append(f"Not measured: {res.get('skipped')}.")
-        return "\n".join(s) + "\n"
-    s += [_doc(bench_memory), ""]
-    s.append("Command: `python benchmarks/run.py --only memory --markdown FILE`.\n")
-    rows = [
-        [
-            f"{x['tokens']:,}",
-            f"{x['tokens_recorded']:,}",
-            f"{x['mean_k']:.2f}",
-            f"{x['rss_growth_mb']:.1f}",
-            f"{x['peak_rss_mb']:.0f}",
-            f"{x['python_peak_mb']:.3f}",
-            f"{x['recorder_bytes']:,}",
-        ]
-        for x in res["rows"]
-    ]
-    s.append(_table(["tokens routed", "tokens recorded (layer 0)", "mean k", "peak RSS growth MB", "peak RSS MB", "Python alloc peak MB", "Recorder state bytes"], rows))
-    return "\n".join(s) + "\n"
-
-
-def _e2e(r: dict) -> str:
-    s = ["## 5. End to end\n"]
-    if "e2e" not in r:
-        s.append(
-            "Not measured in this run (`--skip-e2e`, `--quick` or `--only`). "
-            "`python benchmarks/run.py` times `bh-routing run --quick` and `bh-routing run` as subprocesses."
-        )
-        return "\n".join(s) + "\n"
-    s.append(
-        "Wall time of the CLI on the embedded model, each a subprocess of `python benchmarks/run.py` "
-        "(default torch threads there), output to a temporary folder. Goal for `bh-routing run`: under "
-        "5 minutes on 2 cores.\n"
-    )
-    rows = [
-        [
-            f"`{x['command']}`",
-            f"{x['wall_s']:.1f}",
-            x["exit_code"],
-            f"{x['load_before'][0]:.2f} / {x['load_after'][0]:.2f}",
-            "<br>".join(x["output_tail"]).replace("|", "/"),
-        ]
-        for x in r["e2e"]["rows"]
-    ]
-    s.append(_table(["command", "wall s", "exit code", "load average (1 min) before / after", "last lines of output"], rows))
-    s.append(
-        "\nThe load average is that of the whole machine (other jobs included); with 2 vCPUs, a load "
-        "above 2 means this command got less than the machine."
-    )
-    return "\n".join(s) + "\n"
+    return rows
 
 
 def _missed(r: dict) -> str:
-    """Every goal this run misses, and the reason, in plain words."""
+    """Every goal this run misses, and the reason (each bench module's why_missed), in plain words."""
     notes = []
     for name, x in r.get("goals", {}).items():
         if x.get("met") is False:
-            notes.append(f"- **{name}**: {x['value']:.3f} against the goal {x['goal']}." + _why(name, r))
-    rows = r.get("routing", {}).get("rows", [])
-    above3 = [x for x in rows if x["ratio"] > 3.0]
-    small_cal = [x for x in above3 if x["method"] == "calibrated" and x["T"] < 8 * 4096]
-    if above3:
-        notes.append(
-            "- **routing cost above 3x** at "
-            + ", ".join(f"T = {x['T']:,}, E = {x['E']}, {x['dtype']}, {x['method']} ({x['ratio']:.2f}x; {x['bh_ms']:.1f} vs {x['topk_ms']:.1f} ms)" for x in above3)
-            + "."
-            + (
-                " Why: on the GPU every point is bound by kernel launches and host reads (see routing_cost above)."
-                if _gpu_run(r)
-                else " Why: each calibrated call merges the tokens with every expert's calibration sample "
-                "(R = 4,096 values per expert), a fixed cost per call that dominates when T is small next "
-                "to R; the absolute time stays a few milliseconds."
-                if small_cal
-                else ""
-            )
-        )
-    over2e = [x for x in rows if x["ratio"] > 2.0 and x["E"] > 64 and x["T"] == 65_536]
-    if over2e:
-        notes.append(
-            "- **routing cost above 2x at E > 64**: "
-            + ", ".join(f"E = {x['E']} {x['dtype']} {x['method']} ({x['ratio']:.2f}x)" for x in over2e)
-            + (". Why: top-k's partial selection grows slowly with E, while BH computes a p-value for "
-               "every expert and sorts all E of them per token (the step-up needs the full order)." if not _gpu_run(r) else ".")
-        )
-    t2 = [x for x in r.get("routing", {}).get("threads2", []) if x["ratio"] > 2.0]
-    if t2:
-        notes.append(
-            "- **with 2 torch threads** the routing ratio is "
-            + ", ".join(f"{x['ratio']:.2f}x ({x['method']})" for x in t2)
-            + ". Why: on this shared 2-vCPU machine each parallelised torch op of BH's sequence waits "
-            "for the busier core; top-k is two ops (see 'Threads')."
-        )
+            why = "".join(module.why_missed(name, r) for module in (bench_routing, bench_moe, bench_generation))
+            notes.append(f"- **{name}**: {x['value']:.3f} against the goal {x['goal']}." + why)
+    notes += bench_routing.missed(r)
     if not notes:
         return "## Missed goals\n\nNone in this run.\n"
     return "## Missed goals, and why\n\n" + "\n".join(notes) + "\n"
 
 
-def _generation_goal_rows(r: dict) -> list[list]:
-    g, gen = r.get("goals", {}), r.get("generation", {})
-    h = gen.get("headline", {})
-    rows = []
-    if "patch_overhead_decode" in g:
-        x = g["patch_overhead_decode"]
-        ci = h.get("patch_overhead_decode_ci95")
-        how = (
-            f"dedicated measurement, median of {gen['patch_overhead'][h['headline_backend']]['rounds']} rounds, 95 % CI "
-            f"{ci[0]:+.3f} to {ci[1]:+.3f}"
-            if ci
-            else "batch-1 rows of the grid"
-        )
-        rows.append(
-            [
-                f"patch overhead at equal k, batch-1 decode (patched top-8 / top-8 - 1, {h['headline_backend']}; {how}; "
-                f"worst backend {h['patch_overhead_decode_worst_backend']:+.3f})",
-                f"{x['value']:+.3f}",
-                x["goal"],
-                _yes(x["met"]) + ("" if not ci else " (whole CI below 0.05)" if ci[1] <= 0.05 else " (CI reaches above 0.05)" if x["met"] else ""),
-            ]
-        )
-    if "decode_vs_ideal" in g:
-        x, y = g["decode_vs_ideal"], g["decode_gain_vs_ideal"]
-        rows.append(
-            [
-                f"BH({bench_generation.HEADLINE_ALPHA}) batch-1 decode speed-up / ideal bytes ratio "
-                f"({h['decode_speedup_bh_batch1']:.2f}x / {h['decode_ideal_speedup_bh_batch1']:.2f}x, k = {h['decode_bh_mean_k']:.2f})",
-                f"{x['value']:.2f}",
-                x["goal"],
-                _yes(x["met"]),
-            ]
-        )
-        rows.append(
-            [
-                "the same, as a share of the ideal *gain*: (speed-up - 1) / (ideal - 1) (stricter)",
-                f"{y['value']:.2f}",
-                y["goal"],
-                _yes(y["met"]),
-            ]
-        )
-    return rows
-
-
-def _why(name: str, r: dict) -> str:
-    """The reason for a missed goal, from the run's own numbers."""
-    gen = r.get("generation", {})
-    rows = gen.get("rows", [])
-    if _gpu_run(r) and name in ("routing_cost", "moe_block_time", "analyze_overhead_block"):
-        return _why_gpu(name, r)
-    if name == "patch_overhead_decode" and rows:
-        b = gen["headline"]["headline_backend"]
-        base = next(x for x in rows if (x["backend"], x["batch"], x["strategy"]) == (b, 1, bench_generation.BASELINE))
-        pat = next(x for x in rows if (x["backend"], x["batch"], x["strategy"]) == (b, 1, "top-8 patched"))
-        step = "step_cpu_s" if gen.get("clock") == "cpu" else "step_s"
-        per_layer = (pat[step] - base[step]) / gen["layers"] * 1e3
-        return (
-            f" Why: a decode step of one layer takes {base[step] / gen['layers'] * 1e3:.2f} ms here and the patch adds "
-            f"{per_layer:.3f} ms to it: the patched router and experts forwards (Python calls) and the recording - a "
-            "fixed cost per layer and step, large where the step is short. (TopK at the model's k reuses the router's "
-            "own choice: no second softmax and top-k, no logits check, no host read; the ops and host syncs per layer "
-            "are counted in the section on them.)"
-        )
-    if name in ("decode_vs_ideal", "decode_gain_vs_ideal") and rows:
-        b = gen["headline"]["headline_backend"]
-        pick = {x["strategy"]: x for x in rows if (x["backend"], x["batch"]) == (b, 1)}
-        base, bh = pick[bench_generation.BASELINE], pick[f"BH {bench_generation.HEADLINE_ALPHA}"]
-        return (
-            f" Why: at batch 1 top-8 runs at {base['time_over_limit']:.1f}x and BH at {bh['time_over_limit']:.1f}x "
-            "its memory-traffic limit: the part of a step that does not scale with the bytes read (Python, "
-            "operator dispatch or kernel launches, attention, the routing step) does not shrink with k."
-        )
-    return ""
-
-
-def _why_gpu(name: str, r: dict) -> str:
-    """On a GPU these sizes are bound by kernel launches and host reads, not by arithmetic."""
-    if name == "routing_cost":
-        x = next(x for x in r["routing"]["rows"] if (x["T"], x["E"], x["method"], x["dtype"]) == (65_536, 64, "empirical", "float32"))
-        return (
-            f" Why: on the GPU both are tiny - top-k {x['topk_ms']:.2f} ms, BH {x['bh_ms']:.2f} ms at 65,536 x 64 - and "
-            "bound by kernel launches and host reads, not arithmetic: the router is two kernels, BH a sequence of "
-            "small ones (validation, p-values, sort, step-up, weights) with host reads of data-dependent sizes. "
-            "The ratio says little about end-to-end cost; the generation section measures that."
-        )
-    x = next(x for x in r["moe"]["patch" if name == "moe_block_time" else "analyze"] if x["backend"] == "grouped_mm")
-    return (
-        f" Why: the top-8 block takes {x['topk_s'] * 1e3:.1f} ms for {x['tokens']:,} tokens on the GPU, the "
-        + ("patched one" if name == "moe_block_time" else "analyze-mode one")
-        + f" {x['bh_s'] * 1e3:.1f} ms: the routing step"
-        + (" and the compaction - a host read of the number of pairs, a gather and a scatter-add -" if name == "moe_block_time" else " and the recording")
-        + " are a fixed cost of launches and synchronisations"
-        + (" that the saved expert work does not repay at this size." if name == "moe_block_time" else ", large next to a 2 ms block.")
-    )
-
-
-def _load_range(rows: list[dict]) -> tuple[float, float]:
-    loads = [x["load_before"][0] for x in rows] + [x["load_after"][0] for x in rows]
-    return min(loads), max(loads)
-
-
-def generation_section(r: dict) -> str:
-    """Section 6: generation speed (self-contained: command, date, load, goals, table, verdict)."""
-    res = r["generation"]
-    gpu = _gpu_run(r)
-    s = ["## 6. Generation speed at the OLMoE-1B-7B size, and the batch-size effect\n"]
-    if "error" in res:
-        return "\n".join(s + [_failed("generation", res)])
-    m = r["machine"]
-    s += [_doc(bench_generation), ""]
-    wb = res["weight_bytes"]
-    base1 = next(x for x in res["rows"] if x["batch"] == 1 and x["strategy"] == bench_generation.BASELINE)
-    top8_expert = base1["expert_bytes"]
-    non_expert = base1["step_bytes"] - top8_expert
-    where = res["device_name"]
-    s.append(
-        f"This run: `{r['command']}` on {m['date_utc']}, {where}, {res['layers']} layers, vocabulary "
-        f"{res['vocab']:,}, {res['dtype']}; batch size -> (new tokens, timed rounds): "
-        + ", ".join(f"{b} -> ({v[0]}, {v[1]})" for b, v in res["plan"].items())
-        + f". Read bandwidth {max(res['read_bandwidth_bytes_s']) / 1e9:.1f} GB/s (best of the measurements at the "
-        f"start and end: {', '.join(f'{b / 1e9:.1f}' for b in res['read_bandwidth_bytes_s'])} GB/s). "
-        f"Bytes per decode step at batch 1 with top-8: experts {top8_expert / 1e6:.0f} MB (one expert "
-        f"{wb['per_expert'] / 1e6:.1f} MB), everything else {non_expert / 1e6:.0f} MB "
-        f"({non_expert / base1['step_bytes']:.0%} of the step).\n"
-    )
-    if r.get("rendered_by") and not gpu:
-        s.append(f"Rendered from that run's saved results by `{r['rendered_by']}` (same numbers).\n")
-    if not gpu and not res.get("tiny"):
-        lo, hi = _load_range(res["rows"])
-        s.append(
-            f"**The machine was loaded.** It has {m['cpus_usable']} vCPUs shared with other agents' jobs; the "
-            f"1-minute load average ranged from {lo:.2f} to {hi:.2f} during this section (per row in the JSON). "
-            f"Absolute tokens/s are therefore low and noisy; the speed-ups are medians of ratios timed in the "
-            f"same rounds, which the load affects far less. Why {res['layers']} layers: each layer holds "
-            f"{64 * wb['per_expert'] / 2**30:.2f} GiB of expert weights in bfloat16 and the machine's "
-            f"{_mem_gib():.0f} GiB are shared by 8 concurrent jobs; and every layer adds about "
-            f"{base1['step_s'] / res['layers'] * 1e3:.0f} ms of wall time ({base1['step_cpu_s'] / res['layers'] * 1e3:.0f} ms "
-            "of CPU time) to a step here, so 16 layers would make the grid 8 times "
-            "longer without changing a ratio (the vocabulary cut in proportion keeps the non-expert share of the "
-            "bytes at the real model's). The GPU run (`benchmarks/gpu_check.sh`) uses all 16 layers.\n"
-        )
-    if gpu:
-        s.append(
-            "On a GPU, `generate` replaces `grouped_mm` by `batched_mm` for the decode steps (transformers does "
-            "this itself), so the `grouped_mm` rows decode with `batched_mm`, which gathers a copy of the expert "
-            "weights for every (token, expert) pair: its traffic grows with the pairs (batch x k), not with the "
-            "distinct experts, so the bytes-based ideal understates what fewer pairs save there at large batches. "
-            "The times include a device synchronisation per step (the step clock).\n"
-        )
-    goals = _generation_goal_rows(r)
-    if goals:
-        s.append("Goals (from this run):\n")
-        s.append(_table(["figure", "value", "goal", "met"], goals) + "\n")
-        s.append(
-            "**The ideal, defined.** A decode step must read at least the bytes listed above (distinct experts, "
-            "all other weights once, the batch's embedding rows, the KV cache). If a step took time in proportion "
-            "to those bytes, BH's speed-up over top-8 would be bytes(top-8) / bytes(BH) at the same batch size; at "
-            "batch 1 the distinct experts per layer equal k, so this is (N + 8 L e) / (N + k L e) with N the "
-            "non-expert bytes, L layers, e the bytes of one expert and k BH's mean k. The goal reads 'speed-up "
-            ">= 70 % of that ratio'; the stricter row asks for 70 % of the *gain* (speed-up - 1 over ideal - 1).\n"
-        )
-    cpu_clock = res.get("clock") == "cpu"
-    header = ["backend", "batch", "variant", "mean k", "distinct experts / layer / step", "expert MB / step",
-              "decode tok/s (wall)", "speed-up vs top-8" + (" (CPU time)" if cpu_clock else ""),
-              "ideal speed-up"] + (["speed-up (wall)", "step CPU ms"] if cpu_clock else []) + [
-              "step ms (wall)", "limit ms", "time / limit"]
-    rows = [
-        [
-            x["backend"],
-            x["batch"],
-            x["strategy"],
-            f"{x['mean_k']:.2f}",
-            f"{x['distinct_per_layer']:.1f}",
-            f"{x['expert_bytes'] / 1e6:.0f}",
-            f"{x['decode_tok_s']:.1f}",
-            f"**{x['speedup']:.2f}x**" if x["strategy"] != bench_generation.BASELINE else "1",
-            f"{x['ideal_speedup']:.2f}x",
-            *([f"{x['speedup_wall']:.2f}x", f"{x['step_cpu_s'] * 1e3:.1f}"] if cpu_clock else []),
-            f"{x['step_s'] * 1e3:.1f}",
-            f"{x['limit_s'] * 1e3:.2f}",
-            f"{x['time_over_limit']:.1f}",
-        ]
-        for x in res["rows"]
-    ]
-    s.append(_table(header, rows))
-    if res.get("figure"):
-        s.append(f"\n![generation speed]({res['figure']})\n")
-    s.append(_verdict(res))
-    return "\n".join(s) + "\n"
-
-
-def _mem_gib() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):  # pragma: no cover
-        return float("nan")
-
-
-def _verdict(res: dict) -> str:
-    """Plain words: at which batch sizes BH pays, from the table."""
-    bh = f"BH {bench_generation.HEADLINE_ALPHA}"
-    lines = ["\n**Verdict.**"]
-    for backend in res["backends"]:
-        pts = sorted((x["batch"], x) for x in res["rows"] if x["backend"] == backend and x["strategy"] == bh)
-        base = {x["batch"]: x for x in res["rows"] if x["backend"] == backend and x["strategy"] == bench_generation.BASELINE}
-        pays = [b for b, x in pts if x["speedup"] >= 1.05]
-        not_pays = [b for b, x in pts if x["speedup"] < 1.05]
-        desc = "; ".join(
-            f"batch {b}: {x['speedup']:.2f}x (distinct experts per layer {x['distinct_per_layer']:.1f} vs "
-            f"{base[b]['distinct_per_layer']:.1f} for top-8)"
-            for b, x in pts
-        )
-        verdict = (
-            f"pays (at least 5 % faster decode) at batch {', '.join(map(str, pays))}" if pays else "does not pay at any batch size measured"
-        )
-        if pays and not_pays:
-            verdict += f", not at batch {', '.join(map(str, not_pays))}"
-        lines.append(f"- `{backend}`: BH({bench_generation.HEADLINE_ALPHA}) {verdict}. {desc}.")
-    same = [x["speedup"] for x in res["rows"] if x["strategy"] == "top-8 patched"]
-    if same:
-        lines.append(
-            f"\nHow large a difference is real: patched top-8 does the same expert work as top-8, yet its speed-up "
-            f"ranges from {min(same):.2f}x to {max(same):.2f}x in this table - differences of that size are noise "
-            "(and the patch's own cost), not an effect of k."
-        )
-    lines.append(
-        "\nWhy the batch matters: a decode step reads the weights of every expert that at least one sequence of "
-        "the batch uses. With k experts per token out of 64, a batch of B touches about 64 (1 - (1 - k/64)^B) "
-        "per layer, which approaches all 64 as B grows, for top-8 sooner than for BH; what remains of BH's saving "
-        "at large batches is compute (fewer (token, expert) pairs), which matters only once the step is no "
-        "longer bound by reading weights."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _peakmem(r: dict) -> str:
-    res = r["peakmem"]
-    s = ["## 7. Peak GPU memory of `bh-routing run --quick` on the full 16-layer model\n"]
-    if "error" in res:
-        return "\n".join(s + [_failed("peakmem", res)])
-    s += [_doc(bench_peakmem), ""]
-    mdl = res["model"]
-    s.append(
-        f"Model: {mdl['layers']} layers, vocabulary {mdl['vocab']:,}, {mdl['parameters'] / 1e9:.2f} B parameters, "
-        f"checkpoint {mdl['checkpoint_bytes'] / 2**30:.2f} GiB (bfloat16), saved in {mdl['save_s']:.0f} s.\n"
-    )
-    gib = 2**30
-    rows = []
-    for x in res["rows"]:
-        if "error" in x:
-            rows.append([x["dtype"] + (f" ({x['alloc_conf']})" if x.get("alloc_conf") else ""), x.get("exit_code"), "-", "-", "-", "-", "-", "-", x["error"].replace("|", "/")])
-            continue
-        gpu_cells = (
-            [f"{x['max_allocated'] / gib:.2f}", f"{x['max_reserved'] / gib:.2f}", f"{x['context'] / gib:.2f}",
-             f"**{x['peak_estimate'] / gib:.2f}**", _yes(x["fits_t4"])]
-            if "peak_estimate" in x
-            else ["-", "-", "-", "-", "n/a (no GPU)"]
-        )
-        dtype = x["dtype"] + (f" (`PYTORCH_CUDA_ALLOC_CONF={x['alloc_conf']}`)" if x.get("alloc_conf") else "")
-        rows.append([dtype, x["exit_code"], f"{x['wall_s']:.0f}", *gpu_cells, f"{x['peak_rss'] / gib:.2f}"])
-    s.append(
-        _table(
-            ["dtype", "exit code", "run s", "max allocated GiB", "max reserved GiB", "context GiB", "peak (nvidia-smi) GiB",
-             f"fits a T4 (< {res['t4_usable_gib']} GiB)", "peak RSS GiB"],
-            rows,
-        )
-    )
-    s.append(_peakmem_verdict(res))
-    return "\n".join(s) + "\n"
-
-
-def _fits(x: dict, limit_gib: float) -> str:
-    """'fits', 'only just fits (0.01 GiB to spare)' or 'does not fit'."""
-    spare = limit_gib - x["peak_estimate"] / 2**30
-    if spare < 0:
-        return "does not fit"
-    return f"only just fits ({spare:.2f} GiB to spare) in" if spare < 0.5 else "fits in"
-
-
-def _peakmem_verdict(res: dict) -> str:
-    """Plain words for a Colab user, from the rows."""
-    gib, limit = 2**30, res["t4_usable_gib"]
-    done = [x for x in res["rows"] if "peak_estimate" in x]
-    if not done:
-        return ""
-    parts = []
-    for x in done:
-        name = x["dtype"] + (f" with `PYTORCH_CUDA_ALLOC_CONF={x['alloc_conf']}`" if x.get("alloc_conf") else "")
-        parts.append(f"{name}: {x['peak_estimate'] / gib:.2f} GiB at the peak, which {_fits(x, limit)} a T4's {limit} GiB")
-    return (
-        "\n**Verdict for a 16 GB T4.** " + "; ".join(parts) + ". Live tensors peak at "
-        f"{max(x['max_allocated'] for x in done) / gib:.2f} GiB (the weights are "
-        f"{res['model']['checkpoint_bytes'] / gib:.2f} GiB); the rest is the caching allocator's slack and the CUDA "
-        "context. Measured on the GPU named above, not on a T4: a T4's context and kernels differ somewhat.\n"
-    )
-
-
-GPU_CHECK_START, GPU_CHECK_END = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"
-GPU_CHECK = """## GPU check (`benchmarks/gpu_check.sh`)
-
-One script for a machine with a CUDA GPU, run from the repository root as is:
-`bash benchmarks/gpu_check.sh [LOGDIR]` (default LOGDIR `runs/gpu-check`; `PYTHON=...` picks the
-interpreter, default `python3`, with `PYTHONPATH=src` so the checkout is what runs). It runs, in order:
-
-1. `pytest -m gpu` (bf16 forward and `generate` under patch on every experts backend, BH on CUDA);
-2. `python benchmarks/run.py --device cuda --threads 8 --keep-going --markdown BENCHMARKS-gpu.md`: the
-   routing and MoE-block benchmarks (bfloat16 for the block), the torch ops and host syncs per MoE layer
-   of the patch on the embedded model, as CUDA reports them (`benchmarks/bench_overhead.py`; the
-   sync counts are also pinned by a `gpu` test), the generation benchmark in bfloat16 with
-   all 16 layers and the full vocabulary (figure `benchmarks/generation_speed_gpu.png`), and the peak
-   GPU memory of `bh-routing run --quick` on the full 16-layer random-weight model in bfloat16 and in
-   float16 (and float16 with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`) - whether a 16 GB T4
-   (Colab) is enough. It also regenerates section 4 of docs/scaling.md from the same run;
-3. the captured path (each step's log and JSON in LOGDIR, a failure counted and the rest run on):
-   decode compiled whole with CUDA graphs, BH(0.05) against top-8 and the patch at equal k, batch
-   1 to 64 (`bench_compiled.py --mode reduce-overhead`, `compiled.json`: the share of the ideal
-   gain); every strategy compiled with `fullgraph=True` (`bench_overhead.py --compiled`); the
-   routing function compiled against eager at decode sizes (`bench_routing.py --fused`); and vLLM
-   engines compiled with CUDA graphs and routed by the plugin, BH against top-8, eager beside
-   (`bench_vllm.py --compile --real-size-layers 16`, `vllm_compiled.md`). About 10 more minutes
-   (`BH_GPU_BATCHES=1,16` shortens the first).
-
-Logs and the JSON of the run go to LOGDIR; the last line of `LOGDIR/benchmarks.log` says how long it
-took. It is sized to finish in under 5 minutes on one H100; the committed run's files are in
-`benchmarks/gpu-check/` (its wall time is the last line of `console.log` there), and
-`python benchmarks/run.py --render benchmarks/gpu-check/gpu.json --markdown BENCHMARKS-gpu.md`
-renders BENCHMARKS-gpu.md (and docs/scaling.md section 4) again from them.
-`bash benchmarks/gpu_check.sh --dry-run LOGDIR` runs the same steps on the CPU at tiny sizes, writing
-only into LOGDIR (tests/benchmarks/test_gpu_check.py runs it, so the script does not rot).
-The results, with the GPU named, are in [BENCHMARKS-gpu.md](BENCHMARKS-gpu.md).
-
-Tokens per second inside vLLM (CPU build; top-8 against BH, with and without skipping unused
-slots) are in [BENCHMARKS-vllm.md](BENCHMARKS-vllm.md), from `benchmarks/bench_vllm.py`.
-"""
-
-
-SCALING_START, SCALING_END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
-
-
 def scaling_gpu_section(r: dict) -> str:
     """docs/scaling.md, section 4: what the GPU check measured, in a few sentences (from the run)."""
-    m, gen, peak = r["machine"], r.get("generation", {}), r.get("peakmem", {})
+    m = r["machine"]
     s = ["## 4. One GPU, measured (`benchmarks/gpu_check.sh`)\n"]
     s.append(
         f"Run on **{m.get('gpu')}** on {m['date_utc']} by `bash benchmarks/gpu_check.sh` (torch {m['torch']}, "
@@ -767,50 +162,5 @@ def scaling_gpu_section(r: dict) -> str:
         + (f" `pytest -m gpu`: {r['pytest']['summary']}." if "pytest" in r else "")
         + "\n"
     )
-    if "rows" in gen:
-        pick = {(x["backend"], x["batch"], x["strategy"]): x for x in gen["rows"]}
-        bh = f"BH {bench_generation.HEADLINE_ALPHA}"
-        lines = []
-        for backend in gen["backends"]:
-            base, pat, b = (pick[(backend, 1, n)] for n in (bench_generation.BASELINE, "top-8 patched", bh))
-            pays = [bb for bb in gen["batches"] if pick[(backend, bb, bh)]["speedup"] >= 1.05]
-            lines.append(
-                f"- `{backend}`{' (decodes with `batched_mm`)' if backend == 'grouped_mm' else ''}: top-8 decodes "
-                f"{base['decode_tok_s']:.1f} tokens/s at batch 1; the patch at equal k costs "
-                f"{1 / pat['speedup'] - 1:+.0%}; BH({bench_generation.HEADLINE_ALPHA}) (k = {b['mean_k']:.2f}) runs at "
-                f"{b['speedup']:.2f}x top-8 against an ideal {b['ideal_speedup']:.2f}x from the bytes read. "
-                + (f"BH is at least 5 % faster at batch {', '.join(map(str, pays))}." if pays else "BH is not faster at any batch size measured.")
-            )
-        s.append(
-            f"**Generation** (16 layers, full vocabulary, bfloat16, random weights with shaped router inputs; "
-            f"BENCHMARKS-gpu.md section 6):\n"
-        )
-        s.append("\n".join(lines) + "\n")
-        s.append(
-            "Decode on one GPU at small batches is bound by Python and kernel launches, not by reading weights "
-            f"(top-8 at batch 1 runs at {pick[(gen['backends'][-1], 1, bench_generation.BASELINE)]['time_over_limit']:.0f}x "
-            "its memory-traffic limit), so the patch's fixed cost per layer (the strategy's routing, the recording, "
-            "the compaction's host read) outweighs the experts it saves. What would make BH pay there is the "
-            "kernel-side support of section 3 (sentinel ids skipped inside a fused MoE kernel, no host read) and "
-            "CUDA graphs; the measurement says plainly that the Python-level patch does not.\n"
-        )
-    if "rows" in peak:
-        done = [x for x in peak["rows"] if "peak_estimate" in x]
-        if done:
-            s.append(
-                "**Memory** (`bh-routing run --quick` on the full 16-layer model; BENCHMARKS-gpu.md section 7): "
-                + "; ".join(
-                    f"{x['dtype']}{' with ' + x['alloc_conf'] if x.get('alloc_conf') else ''} "
-                    f"{x['peak_estimate'] / 2**30:.2f} GiB at the peak ({_fits(x, peak['t4_usable_gib'])} "
-                    f"a T4's {peak['t4_usable_gib']} GiB)"
-                    for x in done
-                )
-                + (". On a Colab T4 use float16 (no bfloat16 tensor cores there) and, if memory is short, "
-                   "`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`" if any(x.get("fits_t4") for x in done) else
-                   ". None fits a 16 GB T4 as measured here (the weights alone take "
-                   f"{peak['model']['checkpoint_bytes'] / 2**30:.1f} GiB): the full run of OLMoE-1B-7B needs a GPU "
-                   "with more memory, or the notebook's \"colab-t4\" profile, which `bh-routing plan` predicts to fit a "
-                   "T4 in float16 with the eager experts backend (a prediction: not yet run on a T4)")
-                + "; measured on the GPU above, not on a T4.\n"
-            )
+    s += bench_generation.scaling_paragraphs(r) + bench_peakmem.scaling_paragraphs(r)
     return "\n".join(s)
