@@ -13,7 +13,7 @@ run: setup
 	.venv/bin/bh-routing run --out $(OUT)
 
 test: setup
-	.venv/bin/python -m pytest -n 2 -q
+	.venv/bin/python -m pytest -n 2 -q --durations=20
 
 # the docs site (MkDocs + Material + mkdocstrings; its tools come with the test extra): served on
 # http://127.0.0.1:8000 with live reload; docs-build writes site/ with warnings as errors, as the tests do
