@@ -33,9 +33,13 @@ def render(res: dict, figures: list[str]) -> str:
     for section in sections_in_order():
         if all(n in have for n in section.needs):
             out += section.render(res, figures)
+    threads = env.get("cpu_threads")
     out += ["## Reproduce", "", "The configuration of this run is under `config` in `bh_routing_results.json`; "
-            "the same seed gives the same numbers:", "", "```bash",
-            "bh-routing run --config bh_routing_results.json --out <another folder>", "```", ""]
+            "the same seed on the same number of torch threads gives the same numbers (another thread count "
+            "changes the order of floating-point sums, which moves the last digits and, rarely, a token's "
+            "count at a BH threshold):", "", "```bash",
+            f"bh-routing run --config bh_routing_results.json{f' --threads {threads}' if threads else ''} "
+            "--out <another folder>", "```", ""]
     out += run_time(env)
     return "\n".join(out)
 
