@@ -20,6 +20,8 @@ point of the grid. Standalone: ``python benchmarks/bench_routing.py --selection 
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -393,6 +395,43 @@ def why_missed(name: str, r: dict) -> str:
     )
 
 
+SELECTION_START, SELECTION_END = "<!-- routing-selection:start -->", "<!-- routing-selection:end -->"
+
+
+def selection_machine() -> dict:
+    """What the router-selection timings ran on (they are ratios, but the reader should know)."""
+    import os
+    import platform
+
+    import numba
+    import numpy
+
+    return {"cpu": platform.processor() or platform.machine(), "load": [round(v, 2) for v in os.getloadavg()],
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+            "numpy": numpy.__version__, "numba": numba.__version__}
+
+
+def selection_section(res: dict, command: str) -> str:
+    """The BENCHMARKS.md subsection of a router-selection run (spliced between SELECTION_START/END)."""
+    m, w = res["machine"], res["worst"]
+    rows = [[f"{r['T']:,}", r["E"], r["dtype"], r["method"], f"{r['topk_ms']:.2f}", f"{r['bh_ms']:.2f}",
+             f"**{r['ratio']:.2f}x**", f"{r['bh_mean_k']:.2f}"] for r in res["rows"]]
+    above = [r for r in res["rows"] if r["ratio"] > res["goal"]]
+    verdict = (f"every point at or under {res['goal']}x: **goal met**" if res["met"] else
+               f"**goal missed** at {len(above)} of {len(res['rows'])} points: "
+               + ", ".join(f"{r['T']:,} x {r['E']} {r['dtype']} {r['method']} ({r['ratio']:.2f}x)" for r in above))
+    return "\n".join([
+        "### Router selection: BH's count, the router's experts (goal <= 1.5x at every point)", "",
+        f"Command: `{command}` ({m['when']}, one torch thread, load average {m['load'][0]:.2f} at the end; torch "
+        f"{m['torch']}, numpy {m['numpy']}, numba {m['numba']}). `BH(0.05, selection=\"router\").route` against the "
+        "same softmax + top-k router in alternating rounds, median of "
+        f"{res['rows'][0]['repeats']} repeats; the count's per-token loop runs compiled by numba "
+        "(`bh_routing.core._kernels`).", "",
+        table(["T", "E", "dtype", "p-values", "top-k router ms", "BH route ms", "BH / top-k", "BH mean k"], rows), "",
+        f"Worst {w['ratio']:.2f}x ({w['T']:,} x {w['E']} {w['dtype']} {w['method']}); {verdict}.",
+    ]) + "\n"
+
+
 def main(argv=None) -> int:
     """``python benchmarks/bench_routing.py --selection router``: the router-selection grid, a table and JSON."""
     import argparse
@@ -406,6 +445,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--fused", action="store_true", help="the routing function compiled against eager, decode-size blocks")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--splice", type=Path, metavar="MD", help="write the router-selection section into this file (BENCHMARKS.md)")
     args = ap.parse_args(argv)
     points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")] if args.points else None
     if args.fused:
@@ -422,23 +462,20 @@ def main(argv=None) -> int:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
         return 0
-    points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")] if args.points else None
     torch.set_num_threads(1)
     res = run_selection(args.quick, print, points=points, repeats=args.repeats)
-    print("| T | E | dtype | p-values | top-k router ms | BH route ms | BH / top-k | BH mean k |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in res["rows"]:
-        print(
-            f"| {r['T']:,} | {r['E']} | {r['dtype']} | {r['method']} | {r['topk_ms']:.2f} | {r['bh_ms']:.2f} "
-            f"| {r['ratio']:.2f}x | {r['bh_mean_k']:.2f} |"
-        )
-    w = res["worst"]
-    print(f"worst {w['ratio']:.2f}x ({w['T']:,} x {w['E']} {w['dtype']} {w['method']}); goal <= {SELECTION_GOAL}: {res['met']}")
+    res["machine"] = selection_machine()
+    text = selection_section(res, "python benchmarks/bench_routing.py --selection router" + (" --quick" if args.quick else "")
+                             + (f" --points {args.points}" if args.points else "") + (" --splice BENCHMARKS.md" if args.splice else ""))
+    print(text)
+    if args.splice:
+        from run import splice
+
+        splice(args.splice, text, SELECTION_START, SELECTION_END)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -122,3 +122,27 @@ def test_standardized_pvalue_order_is_bh_with_ties_by_the_logit(calibration, dty
         assert torch.equal(r.counts, k)
         used = torch.arange(max_k) < k[:, None]
         assert torch.equal(r.indices[used], order[:, :max_k][used])
+
+
+@pytest.mark.parametrize("pvalues", ["empirical", "calibrated", "standardized"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_compiled_host_path_equals_the_static_path(monkeypatch, pvalues, dtype):
+    """The CPU fast path (numba row loops: the count and the padded output) gives the static torch
+    path's bits at E = 64, the OLMoE size, over a spread of counts up to the width."""
+    from bh_routing.core import _paths
+
+    e = 64
+    b = CalibrationBuilder(num_layers=1, num_experts=e, top_k=8, reservoir_size=1024, pooled_size=8192)
+    b.update(0, _logits(3000, e=e, seed=5))
+    cal = b.finalize(model_name="m", model_fingerprint="f")
+    z = _logits(2000, e=e, seed=6, dtype=dtype)
+    for alpha, max_k, weight_rule in ((0.05, 8, "model"), (0.5, 8, "renormalize"), (0.2, e, "model")):
+        s = BH(alpha, pvalues=pvalues, calibration=cal, selection="router", max_k=max_k, min_k=0, weight_rule=weight_rule)
+        fast = s.route(z, layer=0)
+        monkeypatch.setattr(_paths, "HOST_FAST_PATHS", False)
+        static = s.route(z, layer=0)
+        monkeypatch.setattr(_paths, "HOST_FAST_PATHS", True)
+        seen = set(fast.counts.tolist())
+        assert len(seen) >= 3 and (max_k in seen or max_k == e), f"the inputs should spread the count: {seen}"
+        for a, c in ((fast.counts, static.counts), (fast.indices, static.indices), (fast.weights, static.weights)):
+            assert a.dtype == c.dtype and torch.equal(a, c), (alpha, max_k)

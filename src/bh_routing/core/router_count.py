@@ -8,27 +8,24 @@ router's own top :math:`\\hat k`. Every function here returns exactly the count
 
 * :func:`count_by_buckets` - any p-values, any device: each p-value goes to the bucket of the
   smallest k whose threshold it meets, cumulative bucket counts give C(k); one pass, no sort.
-* :func:`count_rank_consistent` - p-values that decrease with the standardised score within a
-  token (empirical and standardised nulls): the k-th smallest p-value is that of the k-th
-  largest logit, and ``p <= t_k`` is a comparison of the score with a threshold score, so no
-  p-value is computed at all.
-* :func:`count_calibrated` - per-expert conformal p-values: ``p_e <= t_k`` is ``z_e > U[e, k]``
-  for threshold logits U read once from the calibration table, so C(k) is a count of logits
-  above thresholds, for k = 1..max_k + 1 and then only for the tokens it does not yet decide.
+* :func:`count_rank_consistent` (CPU) - p-values that decrease with the standardised score
+  within a token (empirical and standardised nulls): the k-th smallest p-value is that of the
+  k-th largest logit, and ``p <= t_k`` is a comparison of the score with a threshold score, so
+  no p-value is computed at all.
+* :func:`count_calibrated` (CPU) - per-expert conformal p-values: ``p_e <= t_k`` is
+  ``z_e > U[e, k]`` for threshold logits U read once from the calibration table, so C(k) is a
+  count of logits above thresholds, for k = 1, 2, ... only as far as a token needs.
+
+The two CPU functions run their per-token loops compiled (:mod:`bh_routing.core._kernels`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
-from ._paths import host_fast
 from .bh import _arange, bh_thresholds
-from .pvalues import MAD_TO_SD, neg_zscores, normal_tail
-
-_LANES = np.uint64(0x0101010101010101)
+from .pvalues import MAD_TO_SD, normal_tail
 
 
 def count_by_buckets(p: torch.Tensor, alpha: float, max_k: int) -> torch.Tensor:
@@ -49,36 +46,39 @@ def count_by_buckets(p: torch.Tensor, alpha: float, max_k: int) -> torch.Tensor:
 
 
 def count_rank_consistent(
-    z: torch.Tensor, max_k: int, meets: Callable[[torch.Tensor, int], torch.Tensor], *, above_median: bool = False
+    z: torch.Tensor, max_k: int, cutoffs: torch.Tensor, *, strict: bool, above_median: bool = False, scratch: bool = False
 ) -> torch.Tensor:
-    """BH count (T,) of p-values that decrease with the standardised score, clamped to ``max_k``.
+    """BH count (T,) of p-values that decrease with the standardised score, clamped to ``max_k`` (CPU).
 
     z: (T, E) tempered logits, float32 or float64. One sort of each token's logits gives the
     lower median c = z_(m), m = (E - 1) // 2; the MAD, the m-th smallest |c - z| (the
     deviations fall then rise along the sorted logits, so it is the least, over windows of
     m + 1 consecutive sorted logits, of the larger deviation at the window's two ends: the same
     element, so the same float, as the full path's median of deviations); and the order
-    statistics: the k-th smallest p-value is that of the k-th largest logit. ``meets(neg, j0)``
-    takes the negative z-scores (T, E - j0) of the sorted logits from column j0 on and says, for
-    column j (rank k = E - j0 - j), whether ``p_(k) <= t_k``. ``above_median``: no threshold is
-    met at a score <= 0 (every t_k < 1/2), so only the logits above the median are scored.
+    statistics: the k-th smallest p-value is that of the k-th largest logit, whose negative
+    z-score ``neg`` (:func:`~bh_routing.core.pvalues.neg_zscores`' arithmetic) meets t_k when
+    ``neg <= cutoffs[E - k]`` (normal cutoffs, ``strict=False``) or ``float32(-neg) >
+    cutoffs[E - k]`` (conformal score thresholds, ``strict=True``); cutoffs (E,) are indexed by
+    sorted position. ``above_median``: no threshold is met at a score <= 0 (every t_k < 1/2),
+    so only the logits above the median are scored. ``scratch``: z is a temporary
+    of the caller's (a tempered or upcast copy), sorted in place. The row loop is
+    :mod:`bh_routing.core._kernels`.
     """
-    t, n = z.shape
-    sorted_z = _sort_rows(z)  # (T, E) ascending
-    m = (n - 1) // 2
-    centre = sorted_z[:, m : m + 1]  # (T, 1): the lower median, as _lower_median
-    low = (centre - sorted_z[:, : n - m]).abs()  # (T, E - m): deviation at each window's first logit
-    high = (centre - sorted_z[:, m:]).abs()  # (T, E - m): ... and at its last (windows of m + 1)
-    scale = MAD_TO_SD * torch.maximum(low, high).amin(dim=1, keepdim=True)  # (T, 1)
-    j0 = m + 1 if above_median else 0
-    ok = meets(neg_zscores(sorted_z[:, j0:], centre, scale), j0)  # (T, E - j0): column j is rank E - j0 - j
-    if host_fast(ok):  # the largest rank that meets its threshold: the first such column
-        okn = ok.numpy()
-        k = torch.from_numpy(np.where(okn.any(axis=1), n - j0 - okn.argmax(axis=1), 0))
-    else:
-        ranks = torch.arange(n - j0, 0, -1, device=z.device)  # (E - j0,)
-        k = (ok * ranks).amax(dim=1)
-    return k.clamp(max=max_k)  # (T,)
+    from ._kernels import count_sorted_rows
+
+    zn = z.detach().numpy()
+    ascending = _sorted_in_place(zn) if scratch else np.sort(zn, axis=-1)
+    j0 = (z.shape[1] - 1) // 2 + 1 if above_median else 0
+    k = count_sorted_rows(
+        ascending, np.ascontiguousarray(cutoffs.numpy()), strict=strict,
+        mad_to_sd=zn.dtype.type(MAD_TO_SD), j0=j0, max_k=max_k,
+    )  # as neg_zscores: MAD_TO_SD * mad in the logits' float type
+    return torch.from_numpy(k)
+
+
+def _sorted_in_place(a: np.ndarray) -> np.ndarray:
+    a.sort(axis=-1)
+    return a
 
 
 def descending_order(scores: torch.Tensor, width: int) -> torch.Tensor:
@@ -97,13 +97,6 @@ def descending_order(scores: torch.Tensor, width: int) -> torch.Tensor:
     keys |= np.arange(n, dtype=np.int64)
     keys.sort(axis=-1)
     return torch.from_numpy(keys[:, :width] & ((1 << shift) - 1))  # (T, W)
-
-
-def _sort_rows(z: torch.Tensor) -> torch.Tensor:
-    """Each row sorted ascending; numpy's SIMD sort on the CPU (several times torch.sort's speed)."""
-    if host_fast(z):
-        return torch.from_numpy(np.sort(z.detach().numpy(), axis=-1))
-    return torch.sort(z, dim=-1).values
 
 
 def normal_cutoffs(alpha: float, num: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -177,47 +170,15 @@ def conformal_thresholds(
 
 
 def count_calibrated(z: torch.Tensor, thresholds: torch.Tensor, max_k: int) -> torch.Tensor:
-    """BH count (T,) of per-expert conformal p-values, clamped to ``max_k``, from threshold logits.
+    """BH count (T,) of per-expert conformal p-values, clamped to ``max_k``, from threshold logits (CPU).
 
-    z: (T, E) float32 tempered logits; thresholds: (E, E) from :func:`conformal_thresholds`.
-    C(k) for k = 1..max_k + 1 and C(E) decide most tokens: the count is at least max_k if some
-    C(k) >= k there, and at most max_k + 1 if C(E) <= max_k + 1 (C(k) >= k > max_k + 1 needs
-    C(E) >= k). The others get the next max_k + 1 values of k, and so on, on fewer tokens.
+    z: (T, E) float32 tempered logits; thresholds: (E, E) from :func:`conformal_thresholds`, each
+    row non-increasing in k, so ``C(k) = #{e : z_e > U[e, k - 1]}`` is non-decreasing and
+    ``C(k) >= k`` needs ``k <= C(E)``: each token counts C(E), then C(k) for k = 1, 2, ... up to
+    C(E) or max_k, whichever comes first (one vectorised pass over its E logits per k). The row
+    loop is :mod:`bh_routing.core._kernels`.
     """
-    t, n = z.shape
-    first = list(range(1, min(max_k + 1, n) + 1))
-    cols = first + ([n] if first[-1] < n else [])
-    counts = _count_above(z, thresholds[:, [k - 1 for k in cols]])  # (T, J)
-    ks = torch.tensor(first, device=counts.device)
-    k = ((counts[:, : len(first)] >= ks) * ks).amax(dim=1).clamp(max=max_k)  # (T,)
-    if first[-1] == n:
-        return k
-    # a host path (BH._count calls it on the CPU fast path only): the undecided rows by numpy
-    kn, c_alpha = k.numpy(), counts[:, -1].numpy()  # (T,), (T,) C(E): p-values at or below alpha
-    zn = z.detach().numpy()
-    lo = first[-1] + 1
-    rows = np.flatnonzero((kn < max_k) & (c_alpha >= lo))  # undecided: some k >= lo may qualify
-    while rows.size and lo <= n:
-        hi = min(lo + max_k, n)
-        ks = np.arange(lo, hi + 1)  # (J,)
-        sub = _count_above(torch.from_numpy(zn[rows]), thresholds[:, lo - 1 : hi]).numpy()  # (r, J)
-        found = (sub >= ks).any(axis=1)  # some k in [lo, hi] qualifies: the count is >= max_k
-        kn[rows[found]] = max_k
-        rows = rows[~found & (c_alpha[rows] > hi)]
-        lo = hi + 1
-    return k
+    from ._kernels import count_calibrated_rows
 
-
-def _count_above(z: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """(T, J): ``#{e : z[t, e] > thresholds[e, j]}``; numpy byte-lane counting on the CPU."""
-    t, n = z.shape
-    if not host_fast(z) or n % 8 or n > 2040:
-        return (z.unsqueeze(2) > thresholds.to(z.device)).sum(dim=1)  # (T, J)
-    zn = np.ascontiguousarray(z.detach().numpy())
-    th = np.ascontiguousarray(thresholds.numpy().T)  # (J, E)
-    out = np.empty((t, th.shape[0]), np.int64)
-    for j in range(th.shape[0]):
-        above = np.greater(zn, th[j])  # (T, E) bool, one byte each
-        lanes = above.view(np.uint64).sum(axis=1, dtype=np.uint64)  # (T,) 8 byte-wise counts (< 256)
-        out[:, j] = (lanes * _LANES) >> np.uint64(56)  # horizontal sum of the 8 bytes
-    return torch.from_numpy(out)
+    k = count_calibrated_rows(z.detach().numpy(), np.ascontiguousarray(thresholds.numpy().T), max_k)
+    return torch.from_numpy(k)

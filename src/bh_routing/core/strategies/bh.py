@@ -16,7 +16,6 @@ from ..pvalues import (
     _tempered,
     apply_temperature,
     empirical_null_pvalues,
-    normal_tail,
 )
 from ..router_count import (
     conformal_thresholds,
@@ -181,21 +180,16 @@ class BH(Strategy):
             return count_calibrated(z, self._conformal_thresholds(layer), width)
         z = _tempered(logits, self.temperature)  # (T, E) as the full p-value paths
         if self.pvalues == "standardized":
-            cut = self._conformal_thresholds(layer)[0].flip(0)  # (E,): column j is rank E - j
-
-            def meets(neg, j0):
-                return (-neg).to(torch.float32) > cut[j0:]  # as pooled_tail's scores
-
+            # (E,): position i is rank E - i; scores above it meet, as pooled_tail's
+            cut = self._cached(("cut-std", layer, self.alpha), lambda: self._conformal_thresholds(layer)[0].flip(0))
             above = self._cached(("above-std", layer, self.alpha), lambda: bool(cut.min() >= 0))
-            return count_rank_consistent(z, width, meets, above_median=above)
+            return count_rank_consistent(z, width, cut, strict=True, above_median=above, scratch=z is not logits)
         x = normal_cutoffs(self.alpha, n, z.dtype)
-        t = bh_thresholds(self.alpha, n, z.dtype).flip(0)
-
-        def meets(neg, j0):
-            return neg <= x.flip(0)[j0:] if x is not None else normal_tail(neg) <= t[j0:]
-
-        above = self._cached(("above-emp", n, self.alpha), lambda: bool(t.max() < 0.5))
-        return count_rank_consistent(z, width, meets, above_median=above)
+        if x is None:  # the cutoffs could not be checked exactly: the p-values themselves
+            return count_by_buckets(self._checked_pvalues(logits, layer), self.alpha, width)
+        cut = self._cached(("cut-emp", n, self.alpha, z.dtype), lambda: x.flip(0))  # position i: rank E - i
+        above = self._cached(("above-emp", n, self.alpha), lambda: bool(bh_thresholds(self.alpha, n, z.dtype).max() < 0.5))
+        return count_rank_consistent(z, width, cut, strict=False, above_median=above, scratch=z is not logits)
 
     def _cached(self, key, make):
         """A value of this strategy's cache (host facts of its thresholds: read once, not per call)."""
