@@ -4,7 +4,8 @@ Read in this order: :mod:`.config` (``RunConfig``, validated once, never changed
 :mod:`.inputs` (the model, texts and split, loaded and checked before anything is written),
 :mod:`.registry` and :mod:`.steps` (each step calls the analysis library with explicit
 arguments), :mod:`.pipeline` (steps in order, resumed from ``OUT/.steps/``, assembled into one
-results document), :mod:`.results` (the results file: one writer, one reader; then the report),
+results document with the summaries of :mod:`.summaries`), :mod:`.results` (the results file:
+one writer, one reader; then the report),
 :mod:`.api` (``Study`` and ``run``, what the command and the notebook call).
 """
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import RunConfig
 from .inputs import prepare
 from .results import RESULTS_JSON, RunError, export, out_lock, read_results
-from .pipeline import STEP_GROUPS, assemble, run_steps, step_seconds
+from .pipeline import STEP_GROUPS, assemble, compute_results, step_seconds
 from .registry import STEPS, closure, reported_variant
 from ..report import FIGURES
 
@@ -34,14 +34,15 @@ class Study:
                  steps: tuple[str, ...] | None = None, force: bool = False) -> None:
         self.out = Path(out)
         self.allowed = closure(steps if steps is not None else tuple(STEPS))
-        requested = config.validate()
+        requested = config.validate()  # the configuration is read here, once: validated, made effective,
         cfg = requested.effective()
+        settings = cfg.routing()  # and its routing settings made (Inputs.settings)
         for name in self.allowed:  # checks that need no model: before it loads
             if STEPS[name].check is not None:
                 STEPS[name].check(cfg)
         text = any(STEPS[name].reads_text(cfg) for name in self.allowed)
-        self.inputs = prepare(cfg, self.out, model=model, tokenizer=tokenizer, text=text, force=force,
-                              requested=requested)
+        self.inputs = prepare(cfg, self.out, settings=settings, model=model, tokenizer=tokenizer, text=text,
+                              force=force, requested=requested)
         self.steps: dict = {}
         self._results: dict | None = None  # assembled results, cached until a step is added
 
@@ -63,12 +64,13 @@ class Study:
         if outside:
             raise ValueError(f"steps {outside} are outside this study's steps {list(self.allowed)}")
         with out_lock(self.out):
-            self.steps.update(run_steps(self.inputs, self.out, names))
-        self._results = None
-        return self.results
+            self._results = compute_results(self.inputs, self.out, names, self.steps)
+        self.steps = self._results["steps"]
+        return self._results
 
     @property
     def results(self) -> dict:
+        """The results document of the steps so far (assembled by :meth:`run`; before any run, here)."""
         if self._results is None:
             self._results = assemble(self.inputs, self.steps, seconds=step_seconds(self.out))
         return self._results

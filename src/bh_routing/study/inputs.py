@@ -31,7 +31,7 @@ class Inputs:
     calibration: Calibration | None  # the user's calibration file, loaded and matched to the model
     prompts: dict[str, str]
     split: data.EvalSplit | None  # evaluation and calibration windows; None when no requested step reads the text
-    settings: object = None  # analysis.settings.RoutingSettings of cfg (the configured variant), made once per run
+    settings: object = None  # analysis.settings.RoutingSettings of cfg (the configured variant), made once by Study
 
     @property
     def eval_seqs(self) -> torch.Tensor | None:
@@ -173,12 +173,14 @@ def check_same_model(out: Path, name: str, *, force: bool) -> None:
         raise RunError(f"{out / RESULTS_JSON} holds results of {old!r}, not {name!r}: choose another --out (or --force to replace them)")
 
 
-def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool = True, force: bool = False,
-            requested: RunConfig | None = None) -> Inputs:
+def prepare(cfg: RunConfig, out: Path, *, settings=None, model=None, tokenizer=None, text: bool = True,
+            force: bool = False, requested: RunConfig | None = None) -> Inputs:
     """Load and check the files, the output folder, the model and the calibration of a run.
 
     ``cfg``: the run's configuration, validated and effective (``RunConfig.validate().effective()``,
     done once by :class:`~bh_routing.study.api.Study`).
+    ``settings``: the routing settings of ``cfg`` (``cfg.routing()``, made by ``Study`` with the
+    configuration), kept in ``Inputs.settings`` for the steps; None where nothing routes by them.
     ``model``/``tokenizer``: an already loaded pair (e.g. in a notebook) instead of ``cfg.model``.
     ``text``: whether to read and split the evaluation text (steps such as ``downstream`` need none).
     ``force``: replace another model's results in ``out`` instead of refusing.
@@ -206,4 +208,4 @@ def prepare(cfg: RunConfig, out: Path, *, model=None, tokenizer=None, text: bool
     routing = inspect_model(model)
     calibration = load_calibration(cfg.calibration, model, name, routing) if cfg.calibration else None
     split = _split(tokenizer, texts, cfg) if text else None
-    return Inputs(cfg, model, tokenizer, name, routing, calibration, prompts, split, cfg.routing())
+    return Inputs(cfg, model, tokenizer, name, routing, calibration, prompts, split, settings)

@@ -1,9 +1,10 @@
 """A run's computation: registered steps (resuming finished ones) and the results document.
 
-Every step of :mod:`bh_routing.study.steps` runs in registration order when it (or a step needing
-it) is asked for, unless ``OUT/.steps/<name>.json`` holds its result for the same configuration,
-model and package version; :func:`assemble` builds the results document. How to add a step, a
-summary, a figure or a command: CONTRIBUTING.md.
+:func:`compute_results` is the one entry: every step of :mod:`bh_routing.study.steps` runs in
+registration order when it (or a step needing it) is asked for, unless ``OUT/.steps/<name>.json``
+holds its result for the same configuration, model and package version (:func:`run_steps`); then
+:func:`assemble` builds the results document, with the summaries of :mod:`bh_routing.study.summaries`.
+How to add a step, a summary, a figure or a command: CONTRIBUTING.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import steps as _steps  # noqa: F401  (imports every step module: fills the registry)
+from . import steps as _steps  # noqa: F401  (imports every step module: fills the registry of steps)
+from . import summaries as _summaries  # noqa: F401  (fills the registry of summaries)
 from .inputs import Inputs
 from ..core import BHRoutingError
 from ..core.files import atomic_write_text
@@ -161,3 +163,11 @@ def assemble(inputs: Inputs, steps: dict, *, seconds: dict[str, float] | None = 
         "steps": steps,
         "derived": derived,
     }
+
+
+def compute_results(inputs: Inputs, out: Path, names: tuple[str, ...], held: dict | None = None) -> dict:
+    """Compute ``names`` and what they need (:func:`run_steps`), then the results document
+    (:func:`assemble`) of those, every finished step of ``out`` and ``held`` (the steps a study
+    holds already); its ``"steps"`` are all of them."""
+    steps = {**(held or {}), **run_steps(inputs, out, names)}
+    return assemble(inputs, steps, seconds=step_seconds(out))

@@ -2,8 +2,9 @@
 
 A **step** computes one JSON-able result from the model (``compute(ctx)``) and is cached in
 ``OUT/.steps/<name>.json``; a **summary** computes entries of ``results["derived"]`` from finished
-steps only (no model). Both are registered at import time by the modules of
-:mod:`bh_routing.study.steps` (see :mod:`bh_routing.study.pipeline` for how to add one).
+steps only (no model). Both are registered at import time: steps by the modules of
+:mod:`bh_routing.study.steps`, summaries by :mod:`bh_routing.study.summaries` (see
+:mod:`bh_routing.study.pipeline` for how to add one).
 """
 
 from __future__ import annotations

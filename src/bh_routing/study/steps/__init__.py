@@ -1,4 +1,5 @@
-"""The modules that register pipeline steps and summaries; every module here is imported once.
+"""The modules that register pipeline steps; every module here is imported once (the summaries
+derived from the steps are registered by :mod:`bh_routing.study.summaries`).
 
 ``seed`` (the seven steps of the original notebook) is imported first, then every other module of
 this package in name order, so a new step is one new module here; nothing else to edit. See

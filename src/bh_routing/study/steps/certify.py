@@ -24,7 +24,7 @@ grids and whole sequences.
 from __future__ import annotations
 
 from ...analysis import certify as C
-from ..registry import Context, Step, Summary, register_step, register_summary
+from ..registry import Context, Step, register_step
 
 # measure each family's grid up to mean risk STOP_FACTOR × ε (certificates exact up to there)
 STOP_FACTOR = {"coarse": 2.0, "fine": 3.0}
@@ -65,17 +65,3 @@ def _certify(ctx: Context):
 
 
 register_step(Step("certify", _certify, groups=("run", "certify"), files=(C.CERTIFICATE_JSON,)))
-
-
-def _certified(steps: dict, inputs) -> dict:
-    """derived["certified"]: per family the certified experts per token (None: none certified),
-    and the cheapest family; absent when the step was skipped (the figure needs it)."""
-    cert = steps["certify"]
-    if "skipped" in cert:
-        return {}
-    per_family = {f: (None if (p := C.chosen_point(cert, f)) is None else p["mean_k"]) for f in cert["families"]}
-    return {"certified": {"epsilon": cert["epsilon"], "delta": cert["delta"], "risk": cert["risk"],
-                          "mean_k": per_family, "best_family": cert["best_family"]}}
-
-
-register_summary(Summary("certify", _certified, needs=("certify",)))

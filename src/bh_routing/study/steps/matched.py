@@ -1,12 +1,13 @@
-"""Matched-k comparisons (issue #12): BH at the α that uses as many experts as each baseline, and the
-verdicts, the pre-registered primary comparison (docs/preregistration.md) and the Holm-corrected grid."""
+"""Matched-k comparisons (issue #12): BH at the α that uses as many experts as each baseline; the
+verdicts, the pre-registered primary comparison (docs/preregistration.md) and the Holm-corrected grid
+are the ``matched`` summary of :mod:`..summaries`."""
 
 from __future__ import annotations
 
-from ...analysis import derive, knobs, matching
+from ...analysis import knobs, matching
 from ...analysis.settings import bh_label, setting_label
 from ...core.families import RANK_BASELINES
-from ..registry import STEPS, Context, Step, Summary, register_step, register_summary
+from ..registry import STEPS, Context, Step, register_step
 
 
 def _matched(ctx: Context):
@@ -40,14 +41,6 @@ def challengers(rs) -> list[str]:
     return [f for f in rs.families if f not in RANK_BASELINES]
 
 
-def _verdicts(steps: dict, inputs) -> dict:
-    """``derived["matched"]``: primary comparison and Holm-corrected grid, paired over evaluation documents,
-    each also against the baseline mixed to the rule's evaluation k (the α sweep's runs mix BH)."""
-    return {"matched": derive.matched_verdicts(steps["matched"], steps["frontier"], documents=inputs.eval_documents,
-                                               pool=steps.get("alpha", []))}
-
-
 # "bh_default" (where registered) resolves bh_pvalues="auto" before this step reads it
 NEEDS = tuple(n for n in ("calibration", "bh_default", "frontier") if n in STEPS)
 register_step(Step("matched", _matched, needs=NEEDS, groups=("run", "eval")))
-register_summary(Summary("matched", _verdicts, needs=("matched", "frontier")))

@@ -1,16 +1,16 @@
 """The seven steps of the original notebook (calibration, baseline, α and temperature sweeps,
-frontier, token level, comparative) and the summaries derived from them."""
+frontier, token level, comparative); the summaries derived from them are in :mod:`..summaries`."""
 
 from __future__ import annotations
 
 from ...core import Calibration
 from dataclasses import replace
 
-from ...analysis import data, derive, experiments, knobs, variants
+from ...analysis import data, experiments, knobs, variants
 from ...analysis.settings import parse_variant
 from ...core.families import RANK_BASELINES
 from ..config import AUTO, ConfigError, RunConfig
-from ..registry import Context, Step, Summary, register_step, register_summary, reported_variant
+from ..registry import Context, Step, register_step
 from ..results import CALIBRATION_FILE
 
 
@@ -115,40 +115,3 @@ register_step(Step("token_level", lambda ctx: experiments.token_level(
 register_step(Step("comparative", lambda ctx: experiments.comparative(
     ctx.model, ctx.tokenizer, ctx.rs, ctx.calibration, ctx.inputs.prompts, top_k=ctx.routing.top_k),
     needs=CAL, groups=("run", "eval")))
-
-
-def _derived(steps: dict, inputs) -> dict:
-    """Sweep tables, measured-point frontier verdicts of every swept variant, utilisation and BH-vs-top-k
-    statistics, over evaluation documents (the matched-k verdicts are the ``matched`` summary of
-    :mod:`.matched`)."""
-    cfg = inputs.cfg
-    top_k = inputs.routing.top_k
-    max_k = cfg.max_k or top_k
-    kw = {"documents": inputs.eval_documents}
-    derived: dict = {}
-    alpha_runs = steps.get("alpha", [])
-    frontier = steps.get("frontier", [])
-    topk_run = next((r for r in frontier if r["family"] == "topk" and r["param"] == top_k), None)
-    tkw = {**kw, "top_k": top_k, "max_k": max_k, "min_k": cfg.min_k, "ref": topk_run}
-    variant = reported_variant(cfg, steps)
-    bh_run = next((r for r in alpha_runs if r["family"] == f"bh-{variant}" and r["param"] == cfg.alpha), None)
-    if alpha_runs:
-        derived["alpha_sensitivity"] = derive.sweep_table(alpha_runs, **tkw)
-        derived["layers"] = derive.layers(alpha_runs)
-    if "temperature" in steps:
-        derived["temperature_sensitivity"] = derive.sweep_table(steps["temperature"], **tkw)
-        derived["temperature_monotone"] = derive.temperature_monotone(steps["temperature"])
-    if "bh_default" in steps:
-        derived["bh_variant"] = {k: v for k, v in steps["bh_default"].items() if k != "candidates"}
-    if frontier:
-        derived["frontier"] = derive.sweep_table(frontier, **tkw)
-        if alpha_runs:
-            derived["frontier_verdicts"] = derive.frontier_verdicts(alpha_runs, frontier, **kw)
-    if topk_run and bh_run:
-        derived["utilization"] = derive.utilization(topk_run, bh_run)
-        if "comparative" in steps:
-            derived["statistics"] = derive.statistics(bh_run, topk_run, steps["comparative"], top_k=top_k, **kw)
-    return derived
-
-
-register_summary(Summary("seed", _derived))
