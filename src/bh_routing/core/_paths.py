@@ -1,7 +1,8 @@
-"""Which implementation a routing step takes: a CPU fast path (numpy, host reads) or the static one.
+"""Which implementation a routing step takes: a CPU fast path (numpy, numba, host reads) or the static one.
 
 The core's CPU fast paths (numpy sorts and selections, :mod:`bh_routing.core.bh`,
-:mod:`~bh_routing.core.pvalues`, :mod:`~bh_routing.core.router_count`) run only on CPU tensors,
+:mod:`~bh_routing.core.pvalues`, :mod:`~bh_routing.core.router_count`, and the per-token loops
+compiled by numba in :mod:`~bh_routing.core._kernels`) run only on CPU tensors,
 outside ``torch.compile`` and without autograd: there the data is already on the host and
 numpy's SIMD sorts are several times faster than torch's on short rows. Everywhere else (a GPU,
 a compiled graph, a CUDA graph) the static path runs: torch ops of fixed output shapes that
