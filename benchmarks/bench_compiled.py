@@ -116,6 +116,7 @@ def run(*, device: str = "cpu", layers: int = 2, batches=(1, 16), repeats: int =
     wb = weight_bytes(model)
     rows = []
     for batch in batches:
+        torch._dynamo.reset()  # each batch size compiles afresh: three graphs, under dynamo's recompile limit (8)
         shaper = FixedShaper(model, batch)
         strategies = {"top-8": None, "top-8 patched": TopK(8), "BH 0.05": BH(0.05)}
         decoders, recorders = {}, {}
