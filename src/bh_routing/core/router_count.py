@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._kernels import count_calibrated_rows, count_sorted_rows
 from .bh import _arange, bh_thresholds
 from .pvalues import MAD_TO_SD, normal_tail
 
@@ -64,13 +65,11 @@ def count_rank_consistent(
     of the caller's (a tempered or upcast copy), sorted in place. The row loop is
     :mod:`bh_routing.core._kernels`.
     """
-    from ._kernels import count_sorted_rows
-
     zn = z.detach().numpy()
     ascending = _sorted_in_place(zn) if scratch else np.sort(zn, axis=-1)
     j0 = (z.shape[1] - 1) // 2 + 1 if above_median else 0
     k = count_sorted_rows(
-        ascending, np.ascontiguousarray(cutoffs.numpy()), strict=strict,
+        ascending, cutoffs.contiguous().numpy(), strict=strict,
         mad_to_sd=zn.dtype.type(MAD_TO_SD), j0=j0, max_k=max_k,
     )  # as neg_zscores: MAD_TO_SD * mad in the logits' float type
     return torch.from_numpy(k)
@@ -169,16 +168,13 @@ def conformal_thresholds(
     return padded.gather(1, (r - m).clamp(min=0))  # (E', E)
 
 
-def count_calibrated(z: torch.Tensor, thresholds: torch.Tensor, max_k: int) -> torch.Tensor:
+def count_calibrated(z: torch.Tensor, columns: torch.Tensor, max_k: int) -> torch.Tensor:
     """BH count (T,) of per-expert conformal p-values, clamped to ``max_k``, from threshold logits (CPU).
 
-    z: (T, E) float32 tempered logits; thresholds: (E, E) from :func:`conformal_thresholds`, each
-    row non-increasing in k, so ``C(k) = #{e : z_e > U[e, k - 1]}`` is non-decreasing and
-    ``C(k) >= k`` needs ``k <= C(E)``: each token counts C(E), then C(k) for k = 1, 2, ... up to
-    C(E) or max_k, whichever comes first (one vectorised pass over its E logits per k). The row
-    loop is :mod:`bh_routing.core._kernels`.
+    z: (T, E) float32 tempered logits; columns: (E, E) contiguous, ``columns[k - 1, e] = U[e, k - 1]``
+    (the transpose of :func:`conformal_thresholds`), non-increasing in k, so ``C(k) = #{e : z_e >
+    U[e, k - 1]}`` is non-decreasing and ``C(k) >= k`` needs ``k <= C(E)``: each token counts C(E),
+    then C(k) for k = 1, 2, ... up to C(E) or max_k, whichever comes first (one vectorised pass over
+    its E logits per k). The row loop is :mod:`bh_routing.core._kernels`.
     """
-    from ._kernels import count_calibrated_rows
-
-    k = count_calibrated_rows(z.detach().numpy(), np.ascontiguousarray(thresholds.numpy().T), max_k)
-    return torch.from_numpy(k)
+    return torch.from_numpy(count_calibrated_rows(z.detach().numpy(), columns.numpy(), max_k))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._kernels import padded_rows
 from .._paths import host_fast
 from .._validate import check_choice, check_k_bounds, check_logits
 from ..bh import _arange
@@ -60,15 +61,14 @@ def _finish(
     mask is skipped (multiplying by an all-true mask changes no bit).
     """
     num_experts = probs.shape[-1]
-    idx = order[:, :width]  # (T, W)
-    if full:
-        indices, weights = idx, probs.gather(1, idx)  # (T, W), (T, W)
-    elif host_fast(probs) and order.dtype == torch.int64 and counts.dtype == torch.int64:
-        from .._kernels import padded_rows  # the same in one compiled row loop
-
-        i, w = padded_rows(order.numpy(), probs.detach().numpy(), counts.numpy(), width)
+    if not full and host_fast(probs) and order.dtype == torch.int64 and counts.dtype == torch.int64:
+        i, w = padded_rows(order.numpy(), probs.detach().numpy(), counts.numpy(), width)  # one compiled row loop
         indices, weights = torch.from_numpy(i), torch.from_numpy(w)
+    elif full:
+        idx = order[:, :width]  # (T, W)
+        indices, weights = idx, probs.gather(1, idx)  # (T, W), (T, W)
     else:
+        idx = order[:, :width]  # (T, W)
         used = _arange(0, width, idx.device) < counts.unsqueeze(-1)  # (T, W)
         indices = torch.where(used, idx, num_experts)  # (T, W), sentinel E
         weights = probs.gather(1, idx) * used  # (T, W)

@@ -177,7 +177,8 @@ class BH(Strategy):
         n = logits.shape[-1]
         if self.pvalues == "calibrated":
             z = apply_temperature(logits, self.temperature).to(torch.float32)  # as conformal_pvalues
-            return count_calibrated(z, self._conformal_thresholds(layer), width)
+            columns = self._cached(("columns", layer, self.alpha), lambda: self._conformal_thresholds(layer).T.contiguous())
+            return count_calibrated(z, columns, width)
         z = _tempered(logits, self.temperature)  # (T, E) as the full p-value paths
         if self.pvalues == "standardized":
             # (E,): position i is rank E - i; scores above it meet, as pooled_tail's
