@@ -146,3 +146,16 @@ def test_compiled_host_path_equals_the_static_path(monkeypatch, pvalues, dtype):
         assert len(seen) >= 3 and (max_k in seen or max_k == e), f"the inputs should spread the count: {seen}"
         for a, c in ((fast.counts, static.counts), (fast.indices, static.indices), (fast.weights, static.weights)):
             assert a.dtype == c.dtype and torch.equal(a, c), (alpha, max_k)
+
+
+def test_compiled_padded_output_refuses_an_expert_id_out_of_range():
+    """The compiled row loop of the padded output reads no memory a bad id points at: it raises, as gather does."""
+    from bh_routing.core.strategies.base import _finish
+
+    probs = torch.softmax(_logits(4), dim=-1)
+    counts = torch.tensor([1, 2, 0, 2])
+    for bad in (E, -1):
+        order = torch.zeros(4, 2, dtype=torch.int64)
+        order[1, 1] = bad
+        with pytest.raises(IndexError):
+            _finish(probs, order, counts, 2, renormalize=False, out_dtype=torch.float32)

@@ -74,6 +74,8 @@ def kernels():
         for t in range(t_rows):
             for j in range(width):
                 e = order[t, j]
+                if e < 0 or e >= n:  # as gather would: an expert id outside [0, E) is an error, never a read
+                    raise IndexError("a strategy's expert order holds an id outside [0, num_experts)")
                 if j < counts[t]:
                     indices[t, j] = e
                     weights[t, j] = probs[t, e]

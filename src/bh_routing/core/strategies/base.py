@@ -61,7 +61,8 @@ def _finish(
     mask is skipped (multiplying by an all-true mask changes no bit).
     """
     num_experts = probs.shape[-1]
-    if not full and host_fast(probs) and order.dtype == torch.int64 and counts.dtype == torch.int64:
+    if (not full and host_fast(probs) and order.dtype == torch.int64 and counts.dtype == torch.int64
+            and order.dim() == 2 and order.shape[0] == probs.shape[0] and order.shape[1] >= width and counts.dim() == 1):
         i, w = padded_rows(order.numpy(), probs.detach().numpy(), counts.numpy(), width)  # one compiled row loop
         indices, weights = torch.from_numpy(i), torch.from_numpy(w)
     elif full:
