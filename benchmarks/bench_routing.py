@@ -401,12 +401,13 @@ SELECTION_START, SELECTION_END = "<!-- routing-selection:start -->", "<!-- routi
 def selection_machine() -> dict:
     """What the router-selection timings ran on (they are ratios, but the reader should know)."""
     import os
-    import platform
 
     import numba
     import numpy
 
-    return {"cpu": platform.processor() or platform.machine(), "load": [round(v, 2) for v in os.getloadavg()],
+    from common import cpu_model, git_commit
+
+    return {"cpu": cpu_model(), "load": [round(v, 2) for v in os.getloadavg()], "commit": git_commit(),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
             "numpy": numpy.__version__, "numba": numba.__version__}
 
@@ -422,7 +423,8 @@ def selection_section(res: dict, command: str) -> str:
                + ", ".join(f"{r['T']:,} x {r['E']} {r['dtype']} {r['method']} ({r['ratio']:.2f}x)" for r in above))
     return "\n".join([
         "### Router selection: BH's count, the router's experts (goal <= 1.5x at every point)", "",
-        f"Command: `{command}` ({m['when']}, one torch thread, load average {m['load'][0]:.2f} at the end; torch "
+        f"Command: `{command}` ({m['when']}, {m['cpu']}, one torch thread, load average {m['load'][0]:.2f} at the end"
+        + (f", commit {m['commit']}" if m.get("commit") else "") + "; torch "
         f"{m['torch']}, numpy {m['numpy']}, numba {m['numba']}). `BH(0.05, selection=\"router\").route` against the "
         "same softmax + top-k router in alternating rounds, median of "
         f"{res['rows'][0]['repeats']} repeats; the count's per-token loop runs compiled by numba "
@@ -466,7 +468,8 @@ def main(argv=None) -> int:
     res = run_selection(args.quick, print, points=points, repeats=args.repeats)
     res["machine"] = selection_machine()
     text = selection_section(res, "python benchmarks/bench_routing.py --selection router" + (" --quick" if args.quick else "")
-                             + (f" --points {args.points}" if args.points else "") + (" --splice BENCHMARKS.md" if args.splice else ""))
+                             + (f" --points {args.points}" if args.points else "") + (f" --splice {args.splice}" if args.splice else "")
+                             + (f" --json {args.json}" if args.json else ""))
     print(text)
     if args.splice:
         from run import splice

@@ -135,3 +135,21 @@ def test_the_scaling_section_comes_from_the_same_run():
     assert r["machine"]["gpu"] in text and "**Generation**" in text and "**Memory**" in text
     gen = r["generation"]["rows"][0]
     assert f"{gen['decode_tok_s']:.1f} tokens/s at batch 1" in text
+
+
+def test_spliced_sections_are_the_render_of_their_committed_runs():
+    """The blocks of BENCHMARKS.md that single benchmarks splice in (router selection, decode compiled
+    whole) are exactly what their committed JSON renders to: no number in them is typed by hand."""
+    import bench_compiled
+
+    page = (BENCH.parent / "BENCHMARKS.md").read_text()
+    spliced = {
+        (bench_routing.SELECTION_START, bench_routing.SELECTION_END): BENCH / "routing-selection-cpu.json",
+        (bench_compiled.SECTION_START, bench_compiled.SECTION_END): BENCH / "compiled-cpu.json",
+    }
+    for (start, end), path in spliced.items():
+        block = page.split(start, 1)[1].split(end, 1)[0].strip()
+        res = json.loads(path.read_text())
+        command = re.search(r"Command: `([^`]+)`", block).group(1)
+        render = bench_routing.selection_section if "routing-selection" in start else bench_compiled.section
+        assert render(res, command).strip() == block, path.name
