@@ -159,3 +159,22 @@ def test_compiled_padded_output_refuses_an_expert_id_out_of_range():
         order[1, 1] = bad
         with pytest.raises(IndexError):
             _finish(probs, order, counts, 2, renormalize=False, out_dtype=torch.float32)
+
+
+def test_numba_leaves_every_module_attribute_readable_as_vllm_scans_them():
+    """vLLM 0.32's Triton dispatcher reads ``vars(value).get("kernel")`` of every module attribute at engine
+    start; after the compiled count loaded numba (and llvmlite), none may break that scan."""
+    import sys
+
+    from bh_routing.core._kernels import kernels
+
+    kernels()
+    broken = []
+    for name, module in list(sys.modules.items()):
+        for attr, value in list((getattr(module, "__dict__", None) or {}).items()):
+            if hasattr(value, "__dict__"):
+                try:
+                    vars(value).get("kernel")
+                except Exception as e:  # noqa: BLE001 - any failure is what the scan would die on
+                    broken.append(f"{name}.{attr}: {e!r}")
+    assert not broken, broken

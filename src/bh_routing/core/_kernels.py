@@ -14,10 +14,39 @@ from functools import lru_cache
 import numpy as np
 
 
+def _llvmlite_lib_with_a_dict() -> None:
+    """Give llvmlite's library object a real (empty) ``__dict__``, so that vLLM can start after numba loaded.
+
+    ``llvmlite.binding.ffi.lib`` has ``__slots__`` and answers any missing attribute, ``__dict__``
+    included, with a wrapped C function. vLLM 0.32's Triton dispatcher scans every module's attributes
+    at engine start with ``vars(value).get("kernel")`` and dies on it (``'_lib_fn_wrapper' object has
+    no attribute 'get'``). That happens whenever numba was imported first in the process, e.g. a
+    transformers run routed on the CPU and then a vLLM engine. The same object, as an instance of a
+    subclass without ``__slots__`` (so with an empty ``__dict__``), shares its library handle,
+    function table and lock. Every caller reads ``ffi.lib`` at call time, so all of them get the new
+    object. Nothing is done if llvmlite's layout is not the one expected.
+    """
+    try:
+        from llvmlite.binding import ffi
+
+        old, base = ffi.lib, ffi._lib_wrapper
+    except (ImportError, AttributeError):  # pragma: no cover - another llvmlite
+        return
+    if type(old) is not base or not set(base.__slots__) <= {"_lib_handle", "_fntab", "_lock"}:
+        return
+    new = type("_lib_wrapper_with_dict", (base,), {})  # no __slots__: instances get a __dict__
+    lib = object.__new__(new)
+    for name in base.__slots__:
+        object.__setattr__(lib, name, getattr(old, name))
+    ffi.lib = lib
+
+
 @lru_cache(maxsize=None)
 def kernels():
     """``(rank_consistent, calibrated, padded)``, compiled on first use (importing numba costs ~0.3 s)."""
     from numba import njit
+
+    _llvmlite_lib_with_a_dict()
 
     @njit(cache=True, nogil=True)
     def rank_consistent(s, cutoffs, strict, mad_to_sd, j0, max_k, out):  # pragma: no cover - compiled
