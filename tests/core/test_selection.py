@@ -178,3 +178,28 @@ def test_numba_leaves_every_module_attribute_readable_as_vllm_scans_them():
                 except Exception as e:  # noqa: BLE001 - any failure is what the scan would die on
                     broken.append(f"{name}.{attr}: {e!r}")
     assert not broken, broken
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t, e, width", [(2000, 64, 8), (300, 64, 64), (200, 256, 1), (4000, 8, 8), (9000, 2, 1), (100, 16, 4)])
+def test_router_order_is_torch_topk(monkeypatch, dtype, t, e, width):
+    """The key sort gives torch.topk's ids, ties included (those rows, and only those, go to torch.topk)."""
+    from bh_routing.core.strategies.base import KEY_SORT_MIN, router_order
+
+    z = _logits(t, e=e, seed=7, dtype=dtype)
+    z[1::9, 0] = z[1::9, e - 1]  # a tie in many rows, often inside the top
+    probs = torch.softmax(z, dim=-1, dtype=torch.float32)
+    expected = torch.topk(probs, width, dim=-1).indices
+    calls = []
+    real = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    got = router_order(probs, width)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    if t * e < KEY_SORT_MIN:
+        assert calls == [t]  # small blocks: torch.topk itself
+        return
+    top = probs.sort(dim=-1, descending=True).values[:, : min(width + 1, e)]
+    tied_rows = int((top[:, 1:] == top[:, :-1]).any(dim=1).sum())  # exact ties in the top (the key's truncation adds a few)
+    assert len(calls) == (1 if tied_rows else len(calls)) <= 1 and all(n >= tied_rows for n in calls) and sum(calls) < t
+    if dtype == torch.float32 and e > 2:
+        assert sum(calls) < t // 4  # most rows never reach torch.topk

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._validate import check_alpha, check_k_bounds
-from .base import Strategy, _check_weight_rule, _resolve_max_k
+from .base import Strategy, _check_weight_rule, _resolve_max_k, router_order
 
 
 class TopK(Strategy):
@@ -36,7 +36,7 @@ class TopK(Strategy):
     def choose(self, logits, probs, *, layer, model_top_k):
         if self.k > probs.shape[-1]:
             raise ValueError(f"k must be <= the number of experts ({probs.shape[-1]}), got {self.k}")
-        order = torch.topk(probs, self.k, dim=-1).indices  # (T, k), same call as the routers
+        order = router_order(probs, self.k)  # (T, k), same call as the routers
         counts = torch.full((probs.shape[0],), self.k, dtype=torch.long, device=probs.device)
         return order, counts, self.k
 

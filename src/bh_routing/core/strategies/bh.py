@@ -25,7 +25,7 @@ from ..router_count import (
     descending_order,
     normal_cutoffs,
 )
-from .base import Strategy, _check_weight_rule, _resolve_max_k
+from .base import Strategy, _check_weight_rule, _resolve_max_k, router_order
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
@@ -155,7 +155,7 @@ class BH(Strategy):
     def choose(self, logits, probs, *, layer, model_top_k):
         width = _resolve_max_k(self.max_k, model_top_k, probs.shape[-1], self.min_k)
         if self.selection == "router":
-            order = torch.topk(probs, width, dim=-1).indices  # (T, W): the router's own call
+            order = router_order(probs, width)  # (T, W): the router's own call
             return order, self._count(logits, layer, width).clamp(min=self.min_k), width
         if self.pvalues == "standardized" and host_fast(logits) and logits.dtype != torch.float64:
             # rank-consistent: the p-value order with ties by the logit is the logits' descending

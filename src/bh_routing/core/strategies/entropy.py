@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .._validate import check_choice
-from .base import Strategy, _check_weight_rule
+from .base import Strategy, _check_weight_rule, router_order
 
 #: preset -> (entropy thresholds in nats, ladder of k; None = 1, 2, 4, ... up to the model's k).
 #: "adaptive-k-olmoe" is the published preset exactly; "widened" adds a rung: k = the model's k
@@ -86,5 +86,5 @@ class Entropy(Strategy):
         cuts, rungs = self._cuts[key]
         h = entropy_nats(probs)  # (T,)
         counts = rungs[torch.bucketize(h, cuts, right=True)]  # (T,): rung j where cut_j <= H < cut_{j+1}
-        order = torch.topk(probs, width, dim=-1).indices  # (T, W): the router's own call
+        order = router_order(probs, width)  # (T, W): the router's own call
         return order, counts, width
