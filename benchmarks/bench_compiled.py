@@ -215,6 +215,24 @@ def section(res: dict, command: str) -> str:
     return "\n".join(lines) + "\n\n" + results_table(res)
 
 
+def _cannot_add(path: Path, args, batches) -> str | None:
+    """Why this run's rows cannot join the saved run at ``path`` (None if they can)."""
+    if not path.is_file():
+        return "no such file"
+    try:
+        saved = json.loads(path.read_text())
+        have = {r["batch"] for r in saved["rows"]}
+        mine = {"device": args.device, "layers": args.layers, "mode": args.mode, "backend": args.backend,
+                "repeats": args.repeats, "steps": STEPS, "tiny": args.tiny}
+    except (ValueError, KeyError, TypeError) as e:
+        return f"not a saved run of this benchmark ({type(e).__name__})"
+    differ = [f"{k} {saved.get(k)!r} there, {v!r} here" for k, v in mine.items() if saved.get(k) != v]
+    if differ:
+        return "other settings: " + "; ".join(differ)
+    again = sorted(have & set(batches))
+    return f"batch {', '.join(map(str, again))} is already there" if again else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -226,6 +244,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: capture only, for a dry run)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--add-to", type=Path, metavar="JSON",
+                    help="add this run's batch sizes to a saved run of the same settings and write it back")
     ap.add_argument("--render", type=Path, metavar="JSON", help="only render a saved run (with --splice)")
     ap.add_argument("--splice", type=Path, metavar="MD", help="write the section into this file (BENCHMARKS.md)")
     ap.add_argument("--command", default="", help="with --render: the command that made the run")
@@ -252,6 +272,11 @@ def main(argv=None) -> int:
     if min(batches) < 1 or args.layers < 1 or args.repeats < 1:
         print("error: --batches, --layers and --repeats must be >= 1", file=sys.stderr)
         return 2
+    if args.add_to:
+        problem = _cannot_add(args.add_to, args, batches)
+        if problem:
+            print(f"error: --add-to {args.add_to}: {problem}", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     set_device(args.device)
     import warnings
@@ -264,6 +289,10 @@ def main(argv=None) -> int:
               backend=args.backend)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
+    if args.add_to:
+        saved = json.loads(args.add_to.read_text())
+        saved["rows"] = sorted(saved["rows"] + res["rows"], key=lambda r: r["batch"])  # stable: variants keep their order
+        args.add_to.write_text(json.dumps(saved, indent=1))
     print()
     print(results_table(res))
     return 0
