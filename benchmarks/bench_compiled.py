@@ -3,6 +3,8 @@
     python benchmarks/bench_compiled.py                          # CPU: 2 layers, batch 1 and 16
     python benchmarks/bench_compiled.py --device cuda --layers 16 --batches 1,4,16,64 --mode reduce-overhead
     python benchmarks/bench_compiled.py --tiny --batches 1 --repeats 2   # a dry run in a minute
+    python benchmarks/bench_compiled.py --layers 2 --batches 64 --repeats 5 --add-to benchmarks/compiled-cpu.json
+                                                                 # one more batch size into a saved run of the same settings
 
 The model: ``OlmoeForCausalLM`` from the real OLMoE-1B-7B config (hidden 2048, 64 experts of
 intermediate size 1024, top-8, ``norm_topk_prob=False``) with ``--layers`` layers, vocabulary

@@ -56,7 +56,7 @@ def router_order(probs: torch.Tensor, width: int) -> torch.Tensor:
     numpy's SIMD sort of 32-bit keys about a fifth of that): a key is the probability's bits (which
     order like the probabilities, all >= +0) with the lowest ``b = bits(E - 1)`` replaced by the
     expert id. Truncation keeps the order (``trunc(x) < trunc(y)`` implies ``x < y``), so where a
-    row's last ``width + 1`` keys have distinct truncated values, its ``width`` largest probabilities
+    row's top ``width + 1`` keys have distinct truncated values, its ``width`` largest probabilities
     are strictly ordered and strictly above the rest: every exact top-k returns those ids in that
     order, torch.topk's result. Rows where they do not (a tie, or probabilities closer than
     2**-(23 - b) relative) are given to torch.topk itself; its CPU kernel treats each row alone,
